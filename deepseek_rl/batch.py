@@ -1,0 +1,105 @@
+"""Typed batches passed between the stages of one step: prompts -> rollouts -> scored rollouts -> loss inputs.
+
+Shapes: B prompts on this rank, G generations per prompt, N = B * G completions, P prompt length (left-padded),
+C completion length (right-padded), F reward functions, M rows of a micro-batch.
+Groups are contiguous: rows [i * G, (i + 1) * G) of every per-completion tensor share prompt i.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class PromptBatch:
+    """B rendered, tokenized prompts with their dataset columns."""
+
+    input_ids: Tensor  # [B, P] long, left-padded
+    attention_mask: Tensor  # [B, P] long, 1 on prompt tokens
+    texts: list[str]  # [B] rendered prompt text
+    columns: dict[str, list[Any]]  # column name -> [B] values, as the dataset holds them
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+
+@dataclass
+class RolloutBatch:
+    """N = B * G sampled completions; prompts repeated G times so row i's prompt is prompt i // G."""
+
+    prompt_ids: Tensor  # [N, P] long, left-padded
+    prompt_mask: Tensor  # [N, P] long
+    completion_ids: Tensor  # [N, C] long, padded with the pad id after the end
+    completion_mask: Tensor  # [N, C] long, 1 up to and including EOS / the stop string's last token
+    truncated: Tensor  # [N] bool, ran into max_completion_length without EOS or a stop string
+    completions: list[str]  # [N] decoded completion text (special tokens removed)
+    prompts: list[str]  # [N] rendered prompt text
+    columns: dict[str, list[Any]]  # column name -> [N] values (each prompt's value repeated G times)
+    group_size: int  # G
+
+    def __len__(self) -> int:
+        return self.completion_ids.shape[0]
+
+    @property
+    def input_ids(self) -> Tensor:  # [N, P + C]
+        return torch.cat([self.prompt_ids, self.completion_ids], dim=1)
+
+    @property
+    def attention_mask(self) -> Tensor:  # [N, P + C]
+        return torch.cat([self.prompt_mask, self.completion_mask], dim=1)
+
+    @property
+    def completion_lengths(self) -> Tensor:  # [N] long
+        return self.completion_mask.sum(dim=1)
+
+
+@dataclass
+class ScoredBatch:
+    """Rollouts with their rewards and group-relative advantages."""
+
+    rollout: RolloutBatch
+    reward_names: list[str]  # [F]
+    reward_terms: Tensor  # [N, F] float, NaN where a reward returned None
+    rewards: Tensor  # [N] float, weighted sum of the terms (None terms count as 0)
+    advantages: Tensor  # [N] float
+
+
+@dataclass
+class LossInputs:
+    """What the loss needs for M completions; old/ref log-probs are present only when the algorithm needs them."""
+
+    input_ids: Tensor  # [M, P + C] long
+    attention_mask: Tensor  # [M, P + C] long
+    loss_mask: Tensor  # [M, C] float, completion tokens that count in the loss
+    advantages: Tensor  # [M] float
+    old_logprobs: Tensor | None  # [M, C] float, policy at sampling time (num_iterations > 1)
+    ref_logprobs: Tensor | None  # [M, C] float, frozen reference model (kl_coef > 0)
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    @property
+    def completion_length(self) -> int:  # C
+        return self.loss_mask.shape[1]
+
+    def rows(self, start: int, stop: int) -> LossInputs:
+        """Rows [start, stop): one micro-batch."""
+
+        def cut(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t[start:stop]
+
+        return LossInputs(
+            input_ids=self.input_ids[start:stop],
+            attention_mask=self.attention_mask[start:stop],
+            loss_mask=self.loss_mask[start:stop],
+            advantages=self.advantages[start:stop],
+            old_logprobs=cut(self.old_logprobs),
+            ref_logprobs=cut(self.ref_logprobs),
+        )
+
+    def with_logprobs(self, old: Tensor | None, ref: Tensor | None) -> LossInputs:
+        return replace(self, old_logprobs=old, ref_logprobs=ref)

@@ -1,0 +1,35 @@
+"""The `deepseek-rl` command: one subcommand per job.
+
+deepseek-rl train [--config-name RECIPE] [key=value ...]   GRPO training (Hydra; default recipe: `default`)
+"""
+
+from __future__ import annotations
+
+import sys
+
+USAGE = """usage: deepseek-rl <command> [args]
+
+commands:
+  train   run a recipe from recipes/: deepseek-rl train [--config-name RECIPE] [key=value ...]
+          (Hydra options work too: -m for sweeps, --cfg job to print the composed config)
+"""
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return
+    command, rest = argv[0], argv[1:]
+    if command == "train":
+        from deepseek_rl import train
+
+        sys.argv = [f"{sys.argv[0]} train", *rest]  # Hydra parses sys.argv
+        train.main()
+        return
+    print(f"deepseek-rl: unknown command '{command}'\n\n{USAGE}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

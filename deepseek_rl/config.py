@@ -1,0 +1,351 @@
+"""Typed configuration: one dataclass per recipe group, registered in Hydra's ConfigStore.
+
+Recipes in `recipes/` compose these groups (model, data, rollout, reward, algorithm, optimizer, trainer, logger).
+Hydra checks key names and types while composing; `__post_init__` checks values, and `Config.__post_init__`
+checks how the groups fit together. Every error is a `ConfigError` that names the key and says how to fix it, and
+all of it runs before any model is loaded. Below the entry point code receives these dataclasses, never a DictConfig.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
+
+from deepseek_rl.paths import shared_dir
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message names the key and the fix."""
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _one_of(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        close = difflib.get_close_matches(value, choices, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ConfigError(f"{key}='{value}' is not one of {', '.join(choices)}{hint}")
+
+
+@dataclass
+class ModelConfig:
+    # Local Hugging Face model directory. None: build a tiny randomly initialised model from the fields below.
+    path: str | None = None
+    # "char" (built-in character tokenizer) or a local tokenizer directory. None: the tokenizer in `path`.
+    tokenizer: str | None = "char"
+    # Tiny-model architecture (only used when path is None).
+    arch: str = "llama"
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 4
+    intermediate_size: int = 256
+    max_position_embeddings: int = 256
+    tie_word_embeddings: bool = True
+    # Parameter dtype of the policy (and reference model).
+    dtype: str = "float32"
+    attn_implementation: str = "sdpa"
+
+    def __post_init__(self) -> None:
+        _one_of("model.arch", self.arch, ("llama", "qwen2"))
+        _one_of("model.dtype", self.dtype, ("float32", "bfloat16", "float16"))
+        _require(
+            self.path is not None or self.tokenizer is not None,
+            "model.tokenizer=null needs model.path: a tiny model has no tokenizer of its own; "
+            "set model.tokenizer=char or a tokenizer directory",
+        )
+        if self.path is None:
+            _require(
+                self.hidden_size % self.num_heads == 0,
+                f"model.hidden_size={self.hidden_size} is not divisible by model.num_heads={self.num_heads}",
+            )
+            _require(
+                self.num_heads % self.num_kv_heads == 0,
+                f"model.num_heads={self.num_heads} is not divisible by model.num_kv_heads={self.num_kv_heads}",
+            )
+
+
+@dataclass
+class DataConfig:
+    # A procedural task name (no download needed), or null to read prompts from `path`.
+    task: str | None = "addition"
+    # A local .jsonl/.json/.parquet file (read with `datasets`), used when task is null.
+    path: str | None = None
+    # Column holding the prompt text (after `columns` renames).
+    prompt_column: str = "prompt"
+    # Renames applied on load, {dataset column: name the rewards expect}, e.g. {question: prompt}.
+    columns: dict[str, str] = field(default_factory=dict)
+    # plain: the prompt as is; r1_zero: DeepSeek-R1-Zero's "think then answer" template; chat: the tokenizer's template.
+    template: str = "plain"
+    system_prompt: str | None = None
+    # Use at most this many rows (null: all).
+    max_rows: int | None = None
+    # Procedural task settings: problems generated for training and for held-out evaluation, and the task's seed.
+    num_train: int = 5000
+    num_eval: int = 500
+    num_digits: int = 3
+    task_seed: int = 1234
+
+    def __post_init__(self) -> None:
+        from deepseek_rl.tasks import TASKS
+
+        _one_of("data.template", self.template, ("plain", "r1_zero", "chat"))
+        if self.task is not None:
+            _one_of("data.task", self.task, tuple(TASKS))
+            _require(self.num_digits >= 1, f"data.num_digits={self.num_digits} must be >= 1")
+            _require(self.num_train >= 1, f"data.num_train={self.num_train} must be >= 1")
+        else:
+            _require(
+                self.path is not None,
+                "data.path is required when data.task=null: point it at a .jsonl or .parquet file",
+            )
+            path = Path(os.path.expanduser(self.path))
+            _require(
+                path.exists(),
+                f"data.path={self.path}: no such file (resolved to {path.absolute()}); "
+                "give a local .jsonl/.json/.parquet file, or set data.task to a procedural task",
+            )
+
+
+@dataclass
+class RolloutConfig:
+    # Prompts longer than this (in tokens) are rejected with an error naming the row.
+    max_prompt_length: int = 64
+    max_completion_length: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    # 0 disables top-k.
+    top_k: int = 0
+    # Generation of a completion also stops after any of these strings (besides EOS).
+    stop_strings: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        _require(self.max_prompt_length >= 1, f"rollout.max_prompt_length={self.max_prompt_length} must be >= 1")
+        _require(
+            self.max_completion_length >= 1, f"rollout.max_completion_length={self.max_completion_length} must be >= 1"
+        )
+        _require(self.temperature > 0, f"rollout.temperature={self.temperature} must be > 0 (sampling is required)")
+        _require(0 < self.top_p <= 1, f"rollout.top_p={self.top_p} must be in (0, 1]")
+        _require(self.top_k >= 0, f"rollout.top_k={self.top_k} must be >= 0 (0 disables it)")
+
+
+@dataclass
+class RewardConfig:
+    # Reward name -> weight in the total reward. Names come from the reward table (deepseek_rl.rewards.REWARDS)
+    # or are "module:function" import paths to your own `reward(completions, **columns)`.
+    weights: dict[str, float] = field(default_factory=lambda: {"answer_match": 1.0})
+    # Extra keyword arguments per reward name, e.g. {soft_overlong: {buffer_length: 32}}.
+    args: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from deepseek_rl.rewards import resolve_reward
+
+        _require(
+            len(self.weights) > 0,
+            "reward.weights is empty: give at least one reward, e.g. reward.weights={answer_match: 1.0}",
+        )
+        for name in self.weights:
+            resolve_reward(name)  # raises ConfigError naming the reward
+        for name in self.args:
+            _require(name in self.weights, f"reward.args.{name} is set but '{name}' is not in reward.weights")
+
+
+@dataclass
+class AlgorithmConfig:
+    # G: completions sampled per prompt; advantages are computed within each group of G.
+    num_generations: int = 8
+    # Peak learning rate of the policy optimizer (the step size is part of the RL algorithm's recipe).
+    lr: float = 3e-5
+    # How per-token losses become one number: grpo | bnpo | dr_grpo | dapo (see docs/algorithms.md).
+    loss_type: str = "dapo"
+    # Advantage scaling: group (divide by the group's std), batch (by the batch std), none (Dr. GRPO).
+    scale_rewards: str = "group"
+    adv_eps: float = 1e-4
+    # Clipped surrogate: ratio clipped to [1 - clip_eps_low, 1 + clip_eps_high].
+    clip_eps_low: float = 0.2
+    clip_eps_high: float = 0.2
+    # Dual clip: cap on the ratio's contribution when the advantage is negative (null: off).
+    dual_clip: float | None = None
+    # token: per-token ratios (GRPO); sequence / sequence_token: GSPO's sequence-level ratio.
+    importance_sampling: str = "token"
+    # KL penalty to a frozen reference model; the reference model is built only when this is non-zero.
+    kl_coef: float = 0.0
+    kl_estimator: str = "k3"
+    # Optimisation passes over each rollout batch (mu). With 1 the ratio is exactly 1.
+    num_iterations: int = 1
+    entropy_coef: float = 0.0
+    # Mask completions cut at max_completion_length out of the loss (DAPO's overlong filtering).
+    mask_truncated: bool = False
+    # Rows of the batch whose log-probs are computed at once from the logits (bounds fp32 memory).
+    logprob_chunk_size: int = 4
+
+    def __post_init__(self) -> None:
+        _require(
+            self.num_generations >= 2,
+            f"algorithm.num_generations={self.num_generations}: GRPO needs at least 2 completions per prompt for a "
+            "group baseline; set algorithm.num_generations to 2 or more (8 or 16 are typical)",
+        )
+        _require(self.lr > 0, f"algorithm.lr={self.lr} must be > 0")
+        _one_of("algorithm.loss_type", self.loss_type, ("grpo", "bnpo", "dr_grpo", "dapo"))
+        _one_of("algorithm.scale_rewards", self.scale_rewards, ("group", "batch", "none"))
+        _one_of("algorithm.importance_sampling", self.importance_sampling, ("token", "sequence", "sequence_token"))
+        _one_of("algorithm.kl_estimator", self.kl_estimator, ("k1", "k2", "k3"))
+        _require(self.kl_coef >= 0, f"algorithm.kl_coef={self.kl_coef} must be >= 0")
+        _require(self.clip_eps_low >= 0 and self.clip_eps_high >= 0, "algorithm.clip_eps_low/high must be >= 0")
+        _require(
+            self.dual_clip is None or self.dual_clip > 1, f"algorithm.dual_clip={self.dual_clip} must be > 1 or null"
+        )
+        _require(self.num_iterations >= 1, f"algorithm.num_iterations={self.num_iterations} must be >= 1")
+        _require(self.logprob_chunk_size >= 1, f"algorithm.logprob_chunk_size={self.logprob_chunk_size} must be >= 1")
+
+
+@dataclass
+class OptimizerConfig:
+    # AdamW; the learning rate is algorithm.lr.
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    # constant | linear | cosine decay after warmup.
+    schedule: str = "constant"
+    # Gradient-norm clipping (null: off).
+    max_grad_norm: float | None = 1.0
+
+    def __post_init__(self) -> None:
+        _require(len(self.betas) == 2, f"optimizer.betas={self.betas} must be two numbers, e.g. [0.9, 0.99]")
+        _one_of("optimizer.schedule", self.schedule, ("constant", "linear", "cosine"))
+        _require(self.warmup_steps >= 0, f"optimizer.warmup_steps={self.warmup_steps} must be >= 0")
+
+
+@dataclass
+class TrainerConfig:
+    # Completions per optimizer step across all ranks: (prompts per step) x num_generations.
+    batch_size: int = 64
+    # Completions per forward/backward on one rank; the step accumulates gradients over micro-batches.
+    micro_batch_size: int = 16
+    max_steps: int = 20
+    seed: int = 0
+    # null: Hydra's run directory.
+    output_dir: str | None = None
+    # Write a checkpoint every N steps (0: only the final export).
+    save_every: int = 0
+    keep_last: int = 2
+    # never | auto (newest complete checkpoint in output_dir) | a checkpoint directory.
+    resume: str = "never"
+    # Save the final policy in Hugging Face format to <output_dir>/final.
+    save_final: bool = True
+
+    def __post_init__(self) -> None:
+        _require(self.batch_size >= 1, f"trainer.batch_size={self.batch_size} must be >= 1")
+        _require(self.micro_batch_size >= 1, f"trainer.micro_batch_size={self.micro_batch_size} must be >= 1")
+        _require(self.max_steps >= 1, f"trainer.max_steps={self.max_steps} must be >= 1")
+        _require(self.save_every >= 0, f"trainer.save_every={self.save_every} must be >= 0")
+
+
+@dataclass
+class LoggerConfig:
+    # wandb | none (metrics.jsonl in the run directory is always written).
+    kind: str = "wandb"
+    project: str = "deepseek-rl"
+    entity: str | None = None
+    group: str | None = None
+    name: str | None = None
+    # auto: online when an API key is configured, offline otherwise.
+    mode: str = "auto"
+    tags: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        _one_of("logger.kind", self.kind, ("wandb", "none"))
+        _one_of("logger.mode", self.mode, ("auto", "online", "offline", "disabled"))
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+    def __post_init__(self) -> None:
+        self.check_batch(world_size=1)
+        self.check_lengths()
+
+    def check_batch(self, world_size: int) -> None:
+        """Whole groups per rank, whole micro-batches per rank."""
+        t, g = self.trainer, self.algorithm.num_generations
+        _require(
+            t.batch_size % g == 0,
+            f"trainer.batch_size={t.batch_size} does not divide into whole groups of "
+            f"algorithm.num_generations={g}: use a multiple of {g} (e.g. {max(1, t.batch_size // g) * g})",
+        )
+        _require(
+            t.batch_size % (g * world_size) == 0,
+            f"trainer.batch_size={t.batch_size} gives {t.batch_size // g} prompts per step, which do not split evenly "
+            f"over {world_size} ranks (each rank keeps whole groups): use a multiple of {g * world_size}",
+        )
+        per_rank = t.batch_size // world_size
+        _require(
+            per_rank % t.micro_batch_size == 0,
+            f"trainer.micro_batch_size={t.micro_batch_size} does not divide the {per_rank} completions per rank "
+            f"(trainer.batch_size={t.batch_size} over {world_size} ranks): pick a divisor of {per_rank}",
+        )
+
+    def check_lengths(self) -> None:
+        """Prompt + completion must fit the model's context."""
+        context = model_context_length(self.model)
+        total = self.rollout.max_prompt_length + self.rollout.max_completion_length
+        _require(
+            total <= context,
+            f"rollout.max_prompt_length + rollout.max_completion_length = {total} does not fit the model's context "
+            f"of {context} tokens (max_position_embeddings): shorten them"
+            + (", or raise model.max_position_embeddings" if self.model.path is None else ""),
+        )
+
+
+def model_context_length(model: ModelConfig) -> int:
+    """The model's max_position_embeddings, read from config.json without loading weights."""
+    if model.path is None:
+        return model.max_position_embeddings
+    config_file = Path(os.path.expanduser(model.path)) / "config.json"
+    _require(
+        config_file.exists(),
+        f"model.path={model.path}: no config.json there; give a local Hugging Face model directory",
+    )
+    import json
+
+    return int(json.loads(config_file.read_text()).get("max_position_embeddings", 2048))
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="deepseek_rl_schema", node=Config)
+    OmegaConf.register_new_resolver("shared", lambda sub="": str(shared_dir() / sub), replace=True)
+
+
+def load_recipe(name: str, overrides: list[str] | None = None) -> Config:
+    """Compose a recipe from `recipes/` with Hydra overrides and validate it (without running anything)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from deepseek_rl.paths import recipes_dir
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(recipes_dir()), version_base="1.3"):
+        composed = compose(config_name=name, overrides=list(overrides or []))
+    return OmegaConf.to_object(composed)
+
+
+register_configs()

@@ -1,0 +1,159 @@
+"""Prompt data: procedural tasks or local JSONL/parquet files -> rendered, tokenized prompts -> per-rank batches.
+
+Rendering: `plain` uses the prompt text as is; `r1_zero` wraps it in DeepSeek-R1-Zero's "think then answer"
+template (which ends by opening `<think>`); `chat` applies the tokenizer's chat template with the generation prompt.
+Batches are drawn without replacement from a seeded permutation per epoch; step s uses global positions
+[s * prompts_per_step, (s + 1) * prompts_per_step) and rank r takes its contiguous share, so a step's prompts
+depend only on (seed, step) and resuming needs nothing but the step.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from deepseek_rl.batch import PromptBatch
+from deepseek_rl.config import ConfigError, DataConfig
+from deepseek_rl.tasks import TASKS
+
+R1_ZERO_TEMPLATE = (
+    "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. "
+    "The assistant first thinks about the reasoning process in the mind and then provides the user with the "
+    "answer. The reasoning process and answer are enclosed within <think> </think> and <answer> </answer> tags, "
+    "respectively, i.e., <think> reasoning process here </think> <answer> answer here </answer>. "
+    "User: {prompt}. Assistant: <think>"
+)
+
+
+class DataError(ValueError):
+    """Bad data: the message names the file (or task), the row and the column."""
+
+
+def load_rows(cfg: DataConfig, split: str = "train") -> datasets.Dataset:
+    """The rows of a procedural task split, or of the local file in `cfg.path`, with `cfg.columns` renames applied."""
+    if cfg.task is not None:
+        task = TASKS[cfg.task](num_digits=cfg.num_digits, seed=cfg.task_seed)
+        rows = task.splits(cfg.num_train, cfg.num_eval)[split]
+        dataset = datasets.Dataset.from_list(rows)
+    else:
+        dataset = _load_file(Path(os.path.expanduser(str(cfg.path))))
+    missing = [src for src in cfg.columns if src not in dataset.column_names]
+    if missing:
+        raise DataError(f"data.columns renames {missing} but {source_name(cfg)} has columns {dataset.column_names}")
+    if cfg.columns:
+        dataset = dataset.rename_columns(dict(cfg.columns))
+    if cfg.prompt_column not in dataset.column_names:
+        raise DataError(
+            f"{source_name(cfg)} has no '{cfg.prompt_column}' column (data.prompt_column); its columns are "
+            f"{dataset.column_names}: set data.prompt_column or map a column with data.columns"
+        )
+    if cfg.max_rows is not None:
+        dataset = dataset.select(range(min(cfg.max_rows, len(dataset))))
+    if len(dataset) == 0:
+        raise DataError(f"{source_name(cfg)} has no rows")
+    return dataset
+
+
+def source_name(cfg: DataConfig) -> str:
+    return f"task '{cfg.task}'" if cfg.task is not None else f"data file {cfg.path}"
+
+
+def _load_file(path: Path) -> datasets.Dataset:
+    kind = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}.get(path.suffix)
+    if kind is None:
+        raise ConfigError(f"data.path={path}: unsupported file type '{path.suffix}'; use .jsonl, .json or .parquet")
+    try:
+        return datasets.load_dataset(kind, data_files=str(path), split="train")
+    except Exception as err:  # datasets wraps parse errors in several types; report the file
+        raise DataError(f"data file {path} could not be read as {kind}: {err}") from err
+
+
+def render_prompt(text: str, template: str, tokenizer: PreTrainedTokenizerBase, system_prompt: str | None) -> str:
+    if template == "plain":
+        return text
+    if template == "r1_zero":
+        return R1_ZERO_TEMPLATE.format(prompt=text)
+    if tokenizer.chat_template is None:
+        raise ConfigError(
+            "data.template=chat but the tokenizer has no chat template: use data.template=plain or r1_zero"
+        )
+    messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
+        {"role": "user", "content": text}
+    ]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+@dataclass
+class PromptSet:
+    """All prompts of a split, rendered and tokenized once, with every column kept for the rewards."""
+
+    texts: list[str]  # [D] rendered prompts
+    token_ids: list[list[int]]  # [D] unpadded prompt tokens
+    columns: dict[str, list[Any]]  # column -> [D]
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def batch(self, indices: list[int], pad_id: int) -> PromptBatch:
+        """Left-pad the chosen prompts into one PromptBatch."""
+        length = max(len(self.token_ids[i]) for i in indices)
+        input_ids = torch.full((len(indices), length), pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(indices), length), dtype=torch.long)
+        for row, i in enumerate(indices):
+            ids = self.token_ids[i]
+            input_ids[row, length - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+            attention_mask[row, length - len(ids) :] = 1
+        return PromptBatch(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            texts=[self.texts[i] for i in indices],
+            columns={k: [v[i] for i in indices] for k, v in self.columns.items()},
+        )
+
+
+def build_prompt_set(
+    cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, max_prompt_length: int, split: str = "train"
+) -> PromptSet:
+    """Load, render and tokenize a split; a prompt that is empty or too long is an error naming its row."""
+    dataset = load_rows(cfg, split)
+    columns = {name: dataset[name] for name in dataset.column_names}
+    texts, token_ids = [], []
+    for row, raw in enumerate(columns[cfg.prompt_column]):
+        if not isinstance(raw, str) or not raw.strip():
+            raise DataError(
+                f"{source_name(cfg)}, row {row}: column '{cfg.prompt_column}' is empty or not text ({raw!r})"
+            )
+        text = render_prompt(raw, cfg.template, tokenizer, cfg.system_prompt)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) > max_prompt_length:
+            raise DataError(
+                f"{source_name(cfg)}, row {row}: the rendered prompt is {len(ids)} tokens, over "
+                f"rollout.max_prompt_length={max_prompt_length}; raise it or set data.max_rows / filter the file"
+            )
+        texts.append(text)
+        token_ids.append(ids)
+    return PromptSet(texts=texts, token_ids=token_ids, columns=columns)
+
+
+def step_indices(num_prompts: int, prompts_per_step: int, step: int, seed: int) -> list[int]:
+    """The dataset rows of step `step` across all ranks: epochs of seeded permutations, read in order."""
+    indices, perm_epoch, perm = [], -1, None
+    for position in range(step * prompts_per_step, (step + 1) * prompts_per_step):
+        epoch = position // num_prompts
+        if epoch != perm_epoch:
+            perm = torch.randperm(num_prompts, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+            perm_epoch = epoch
+        indices.append(int(perm[position % num_prompts]))
+    return indices
+
+
+def rank_indices(indices: list[int], rank: int, world_size: int) -> list[int]:
+    """This rank's contiguous share of a step's prompts."""
+    per_rank = len(indices) // world_size
+    return indices[rank * per_rank : (rank + 1) * per_rank]

@@ -1,0 +1,49 @@
+"""Step metrics, reduced across ranks before logging (every rank calls these; rank 0 logs)."""
+
+from __future__ import annotations
+
+from accelerate import Accelerator
+from torch import Tensor
+
+from deepseek_rl.batch import ScoredBatch
+from deepseek_rl.grpo import zero_std_groups
+from deepseek_rl.scoring import RewardSet
+
+
+def rollout_metrics(accelerator: Accelerator, scored: ScoredBatch, rewards: RewardSet) -> dict[str, float]:
+    """Rewards, lengths and group statistics over the whole global batch."""
+    rollout = scored.rollout
+    device = accelerator.device
+    total = accelerator.gather(scored.rewards.to(device))  # [N_global]
+    terms = accelerator.gather(scored.reward_terms.to(device)).cpu()  # [N_global, F]
+    lengths = accelerator.gather(rollout.completion_lengths.float().to(device))
+    truncated = accelerator.gather(rollout.truncated.float().to(device))
+    zero_std = accelerator.gather(zero_std_groups(scored.rewards, rollout.group_size).float().to(device))
+    return {
+        "reward": total.mean().item(),
+        "reward_std": total.std().item() if total.numel() > 1 else 0.0,
+        **rewards.metrics(terms),
+        "completion_length/mean": lengths.mean().item(),
+        "completion_length/min": lengths.min().item(),
+        "completion_length/max": lengths.max().item(),
+        "truncated": truncated.mean().item(),
+        "zero_std_groups": zero_std.mean().item(),
+    }
+
+
+def update_metrics(accelerator: Accelerator, sums: dict[str, Tensor], loss_type: str) -> dict[str, float]:
+    """Loss and per-token statistics from the update's sums over micro-batches, summed over ranks."""
+    device = accelerator.device
+    total = {k: accelerator.reduce(v.to(device).float().reshape(()), reduction="sum").item() for k, v in sums.items()}
+    tokens = max(total["tokens"], 1.0)
+    world = accelerator.num_processes
+    return {
+        # dapo's per-rank losses are shares of one global loss; the others are per-rank losses averaged by DDP
+        "loss": total["loss"] if loss_type == "dapo" else total["loss"] / world,
+        "kl": total["kl_sum"] / tokens,
+        "entropy": total["entropy_sum"] / tokens,
+        "ratio": total["ratio_sum"] / tokens,
+        "clip/low": total["clipped_low"] / tokens,
+        "clip/high": total["clipped_high"] / tokens,
+        "grad_norm": total["grad_norm"] / world,
+    }

@@ -1,0 +1,105 @@
+"""Tokenizers and causal LMs: any Hugging Face model from a local directory, or a tiny random one from a config.
+
+The tiny factory builds a Llama or Qwen2 model sized by `ModelConfig`, with its vocabulary taken from the
+tokenizer, so that everything runs offline: with the character tokenizer for procedural tasks, or with the real
+DeepSeek-R1-Distill tokenizer for realistic recipes (a 151k-token vocabulary on a few-layer model).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    Qwen2Config,
+)
+
+from deepseek_rl.char_tokenizer import build_char_tokenizer
+from deepseek_rl.config import ConfigError, ModelConfig
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
+    """The character tokenizer, or the tokenizer in a local directory; always with a pad token, padding left."""
+    source = cfg.tokenizer if cfg.tokenizer is not None else cfg.path
+    if source == "char":
+        return build_char_tokenizer()
+    path = Path(os.path.expanduser(str(source)))
+    if not path.is_dir():
+        raise ConfigError(f"model.tokenizer={source}: not a directory; give 'char' or a local tokenizer directory")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def tiny_model_config(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> PretrainedConfig:
+    """The config of a tiny random model whose vocabulary fits the tokenizer."""
+    config_class = {"llama": LlamaConfig, "qwen2": Qwen2Config}[cfg.arch]
+    return config_class(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_kv_heads,
+        max_position_embeddings=cfg.max_position_embeddings,
+        tie_word_embeddings=cfg.tie_word_embeddings,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+    )
+
+
+def load_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
+    """The policy: from `cfg.path`, or a tiny random model (seed torch first for a reproducible init)."""
+    dtype = DTYPES[cfg.dtype]
+    if cfg.path is None:
+        config = tiny_model_config(cfg, tokenizer)
+        config._attn_implementation = cfg.attn_implementation
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    else:
+        path = Path(os.path.expanduser(cfg.path))
+        if not (path / "config.json").exists():
+            raise ConfigError(f"model.path={cfg.path}: no config.json there; give a local Hugging Face model directory")
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=cfg.attn_implementation)
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        raise ConfigError(
+            f"model.tokenizer has {len(tokenizer)} tokens but the model's embedding has only "
+            f"{model.get_input_embeddings().weight.shape[0]} rows: use the model's own tokenizer"
+        )
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if model.generation_config.eos_token_id is None:
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model
+
+
+def model_config_only(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase | None = None) -> PretrainedConfig:
+    """The architecture config without weights (for checks before loading)."""
+    if cfg.path is None:
+        if tokenizer is None:
+            tokenizer = load_tokenizer(cfg)
+        return tiny_model_config(cfg, tokenizer)
+    return AutoConfig.from_pretrained(Path(os.path.expanduser(cfg.path)))
+
+
+def eos_token_ids(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel) -> list[int]:
+    """Every token that ends a completion: the tokenizer's EOS and the model's generation EOS ids."""
+    ids = {tokenizer.eos_token_id}
+    configured = getattr(model.generation_config, "eos_token_id", None)
+    if isinstance(configured, int):
+        ids.add(configured)
+    elif configured:
+        ids.update(configured)
+    return sorted(i for i in ids if i is not None)

@@ -1,0 +1,81 @@
+"""The first rewards: exact answer match for procedural tasks, the think/answer format, and tag counting.
+
+The R1 chat template (and the R1-Zero template) already opens `<think>` in the prompt, so a completion may start
+inside the think block. When the prompt ends with `<think>`, the completion is read as if it started with it;
+without prompts (e.g. offline scoring) a missing opening `<think>` is accepted.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+STRICT_FORMAT_RE = re.compile(
+    r"^<think>(?:(?!<think>|</think>).)*</think>\s*<answer>(?:(?!<answer>|</answer>).)*</answer>\s*$", re.DOTALL
+)
+
+
+def with_opened_think(completion: str, prompt: str | None) -> str:
+    """The completion as if it began with `<think>` when the prompt already opened it.
+
+    Without the prompt, a completion that closes a think block it never opened is read as opened by the prompt.
+    """
+    if completion.lstrip().startswith("<think>"):
+        return completion.lstrip()
+    if prompt is not None:
+        opened = prompt.rstrip().endswith("<think>")
+    else:
+        opened = "</think>" in completion and "<think>" not in completion
+    return "<think>" + completion if opened else completion
+
+
+def _prompts(n: int, kwargs: dict[str, Any]) -> list[str | None]:
+    prompts = kwargs.get("prompts")
+    return list(prompts) if prompts is not None else [None] * n
+
+
+def answer_match(completions: list[str], answer: list[Any] | None = None, **kwargs: Any) -> list[float | None]:
+    """1.0 when the last `<answer>...</answer>` block equals the gold `answer` column exactly (after stripping).
+
+    >>> answer_match(["<think>..</think><answer> 42 </answer>", "<answer>41</answer>", "42"], answer=["42"] * 3)
+    [1.0, 0.0, 0.0]
+    """
+    if answer is None:
+        return [None] * len(completions)
+    scores: list[float | None] = []
+    for completion, gold in zip(completions, answer, strict=True):
+        if gold is None or str(gold).strip() == "":
+            scores.append(None)
+            continue
+        found = ANSWER_RE.findall(completion)
+        scores.append(float(bool(found) and found[-1].strip() == str(gold).strip()))
+    return scores
+
+
+def format_reward(completions: list[str], **kwargs: Any) -> list[float | None]:
+    """1.0 for exactly `<think>...</think><answer>...</answer>`, nothing after (the prompt may open `<think>`).
+
+    >>> format_reward(["<think>a</think><answer>1</answer>", "a</think><answer>1</answer>", "<answer>1</answer>"])
+    [1.0, 1.0, 0.0]
+    """
+    prompts = _prompts(len(completions), kwargs)
+    return [
+        float(bool(STRICT_FORMAT_RE.match(with_opened_think(c, p)))) for c, p in zip(completions, prompts, strict=True)
+    ]
+
+
+def tag_count(completions: list[str], **kwargs: Any) -> list[float | None]:
+    """0.25 for each of `<think>`, `</think>`, `<answer>`, `</answer>` that appears exactly once (partial credit).
+
+    >>> tag_count(["<think>x</think><answer>1</answer>", "</think></think>", "plain text"])
+    [1.0, 0.25, 0.0]
+    """
+    prompts = _prompts(len(completions), kwargs)
+    scores: list[float | None] = []
+    for completion, prompt in zip(completions, prompts, strict=True):
+        text = with_opened_think(completion, prompt)
+        scores.append(
+            sum((0.25 for tag in ("<think>", "</think>", "<answer>", "</answer>") if text.count(tag) == 1), 0.0)
+        )
+    return scores

@@ -1,0 +1,47 @@
+"""Test environment: one thread per process, no hub access, wandb offline (tests never send traffic out)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["WANDB_MODE"] = "offline"
+os.environ["WANDB_SILENT"] = "true"
+os.environ.pop("WANDB_API_KEY", None)
+
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+from deepseek_rl.paths import shared_dir  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+R1_TOKENIZER = shared_dir() / "tokenizers" / "deepseek-r1-distill-qwen-1.5b"
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    """The shared data folder; tests that need it skip when it is absent, except in CI where it must exist."""
+    path = shared_dir()
+    if not path.is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"shared data folder {path} is missing in CI (set DEEPSEEK_RL_SHARED)")
+        pytest.skip(f"shared data folder {path} not found (set DEEPSEEK_RL_SHARED)")
+    return path
+
+
+def run_cli(*args: str, cwd: Path, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the real `deepseek-rl` command (through this interpreter) and capture its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "deepseek_rl.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )

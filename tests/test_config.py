@@ -1,0 +1,90 @@
+"""Every shipped recipe composes and validates; each invalid configuration fails with its message, not a traceback."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from deepseek_rl.config import Config, ConfigError, load_recipe
+from deepseek_rl.paths import recipes_dir
+
+from .conftest import run_cli
+
+GROUPS = ("model", "data", "rollout", "reward", "algorithm", "optimizer", "trainer", "logger")
+
+
+def primary_recipes() -> list[str]:
+    """Every recipe (a YAML whose defaults start from the schema), in recipes/ and its subfolders."""
+    names = []
+    for path in sorted(recipes_dir().rglob("*.yaml")):
+        doc = yaml.safe_load(path.read_text()) or {}
+        if "deepseek_rl_schema" in (doc.get("defaults") or []):
+            names.append(str(path.relative_to(recipes_dir()).with_suffix("")))
+    return names
+
+
+def group_options() -> list[tuple[str, str]]:
+    return [(g, p.stem) for g in GROUPS for p in sorted((recipes_dir() / g).glob("*.yaml"))]
+
+
+def test_recipes_are_found():
+    assert {"default", "smoke", "r1_tokenizer_smoke"} <= set(primary_recipes())
+
+
+@pytest.mark.parametrize("name", primary_recipes())
+def test_recipe_composes_and_validates(name):
+    cfg = load_recipe(name)
+    assert isinstance(cfg, Config)
+
+
+@pytest.mark.parametrize("group,option", group_options())
+def test_every_group_option_composes_into_the_default_recipe(group, option):
+    cfg = load_recipe("default", [f"{group}={option}"])
+    assert isinstance(cfg, Config)
+
+
+INVALID = {
+    "num_generations": (
+        ["algorithm.num_generations=1"],
+        "algorithm.num_generations=1: GRPO needs at least 2 completions",
+    ),
+    "batch_groups": (
+        ["trainer.batch_size=30"],
+        "trainer.batch_size=30 does not divide into whole groups of algorithm.num_generations=8",
+    ),
+    "micro_batch": (
+        ["trainer.micro_batch_size=24"],
+        "trainer.micro_batch_size=24 does not divide the 64 completions per rank",
+    ),
+    "unknown_reward": (["+reward.weights.acuracy=1.0"], "reward.weights.acuracy: unknown reward 'acuracy'"),
+    "missing_file": (
+        ["data.task=null", "data.path=/nonexistent/train.jsonl"],
+        "data.path=/nonexistent/train.jsonl: no such file",
+    ),
+    "lengths": (
+        ["rollout.max_completion_length=250"],
+        "max_prompt_length + rollout.max_completion_length = 282 does not fit",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(INVALID))
+def test_invalid_config_in_process(case):
+    overrides, message = INVALID[case]
+    with pytest.raises(ConfigError, match=message.replace("+", r"\+").replace("(", r"\(")):
+        load_recipe("default", overrides)
+
+
+@pytest.mark.parametrize("case", sorted(INVALID))
+def test_invalid_config_from_cli_prints_message_not_traceback(case, tmp_path: Path):
+    overrides, message = INVALID[case]
+    result = run_cli("train", *overrides, "logger=none", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not list(tmp_path.rglob("metrics.jsonl"))  # failed before training
+
+
+def test_typo_in_a_key_is_caught_by_the_schema():
+    with pytest.raises(Exception, match="algorithm.lrr"):
+        load_recipe("default", ["algorithm.lrr=1e-3"])

@@ -1,0 +1,107 @@
+"""Procedural task, prompt loading from files, templates, and the per-step / per-rank prompt order."""
+
+import json
+
+import pytest
+from transformers import AutoTokenizer
+
+from deepseek_rl.char_tokenizer import build_char_tokenizer
+from deepseek_rl.config import ConfigError, DataConfig
+from deepseek_rl.data import DataError, build_prompt_set, rank_indices, render_prompt, step_indices
+from deepseek_rl.tasks.addition import AdditionTask, addition_solution, verify_addition
+
+
+def test_addition_trace_hand_written():
+    assert addition_solution(526, 850) == "<think>6+0+0=06 2+5+0=07 5+8+0=13</think><answer>1376</answer>"
+    assert addition_solution(99, 1) == "<think>9+1+0=10 9+0+1=10</think><answer>100</answer>"
+
+
+def test_addition_splits_are_seeded_disjoint_and_verified():
+    a = AdditionTask(num_digits=3, seed=5).splits(300, 100)
+    b = AdditionTask(num_digits=3, seed=5).splits(300, 100)
+    assert a == b
+    assert len(a["train"]) == 300 and len(a["eval"]) == 100
+    assert not {r["prompt"] for r in a["train"]} & {r["prompt"] for r in a["eval"]}
+    for row in a["train"][:50]:
+        assert verify_addition(row["solution"], row["answer"]) == 1.0
+        assert verify_addition(row["solution"].replace(row["answer"], row["answer"] + "0"), row["answer"]) == 0.0
+    assert AdditionTask(num_digits=3, seed=6).splits(300, 100) != a
+
+
+def test_addition_too_many_problems_is_a_clear_error():
+    with pytest.raises(ValueError, match="distinct 1-digit problems"):
+        AdditionTask(num_digits=1).splits(90, 20)
+
+
+def test_step_indices_cover_each_row_once_per_epoch_and_ranks_partition():
+    n, per_step = 10, 4
+    first_epoch = [i for step in range(2) for i in step_indices(n, per_step, step, seed=3)] + step_indices(
+        n, per_step, 2, 3
+    )[:2]
+    assert sorted(first_epoch) == list(range(10))
+    assert step_indices(n, per_step, 7, seed=3) == step_indices(n, per_step, 7, seed=3)
+    step = step_indices(n, per_step, 1, seed=3)
+    assert rank_indices(step, 0, 2) + rank_indices(step, 1, 2) == step
+
+
+def _write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_jsonl_prompts_with_column_mapping(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    _write_jsonl(path, [{"question": "Q:1+1=", "gold": "2"}, {"question": "Q:2+2=", "gold": "4"}])
+    cfg = DataConfig(task=None, path=str(path), columns={"question": "prompt", "gold": "answer"})
+    prompts = build_prompt_set(cfg, build_char_tokenizer(), max_prompt_length=16)
+    assert prompts.texts == ["Q:1+1=", "Q:2+2="]
+    assert prompts.columns["answer"] == ["2", "4"]
+    batch = prompts.batch([1, 0], pad_id=0)
+    assert batch.input_ids.shape == (2, 6) and batch.columns["answer"] == ["4", "2"]
+
+
+def test_bad_data_errors_name_file_row_and_column(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    _write_jsonl(path, [{"question": "Q:1+1="}])
+    with pytest.raises(DataError, match=r"rows.jsonl has no 'prompt' column .*\['question'\]"):
+        build_prompt_set(DataConfig(task=None, path=str(path)), build_char_tokenizer(), 16)
+    _write_jsonl(path, [{"prompt": "Q:1+1="}, {"prompt": "x" * 40}])
+    with pytest.raises(
+        DataError, match=r"rows.jsonl, row 1: the rendered prompt is 40 tokens, over rollout.max_prompt_length=16"
+    ):
+        build_prompt_set(DataConfig(task=None, path=str(path)), build_char_tokenizer(), 16)
+    _write_jsonl(path, [{"prompt": "Q:1+1="}, {"prompt": ""}])
+    with pytest.raises(DataError, match="row 1: column 'prompt' is empty"):
+        build_prompt_set(DataConfig(task=None, path=str(path)), build_char_tokenizer(), 16)
+    with pytest.raises(ConfigError, match="data.path=.*missing.jsonl: no such file"):
+        DataConfig(task=None, path=str(tmp_path / "missing.jsonl"))
+
+
+def test_parquet_prompts(tmp_path):
+    import datasets
+
+    path = tmp_path / "rows.parquet"
+    datasets.Dataset.from_list([{"prompt": "Q:3+4=", "answer": "7"}]).to_parquet(str(path))
+    prompts = build_prompt_set(DataConfig(task=None, path=str(path)), build_char_tokenizer(), 16)
+    assert prompts.texts == ["Q:3+4="] and prompts.columns["answer"] == ["7"]
+
+
+def test_templates_open_think(shared):
+    char = build_char_tokenizer()
+    assert render_prompt("Q:1+1=", "r1_zero", char, None).endswith("Assistant: <think>")
+    r1 = AutoTokenizer.from_pretrained(shared / "tokenizers" / "deepseek-r1-distill-qwen-1.5b")
+    text = render_prompt("What is 2+2?", "chat", r1, None)
+    assert text == "<｜begin▁of▁sentence｜><｜User｜>What is 2+2?<｜Assistant｜><think>\n"
+    assert r1(text, add_special_tokens=False)["input_ids"] == [
+        151646,
+        151644,
+        3838,
+        374,
+        220,
+        17,
+        10,
+        17,
+        30,
+        151645,
+        151648,
+        198,
+    ]

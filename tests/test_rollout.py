@@ -1,0 +1,167 @@
+"""The sampler: filtering, inverse-CDF sampling, EOS / stop strings / truncation, and KV-cache consistency."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+from transformers import LlamaConfig
+
+from deepseek_rl.char_tokenizer import build_char_tokenizer
+from deepseek_rl.config import ModelConfig, RolloutConfig
+from deepseek_rl.logprobs import completion_logprobs, position_ids_from_mask
+from deepseek_rl.models import load_model
+from deepseek_rl.rollout import RowUniforms, StopStrings, filter_logits, sample_completions, sample_tokens
+
+
+def test_filter_logits_top_k_and_top_p():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.2]]))
+    assert torch.isinf(filter_logits(logits, top_k=2)).tolist() == [[False, False, True]]
+    # top-p 0.5: the first token already holds 0.5 of the mass, so only it stays
+    assert torch.isinf(filter_logits(logits, top_p=0.5)).tolist() == [[False, True, True]]
+    # top-p 0.6: tokens 1 and 2 are needed (0.5 < 0.6), token 3 is not (0.8 >= 0.6)
+    assert torch.isinf(filter_logits(logits, top_p=0.6)).tolist() == [[False, False, True]]
+
+
+def test_inverse_cdf_sampling_hand_computed():
+    logits = torch.log(torch.tensor([[0.2, 0.3, 0.5]])).expand(4, 3)
+    # CDF 0.2, 0.5, 1.0: u in [0, 0.2) -> 0, [0.2, 0.5) -> 1, [0.5, 1) -> 2
+    tokens = sample_tokens(logits, RolloutConfig(), torch.tensor([0.1, 0.2, 0.49, 0.9]))
+    assert tokens.tolist() == [0, 1, 1, 2]
+
+
+def test_sampling_frequencies_match_probabilities():
+    probs = torch.tensor([0.1, 0.6, 0.3])
+    n = 20000
+    tokens = sample_tokens(
+        torch.log(probs).expand(n, 3), RolloutConfig(), torch.rand(n, generator=torch.Generator().manual_seed(0))
+    )
+    freq = torch.bincount(tokens, minlength=3).float() / n
+    assert torch.allclose(freq, probs, atol=0.015)
+
+
+def test_row_uniforms_do_not_depend_on_the_rank_split():
+    whole = RowUniforms(7, total_rows=8, start=0, n=8)
+    halves = [RowUniforms(7, 8, 0, 4), RowUniforms(7, 8, 4, 4)]
+    for _ in range(3):
+        assert torch.equal(whole.next(), torch.cat([h.next() for h in halves]))
+
+
+class ScriptedLM(nn.Module):
+    """A stand-in causal LM that emits a fixed token script per row (ignores the cache); counts forward calls."""
+
+    def __init__(self, scripts: list[list[int]], vocab: int, prompt_length: int):
+        super().__init__()
+        self.config = LlamaConfig(vocab_size=vocab, hidden_size=8, num_hidden_layers=1, num_attention_heads=1)
+        self.scripts, self.vocab, self.prompt_length = scripts, vocab, prompt_length
+        self.weight = nn.Parameter(torch.zeros(1))
+        self.calls = 0
+
+    def forward(self, input_ids, attention_mask, **kwargs):
+        self.calls += 1
+        step = attention_mask.shape[1] - self.prompt_length  # tokens generated so far
+        logits = torch.full((len(self.scripts), 1, self.vocab), -1e9)
+        for row, script in enumerate(self.scripts):
+            logits[row, 0, script[min(step, len(script) - 1)]] = 0.0
+        return SimpleNamespace(logits=logits)
+
+
+def _ids(tokenizer, text):
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def test_eos_stop_strings_truncation_and_early_exit():
+    tok = build_char_tokenizer()
+    eos, pad = tok.eos_token_id, tok.pad_token_id
+    scripts = [
+        _ids(tok, "12") + [eos],  # ends with EOS after 2 tokens
+        _ids(tok, "ab</answer>xyz"),  # stop string </answer> (a single tag token here)
+        _ids(tok, "zzzzzzzzzz"),  # never ends: truncated at max_completion_length
+    ]
+    prompt = torch.tensor([_ids(tok, "Q:") for _ in scripts])
+    model = ScriptedLM(scripts, len(tok), prompt.shape[1])
+    cfg = RolloutConfig(max_completion_length=6, stop_strings=["</answer>"])
+    ids, mask, truncated = sample_completions(
+        model,
+        prompt,
+        torch.ones_like(prompt),
+        cfg,
+        [eos],
+        pad,
+        StopStrings(tok, cfg.stop_strings),
+        RowUniforms(0, 3, 0, 3),
+    )
+    assert ids.shape == (3, 6)
+    assert mask.tolist() == [[1, 1, 1, 0, 0, 0], [1, 1, 1, 0, 0, 0], [1] * 6]
+    assert ids[0, :3].tolist() == scripts[0] and ids[0, 3:].tolist() == [pad] * 3
+    assert tok.decode(ids[1][mask[1].bool()]) == "ab</answer>"
+    assert truncated.tolist() == [False, False, True]
+
+
+def test_loop_stops_as_soon_as_every_row_ended():
+    tok = build_char_tokenizer()
+    eos = tok.eos_token_id
+    scripts = [[eos], _ids(tok, "1") + [eos]]
+    prompt = torch.tensor([_ids(tok, "Q:")] * 2)
+    model = ScriptedLM(scripts, len(tok), prompt.shape[1])
+    cfg = RolloutConfig(max_completion_length=50)
+    ids, mask, truncated = sample_completions(
+        model,
+        prompt,
+        torch.ones_like(prompt),
+        cfg,
+        [eos],
+        tok.pad_token_id,
+        StopStrings(tok, []),
+        RowUniforms(0, 2, 0, 2),
+    )
+    assert ids.shape[1] == 2 and model.calls == 2  # prefill + one decode step, not 50
+    assert not truncated.any()
+
+
+def test_stop_string_spanning_tokens():
+    tok = build_char_tokenizer()
+    stop = StopStrings(tok, ["END"])
+    tokens = torch.tensor([_ids(tok, "xxEN"), _ids(tok, "xEND")])
+    assert stop(tokens, torch.tensor([True, True])).tolist() == [False, True]
+    assert stop(tokens, torch.tensor([True, False])).tolist() == [False, False]  # only rows asked for
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_cached_sampling_matches_training_logprobs_with_left_padding(arch):
+    """Sampling (KV cache, left padding) and training (one forward) must see the same distribution."""
+    torch.manual_seed(0)
+    tok = build_char_tokenizer()
+    model = load_model(ModelConfig(arch=arch, num_kv_heads=2), tok).eval()
+    texts = ["Q:1+2=", "Q:12+345="]
+    enc = tok(texts, padding=True, add_special_tokens=False, return_tensors="pt")
+    assert enc["attention_mask"][0, 0] == 0  # the short prompt is left-padded
+    cfg = RolloutConfig(max_completion_length=12, temperature=0.7)
+    ids, mask, _ = sample_completions(
+        model,
+        enc["input_ids"],
+        enc["attention_mask"],
+        cfg,
+        [tok.eos_token_id],
+        tok.pad_token_id,
+        StopStrings(tok, []),
+        RowUniforms(1, 2, 0, 2),
+    )
+    full_ids = torch.cat([enc["input_ids"], ids], 1)
+    full_mask = torch.cat([enc["attention_mask"], mask], 1)
+    with torch.no_grad():
+        logp, entropy = completion_logprobs(
+            model, full_ids, full_mask, ids.shape[1], temperature=0.7, chunk_rows=1, with_entropy=True
+        )
+        # reference: each row alone, unpadded, no cache, full log-softmax
+        for row in range(2):
+            keep = full_mask[row].bool()
+            seq = full_ids[row][keep][None]
+            logits = (
+                model(input_ids=seq, position_ids=position_ids_from_mask(torch.ones_like(seq))).logits[0].float() / 0.7
+            )
+            n = int(mask[row].sum())
+            ref = torch.log_softmax(logits[-n - 1 : -1], -1).gather(-1, seq[0, -n:, None]).squeeze(-1)
+            assert torch.allclose(logp[row, :n], ref, atol=1e-4)
+            ref_entropy = -(torch.softmax(logits[-n - 1 : -1], -1) * torch.log_softmax(logits[-n - 1 : -1], -1)).sum(-1)
+            assert torch.allclose(entropy[row, :n], ref_entropy, atol=1e-4)

@@ -1,0 +1,64 @@
+"""The update path through accelerate: 4 accumulated micro-batches step the policy like one batch of 4x."""
+
+import copy
+
+import pytest
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
+
+from deepseek_rl.batch import LossInputs
+from deepseek_rl.char_tokenizer import build_char_tokenizer
+from deepseek_rl.config import AlgorithmConfig, Config, ModelConfig, TrainerConfig
+from deepseek_rl.models import load_model
+from deepseek_rl.train import lr_schedule
+from deepseek_rl.update import update_policy
+
+
+def _fresh_accelerator(gradient_accumulation_steps: int) -> Accelerator:
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    return Accelerator(gradient_accumulation_steps=gradient_accumulation_steps, cpu=True)
+
+
+def _inputs(tok, n=8, prompt=6, completion=5) -> LossInputs:
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(4, len(tok), (n, prompt + completion), generator=g)
+    mask = torch.ones(n, prompt + completion, dtype=torch.long)
+    loss_mask = (torch.rand(n, completion, generator=g) > 0.3).float()
+    loss_mask[:, 0] = 1
+    mask[:, prompt:] = loss_mask.long()
+    return LossInputs(ids, mask, loss_mask, torch.randn(n, generator=g), None, None)
+
+
+@pytest.mark.parametrize("loss_type", ["dapo", "grpo", "dr_grpo"])
+def test_accumulated_micro_batches_equal_one_batch(loss_type):
+    tok = build_char_tokenizer()
+    torch.manual_seed(0)
+    base = load_model(ModelConfig(), tok)
+    inputs = _inputs(tok)
+    params = []
+    for micro in (8, 2):  # 1 micro-batch of 8, then 4 accumulated micro-batches of 2
+        cfg = Config(
+            algorithm=AlgorithmConfig(num_generations=2, lr=1e-2, loss_type=loss_type),
+            trainer=TrainerConfig(batch_size=8, micro_batch_size=micro),
+        )
+        acc = _fresh_accelerator(8 // micro)
+        model = copy.deepcopy(base)
+        # plain SGD: the step is the gradient itself (Adam would amplify rounding in near-zero gradients)
+        opt = torch.optim.SGD(model.parameters(), lr=cfg.algorithm.lr)
+        model, opt = acc.prepare(model, opt)
+        sums = update_policy(acc, model, opt, lr_schedule(opt, cfg.optimizer, 10), inputs, cfg)
+        assert sums["tokens"].item() == inputs.loss_mask.sum().item()
+        params.append(
+            (
+                torch.cat([p.detach().flatten() for p in model.parameters()]),
+                sums["loss"].item(),
+                sums["grad_norm"].item(),
+            )
+        )
+    (p1, loss1, norm1), (p4, loss4, norm4) = params
+    assert loss1 == pytest.approx(loss4, rel=1e-5, abs=1e-7)
+    assert norm1 == pytest.approx(norm4, rel=1e-4)
+    assert not torch.equal(p1, torch.cat([p.flatten() for p in base.parameters()]))
+    assert torch.allclose(p1, p4, atol=1e-7)
