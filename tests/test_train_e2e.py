@@ -114,3 +114,23 @@ def test_accelerate_launch_runs_the_same_recipe(tmp_path: Path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_training_continues_from_a_local_hf_directory(smoke_run: Path, tmp_path: Path):
+    """model.path loads any local Hugging Face causal LM (here: the smoke run's export) and trains it further."""
+    result = run_cli(
+        "train",
+        "--config-name",
+        "smoke",
+        "logger=none",
+        f"model.path={smoke_run / 'final'}",
+        "model.tokenizer=null",
+        "trainer.max_steps=1",
+        f"trainer.output_dir={tmp_path / 'run'}",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    before = AutoModelForCausalLM.from_pretrained(smoke_run / "final")
+    after = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "final")
+    assert not torch.equal(before.lm_head.weight, after.lm_head.weight)
+    assert before.config.hidden_size == after.config.hidden_size
