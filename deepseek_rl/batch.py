@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 
 @dataclass
@@ -56,6 +56,51 @@ class RolloutBatch:
     def completion_lengths(self) -> Tensor:  # [N] long
         return self.completion_mask.sum(dim=1)
 
+    def reward_columns(self) -> dict[str, list[Any]]:
+        """Keyword arguments for rewards: the dataset columns, `prompts`, and unpadded `completion_ids` (TRL's)."""
+        lengths = self.completion_lengths.tolist()
+        ids = [row[:n] for row, n in zip(self.completion_ids.tolist(), lengths, strict=True)]
+        return {**self.columns, "prompts": self.prompts, "completion_ids": ids}
+
+    def select(self, rows: Tensor) -> RolloutBatch:
+        """The rows [K] (indices) of the batch, in that order."""
+        keep = rows.tolist()
+        return RolloutBatch(
+            prompt_ids=self.prompt_ids[rows],
+            prompt_mask=self.prompt_mask[rows],
+            completion_ids=self.completion_ids[rows],
+            completion_mask=self.completion_mask[rows],
+            truncated=self.truncated[rows],
+            completions=[self.completions[i] for i in keep],
+            prompts=[self.prompts[i] for i in keep],
+            columns={k: [v[i] for i in keep] for k, v in self.columns.items()},
+            group_size=self.group_size,
+        )
+
+    @staticmethod
+    def concat(parts: list[RolloutBatch]) -> RolloutBatch:
+        """Stack batches row-wise; prompts are left-padded and completions right-padded to the widest (masked)."""
+        p_width = max(b.prompt_ids.shape[1] for b in parts)
+        c_width = max(b.completion_ids.shape[1] for b in parts)
+
+        def left(t: Tensor) -> Tensor:
+            return nn.functional.pad(t, (p_width - t.shape[1], 0))
+
+        def right(t: Tensor) -> Tensor:
+            return nn.functional.pad(t, (0, c_width - t.shape[1]))
+
+        return RolloutBatch(
+            prompt_ids=torch.cat([left(b.prompt_ids) for b in parts]),
+            prompt_mask=torch.cat([left(b.prompt_mask) for b in parts]),
+            completion_ids=torch.cat([right(b.completion_ids) for b in parts]),
+            completion_mask=torch.cat([right(b.completion_mask) for b in parts]),
+            truncated=torch.cat([b.truncated for b in parts]),
+            completions=[c for b in parts for c in b.completions],
+            prompts=[p for b in parts for p in b.prompts],
+            columns={k: [v for b in parts for v in b.columns[k]] for k in parts[0].columns},
+            group_size=parts[0].group_size,
+        )
+
 
 @dataclass
 class ScoredBatch:
@@ -66,6 +111,34 @@ class ScoredBatch:
     reward_terms: Tensor  # [N, F] float, NaN where a reward returned None
     rewards: Tensor  # [N] float, weighted sum of the terms (None terms count as 0)
     advantages: Tensor  # [N] float
+    loss_weight: Tensor  # [N] float, 1 for groups that train, 0 for filler groups (dynamic sampling)
+
+    def __len__(self) -> int:
+        return len(self.rollout)
+
+    def select_groups(self, groups: Tensor) -> ScoredBatch:
+        """The groups [K] (indices of groups of G rows), in that order."""
+        g = self.rollout.group_size
+        rows = (groups.unsqueeze(1) * g + torch.arange(g)).flatten()  # [K * G]
+        return ScoredBatch(
+            rollout=self.rollout.select(rows),
+            reward_names=self.reward_names,
+            reward_terms=self.reward_terms[rows],
+            rewards=self.rewards[rows],
+            advantages=self.advantages[rows],
+            loss_weight=self.loss_weight[rows],
+        )
+
+    @staticmethod
+    def concat(parts: list[ScoredBatch]) -> ScoredBatch:
+        return ScoredBatch(
+            rollout=RolloutBatch.concat([p.rollout for p in parts]),
+            reward_names=parts[0].reward_names,
+            reward_terms=torch.cat([p.reward_terms for p in parts]),
+            rewards=torch.cat([p.rewards for p in parts]),
+            advantages=torch.cat([p.advantages for p in parts]),
+            loss_weight=torch.cat([p.loss_weight for p in parts]),
+        )
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """The `deepseek-rl` command: one subcommand per job.
 
 deepseek-rl train [--config-name RECIPE] [key=value ...]   GRPO training (Hydra; default recipe: `default`)
+deepseek-rl score --reward NAME[,NAME...] --input rows.jsonl  score a JSONL file offline (see score_cli.py)
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ USAGE = """usage: deepseek-rl <command> [args]
 commands:
   train   run a recipe from recipes/: deepseek-rl train [--config-name RECIPE] [key=value ...]
           (Hydra options work too: -m for sweeps, --cfg job to print the composed config)
+  score   score a JSONL file with rewards: deepseek-rl score --reward NAME[,NAME...] --input rows.jsonl
+          [--completion-key completion] [--output scored.jsonl] (--help for more)
 """
 
 
@@ -26,6 +29,11 @@ def main(argv: list[str] | None = None) -> None:
 
         sys.argv = [f"{sys.argv[0]} train", *rest]  # Hydra parses sys.argv
         train.main()
+        return
+    if command == "score":
+        from deepseek_rl import score_cli
+
+        score_cli.main(rest)
         return
     print(f"deepseek-rl: unknown command '{command}'\n\n{USAGE}", file=sys.stderr)
     sys.exit(2)

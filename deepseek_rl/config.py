@@ -89,8 +89,13 @@ class DataConfig:
     system_prompt: str | None = None
     # Use at most this many rows (null: all).
     max_rows: int | None = None
-    # Procedural task settings: problems generated for training and for held-out evaluation, and the task's seed.
+    # Held-out files for evaluation and for the SFT stop rule (read like `path`; null: none).
+    eval_path: str | None = None
+    validation_path: str | None = None
+    # Procedural task settings: problems generated for training, validation (SFT stop rule) and held-out
+    # evaluation (three disjoint splits), and the task's seed.
     num_train: int = 5000
+    num_validation: int = 200
     num_eval: int = 500
     num_digits: int = 3
     task_seed: int = 1234
@@ -108,12 +113,15 @@ class DataConfig:
                 self.path is not None,
                 "data.path is required when data.task=null: point it at a .jsonl or .parquet file",
             )
-            path = Path(os.path.expanduser(self.path))
-            _require(
-                path.exists(),
-                f"data.path={self.path}: no such file (resolved to {path.absolute()}); "
-                "give a local .jsonl/.json/.parquet file, or set data.task to a procedural task",
-            )
+        for key in ("path", "eval_path", "validation_path"):
+            value = getattr(self, key)
+            if value is not None and (self.task is None or key != "path"):
+                path = Path(os.path.expanduser(value))
+                _require(
+                    path.exists(),
+                    f"data.{key}={value}: no such file (resolved to {path.absolute()}); "
+                    "give a local .jsonl/.json/.parquet file, or set data.task to a procedural task",
+                )
 
 
 @dataclass
@@ -133,7 +141,7 @@ class RolloutConfig:
         _require(
             self.max_completion_length >= 1, f"rollout.max_completion_length={self.max_completion_length} must be >= 1"
         )
-        _require(self.temperature > 0, f"rollout.temperature={self.temperature} must be > 0 (sampling is required)")
+        _require(self.temperature >= 0, f"rollout.temperature={self.temperature} must be >= 0 (0: greedy)")
         _require(0 < self.top_p <= 1, f"rollout.top_p={self.top_p} must be in (0, 1]")
         _require(self.top_k >= 0, f"rollout.top_k={self.top_k} must be >= 0 (0 disables it)")
 
@@ -145,9 +153,18 @@ class RewardConfig:
     weights: dict[str, float] = field(default_factory=lambda: {"answer_match": 1.0})
     # Extra keyword arguments per reward name, e.g. {soft_overlong: {buffer_length: 32}}.
     args: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Worker processes that score the non-text rewards (math, code, your own), one sample per task.
+    # null: the cores of this machine shared among its ranks; 0: score in the trainer process, without timeouts.
+    num_workers: int | None = None
+    # Seconds one reward may spend on one sample in a worker; then the worker is killed and replaced.
+    # A reward with a `timeout` argument of its own (code, binary_code) gets at least that plus 2 s.
+    timeout: float = 10.0
+    # Score of a sample whose reward timed out or raised (counted in reward/<name>/timeouts and /errors):
+    # 0.0, or null for "cannot be scored" (then it counts 0 in the total and is left out of the reward's mean).
+    on_failure: float | None = 0.0
 
     def __post_init__(self) -> None:
-        from deepseek_rl.rewards import resolve_reward
+        from deepseek_rl.rewards import check_reward_args, resolve_reward
 
         _require(
             len(self.weights) > 0,
@@ -157,6 +174,12 @@ class RewardConfig:
             resolve_reward(name)  # raises ConfigError naming the reward
         for name in self.args:
             _require(name in self.weights, f"reward.args.{name} is set but '{name}' is not in reward.weights")
+            check_reward_args(name, resolve_reward(name), self.args[name])
+        _require(
+            self.num_workers is None or self.num_workers >= 0,
+            f"reward.num_workers={self.num_workers} must be >= 0 (0: in the trainer process; null: one per core)",
+        )
+        _require(self.timeout > 0, f"reward.timeout={self.timeout} must be > 0 seconds")
 
 
 @dataclass
@@ -185,6 +208,10 @@ class AlgorithmConfig:
     entropy_coef: float = 0.0
     # Mask completions cut at max_completion_length out of the loss (DAPO's overlong filtering).
     mask_truncated: bool = False
+    # DAPO dynamic sampling: drop groups with zero reward variance and sample more prompts, at most
+    # max_sampling_rounds extra generation rounds per step.
+    dynamic_sampling: bool = False
+    max_sampling_rounds: int = 3
     # Rows of the batch whose log-probs are computed at once from the logits (bounds fp32 memory).
     logprob_chunk_size: int = 4
 
@@ -205,6 +232,9 @@ class AlgorithmConfig:
             self.dual_clip is None or self.dual_clip > 1, f"algorithm.dual_clip={self.dual_clip} must be > 1 or null"
         )
         _require(self.num_iterations >= 1, f"algorithm.num_iterations={self.num_iterations} must be >= 1")
+        _require(
+            self.max_sampling_rounds >= 0, f"algorithm.max_sampling_rounds={self.max_sampling_rounds} must be >= 0"
+        )
         _require(self.logprob_chunk_size >= 1, f"algorithm.logprob_chunk_size={self.logprob_chunk_size} must be >= 1")
 
 
@@ -269,7 +299,81 @@ class LoggerConfig:
 
 
 @dataclass
+class SFTConfig:
+    # Supervised fine-tuning on (prompt, completion) pairs: the cold start of the R1 pipeline.
+    # Column with the target completion (procedural tasks: `solution`, a worked trace).
+    completion_column: str = "solution"
+    lr: float = 1.0e-3
+    warmup_steps: int = 50
+    batch_size: int = 64
+    max_steps: int = 600
+    # Every eval_every steps, sample one completion (temperature 1) per validation problem; stop as soon as
+    # that accuracy reaches stop_accuracy (null: run max_steps). Stopping early leaves RL something to learn.
+    eval_every: int = 10
+    stop_accuracy: float | None = 0.15
+    num_validation: int = 200
+
+    def __post_init__(self) -> None:
+        _require(
+            self.lr > 0 and self.batch_size >= 1 and self.max_steps >= 1, "sft.lr, batch_size, max_steps must be > 0"
+        )
+        _require(self.eval_every >= 1, f"sft.eval_every={self.eval_every} must be >= 1")
+
+
+@dataclass
+class RFTConfig:
+    # Rejection-sampling fine-tuning (R1's stage 3): sample `samples` completions for each of `num_prompts` train
+    # prompts, keep those every reward in `verifiers` scores 1.0 (at most max_per_prompt distinct ones per prompt),
+    # and fine-tune on them.
+    num_prompts: int = 2000
+    samples: int = 8
+    temperature: float = 1.0
+    max_per_prompt: int = 2
+    verifiers: list[str] = field(default_factory=lambda: ["answer_match", "format"])
+    lr: float = 3.0e-5
+    batch_size: int = 64
+    max_steps: int = 100
+
+    def __post_init__(self) -> None:
+        from deepseek_rl.rewards import resolve_reward
+
+        _require(self.samples >= 1 and self.num_prompts >= 1, "rft.samples and rft.num_prompts must be >= 1")
+        for name in self.verifiers:
+            resolve_reward(name)
+
+
+@dataclass
+class EvalConfig:
+    # Held-out evaluation (the `eval` split): greedy accuracy, `samples` completions per problem at `temperature`
+    # for sampled accuracy, pass@k and maj@k, the format rate and completion lengths.
+    # Evaluate during GRPO every `every` steps (and before the first and after the last; 0: never).
+    every: int = 0
+    num_prompts: int = 200
+    samples: int = 4
+    temperature: float = 1.0
+    # The verifier (a reward scoring 1.0 when correct) and the format reward (null: no format rate).
+    correctness: str = "answer_match"
+    format_reward: str | None = "format"
+    # Completions generated at once.
+    batch_size: int = 512
+
+    def __post_init__(self) -> None:
+        from deepseek_rl.rewards import resolve_reward
+
+        _require(self.every >= 0, f"eval.every={self.every} must be >= 0")
+        _require(self.samples >= 1 and self.num_prompts >= 1, "eval.samples and eval.num_prompts must be >= 1")
+        resolve_reward(self.correctness)
+        if self.format_reward is not None:
+            resolve_reward(self.format_reward)
+
+
+STAGES = ("sft", "grpo", "rft", "eval")
+
+
+@dataclass
 class Config:
+    # The stages to run, in order, each starting from the previous one's checkpoint: sft, grpo, rft, eval.
+    stages: list[str] = field(default_factory=lambda: ["grpo"])
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
@@ -278,10 +382,20 @@ class Config:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    rft: RFTConfig = field(default_factory=RFTConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
+        _require(len(self.stages) > 0, "stages is empty: give at least one of sft, grpo, rft, eval")
+        for stage in self.stages:
+            _one_of("stages", stage, STAGES)
         self.check_batch(world_size=1)
         self.check_lengths()
+        _require(
+            "grpo" not in self.stages or self.rollout.temperature > 0,
+            "rollout.temperature=0 is greedy decoding; GRPO needs sampled groups: set rollout.temperature > 0",
+        )
 
     def check_batch(self, world_size: int) -> None:
         """Whole groups per rank, whole micro-batches per rank."""

@@ -36,13 +36,17 @@ class DataError(ValueError):
 
 
 def load_rows(cfg: DataConfig, split: str = "train") -> datasets.Dataset:
-    """The rows of a procedural task split, or of the local file in `cfg.path`, with `cfg.columns` renames applied."""
+    """The rows of a split (train, validation, eval) of a procedural task or of the split's local file, with
+    `cfg.columns` renames applied."""
     if cfg.task is not None:
         task = TASKS[cfg.task](num_digits=cfg.num_digits, seed=cfg.task_seed)
-        rows = task.splits(cfg.num_train, cfg.num_eval)[split]
+        rows = task.splits(cfg.num_train, cfg.num_validation, cfg.num_eval)[split]
         dataset = datasets.Dataset.from_list(rows)
     else:
-        dataset = _load_file(Path(os.path.expanduser(str(cfg.path))))
+        key = {"train": "path", "eval": "eval_path", "validation": "validation_path"}[split]
+        if getattr(cfg, key) is None:
+            raise ConfigError(f"the {split} split needs data.{key}: a local .jsonl/.json/.parquet file")
+        dataset = _load_file(Path(os.path.expanduser(str(getattr(cfg, key)))))
     missing = [src for src in cfg.columns if src not in dataset.column_names]
     if missing:
         raise DataError(f"data.columns renames {missing} but {source_name(cfg)} has columns {dataset.column_names}")
@@ -100,6 +104,10 @@ class PromptSet:
     def __len__(self) -> int:
         return len(self.texts)
 
+    def subset(self, count: int) -> PromptSet:
+        """The first `count` prompts."""
+        return PromptSet(self.texts[:count], self.token_ids[:count], {k: v[:count] for k, v in self.columns.items()})
+
     def batch(self, indices: list[int], pad_id: int) -> PromptBatch:
         """Left-pad the chosen prompts into one PromptBatch."""
         length = max(len(self.token_ids[i]) for i in indices)
@@ -122,7 +130,7 @@ def build_prompt_set(
 ) -> PromptSet:
     """Load, render and tokenize a split; a prompt that is empty or too long is an error naming its row."""
     dataset = load_rows(cfg, split)
-    columns = {name: dataset[name] for name in dataset.column_names}
+    columns = {name: list(dataset[name]) for name in dataset.column_names}
     texts, token_ids = [], []
     for row, raw in enumerate(columns[cfg.prompt_column]):
         if not isinstance(raw, str) or not raw.strip():

@@ -1,16 +1,20 @@
 """Tokenizers and causal LMs: any Hugging Face model from a local directory, or a tiny random one from a config.
 
 The tiny factory builds a Llama or Qwen2 model sized by `ModelConfig`, with its vocabulary taken from the
-tokenizer, so that everything runs offline: with the character tokenizer for procedural tasks, or with the real
-DeepSeek-R1-Distill tokenizer for realistic recipes (a 151k-token vocabulary on a few-layer model).
+tokenizer and its own seeded init (the same weights on every backend), so that everything runs offline: with
+the character tokenizer for procedural tasks, or with the real DeepSeek-R1-Distill tokenizer for realistic
+recipes (a 151k-token vocabulary on a few-layer model).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from torch import nn
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -61,28 +65,58 @@ def tiny_model_config(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> P
     )
 
 
-def load_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
-    """The policy: from `cfg.path`, or a tiny random model (seed torch first for a reproducible init)."""
+def load_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, seed: int = 0) -> PreTrainedModel:
+    """The policy: from `cfg.path`, or a tiny random model initialised from `seed`."""
     dtype = DTYPES[cfg.dtype]
     if cfg.path is None:
         config = tiny_model_config(cfg, tokenizer)
         config._attn_implementation = cfg.attn_implementation
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        initialize_tiny(model, seed)
     else:
         path = Path(os.path.expanduser(cfg.path))
         if not (path / "config.json").exists():
             raise ConfigError(f"model.path={cfg.path}: no config.json there; give a local Hugging Face model directory")
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=cfg.attn_implementation)
-    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+    rows = model.get_input_embeddings().num_embeddings  # not weight.shape: ZeRO-3 partitions the weight
+    if len(tokenizer) > rows:
         raise ConfigError(
-            f"model.tokenizer has {len(tokenizer)} tokens but the model's embedding has only "
-            f"{model.get_input_embeddings().weight.shape[0]} rows: use the model's own tokenizer"
+            f"model.tokenizer has {len(tokenizer)} tokens but the model's embedding has only {rows} rows: "
+            "use the model's own tokenizer"
         )
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     if model.generation_config.eos_token_id is None:
         model.generation_config.eos_token_id = tokenizer.eos_token_id
     return model
+
+
+@torch.no_grad()
+def initialize_tiny(model: nn.Module, seed: int, std: float = 0.02) -> None:
+    """A seeded init that does not depend on how the model was built (plain, or partitioned by ZeRO-3's zero.Init):
+    normal(0, std) for weight matrices and embeddings, 1 for norm scales, 0 for biases, in parameter-name order."""
+    generator = torch.Generator().manual_seed(seed)
+    for name, param in sorted(model.named_parameters()):
+        with gathered(param, modifier_rank=0):
+            if param.ndim >= 2:
+                values = torch.randn(param.shape, generator=generator) * std
+            elif "norm" in name:
+                values = torch.ones(param.shape)
+            else:
+                values = torch.zeros(param.shape)
+            param.copy_(values.to(param.dtype))
+
+
+@contextmanager
+def gathered(param: nn.Parameter, modifier_rank: int | None = None) -> Iterator[None]:
+    """The full parameter while inside, when ZeRO-3 partitions it (with modifier_rank, that rank's edits are kept)."""
+    if not hasattr(param, "ds_id"):
+        yield
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters([param], modifier_rank=modifier_rank):
+        yield
 
 
 def model_config_only(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase | None = None) -> PretrainedConfig:

@@ -11,12 +11,16 @@ all rows of all ranks from one seeded generator, and each rank reads its own row
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 from transformers import DynamicCache, PreTrainedTokenizerBase
 
 from deepseek_rl.batch import PromptBatch, RolloutBatch
 from deepseek_rl.config import RolloutConfig
+from deepseek_rl.data import PromptSet
 from deepseek_rl.logprobs import position_ids_from_mask
 
 
@@ -36,7 +40,9 @@ def filter_logits(logits: Tensor, top_k: int = 0, top_p: float = 1.0) -> Tensor:
 
 
 def sample_tokens(logits: Tensor, cfg: RolloutConfig, uniforms: Tensor) -> Tensor:
-    """One token per row by inverse CDF: logits [N, V], uniforms [N] in [0, 1) -> [N] long."""
+    """One token per row by inverse CDF: logits [N, V], uniforms [N] in [0, 1) -> [N] long (temperature 0: argmax)."""
+    if cfg.temperature == 0:
+        return logits.argmax(dim=-1)
     probs = torch.softmax(filter_logits(logits.float() / cfg.temperature, cfg.top_k, cfg.top_p), dim=-1)
     cdf = probs.cumsum(dim=-1)  # [N, V]
     token = torch.searchsorted(cdf, (uniforms.to(cdf.device) * cdf[:, -1]).unsqueeze(1), right=True).squeeze(1)
@@ -157,3 +163,22 @@ def generate_rollouts(
         columns={k: [v for v in values for _ in range(group_size)] for k, values in prompts.columns.items()},
         group_size=group_size,
     )
+
+
+@dataclass
+class Sampler:
+    """A model ready to complete a prompt set in batches (evaluation, validation, rejection sampling)."""
+
+    model: nn.Module
+    tokenizer: PreTrainedTokenizerBase
+    eos_ids: list[int]
+    batch_size: int = 512  # completions per generation call
+
+    def complete(self, prompts: PromptSet, count: int, n: int, cfg: RolloutConfig, seed: int) -> Iterator[RolloutBatch]:
+        """n completions for each of the first `count` prompts, as RolloutBatches of whole groups, in order."""
+        per_batch = max(1, self.batch_size // n)
+        for start in range(0, min(count, len(prompts)), per_batch):
+            indices = list(range(start, min(start + per_batch, count, len(prompts))))
+            batch = prompts.batch(indices, self.tokenizer.pad_token_id)
+            uniforms = RowUniforms(seed * 7919 + start, len(indices) * n, 0, len(indices) * n)
+            yield generate_rollouts(self.model, self.tokenizer, batch, cfg, n, self.eos_ids, uniforms)

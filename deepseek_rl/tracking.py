@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from deepseek_rl.checkpoint import TrainerState
 from deepseek_rl.config import LoggerConfig
 
 
@@ -38,15 +39,28 @@ def _clean(value: Any) -> Any:
 
 
 class RunTracker:
-    """Writes one JSON line per logged step and mirrors it to wandb."""
+    """Writes one JSON line per logged step and mirrors it to wandb.
 
-    def __init__(self, cfg: LoggerConfig, output_dir: Path, run_config: dict[str, Any], enabled: bool = True):
+    On resume, lines logged after the checkpoint's step (by the run that was interrupted) are dropped, and the
+    same wandb run continues (its id is kept in the trainer state that checkpoints save).
+    """
+
+    def __init__(
+        self,
+        cfg: LoggerConfig,
+        output_dir: Path,
+        run_config: dict[str, Any],
+        enabled: bool = True,
+        state: TrainerState | None = None,
+    ):
         self.enabled = enabled
         self.path = output_dir / "metrics.jsonl"
         self.wandb_run = None
         if not enabled:
             return
         output_dir.mkdir(parents=True, exist_ok=True)
+        resumed_step = state.step if state is not None else 0
+        self._drop_lines_after(resumed_step)
         if cfg.kind == "wandb":
             import wandb
 
@@ -59,7 +73,19 @@ class RunTracker:
                 config=run_config,
                 dir=str(output_dir),
                 mode=wandb_mode(cfg),
+                id=state.wandb_run_id if state is not None else None,
+                resume="allow" if state is not None and state.wandb_run_id else None,
             )
+            if state is not None:
+                state.wandb_run_id = self.wandb_run.id
+
+    def _drop_lines_after(self, step: int) -> None:
+        if not self.path.exists():
+            return
+        lines = self.path.read_text().splitlines()
+        kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+        if len(kept) != len(lines):
+            self.path.write_text("".join(line + "\n" for line in kept))
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         if not self.enabled:

@@ -1,19 +1,21 @@
 """GRPO training: the Hydra entry point and the one training loop.
 
     deepseek-rl train --config-name smoke trainer.max_steps=10
-    accelerate launch -m deepseek_rl.train --config-name smoke
+    accelerate launch --config_file launch/zero2.yaml -m deepseek_rl.train --config-name smoke
 
-Each step, on every rank: take this rank's B prompts -> sample G completions each (groups stay on the rank) ->
-score them with the rule-based rewards -> group-relative advantages -> (old / reference log-probs if needed) ->
-micro-batched clipped-surrogate update -> metrics reduced across ranks, logged by rank 0.
+Each step, on every rank: sample G completions for each of this rank's prompts (groups stay on the rank) and
+score them -> group-relative advantages -> old / reference log-probs if the algorithm needs them -> micro-batched
+clipped-surrogate update -> metrics reduced across ranks, logged by rank 0 -> a checkpoint every N steps.
+SIGTERM (preemption) finishes the current step, writes a checkpoint and exits; `trainer.resume=auto` continues.
 """
 
 from __future__ import annotations
 
-import copy
 import math
+import signal
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import hydra
@@ -24,16 +26,25 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from deepseek_rl.batch import ScoredBatch
-from deepseek_rl.checkpoint import export_hf
+from deepseek_rl.checkpoint import TrainerState, export_hf, find_resume_checkpoint, load_checkpoint, save_checkpoint
+from deepseek_rl.collect import RolloutCollector
 from deepseek_rl.config import Config, ConfigError, OptimizerConfig
-from deepseek_rl.data import DataError, build_prompt_set, rank_indices, step_indices
-from deepseek_rl.distributed import broadcast_value, launched_world_size, make_accelerator
-from deepseek_rl.grpo import group_advantages
+from deepseek_rl.data import DataError, build_prompt_set
+from deepseek_rl.distributed import (
+    LaunchError,
+    any_rank,
+    broadcast_value,
+    generation_model,
+    launched_world_size,
+    make_accelerator,
+    prepare_reference,
+    write_rank_report,
+)
+from deepseek_rl.evaluate import evaluate
 from deepseek_rl.metrics import rollout_metrics, update_metrics
 from deepseek_rl.models import eos_token_ids, load_model, load_tokenizer
 from deepseek_rl.paths import recipes_dir
-from deepseek_rl.rollout import RowUniforms, generate_rollouts
+from deepseek_rl.rollout import Sampler
 from deepseek_rl.scoring import RewardSet
 from deepseek_rl.tracking import RunTracker
 from deepseek_rl.update import add_old_and_ref_logprobs, build_loss_inputs, update_policy
@@ -57,42 +68,55 @@ def lr_schedule(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
-    reference = copy.deepcopy(model).eval()
-    reference.requires_grad_(False)
-    return reference
+class HeldOutEval:
+    """Evaluation on the held-out split during training (rank 0 samples; the others wait)."""
+
+    def __init__(self, cfg: Config, tokenizer, eos_ids: list[int]):
+        self.cfg, self.tokenizer, self.eos_ids = cfg, tokenizer, eos_ids
+        prompts = build_prompt_set(cfg.data, tokenizer, cfg.rollout.max_prompt_length, split="eval")
+        self.prompts = prompts.subset(cfg.eval.num_prompts)
+
+    def __call__(self, accelerator: Accelerator, policy: torch.nn.Module) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        with generation_model(accelerator, policy) as model:
+            if accelerator.is_main_process:
+                sampler = Sampler(model, self.tokenizer, self.eos_ids, self.cfg.eval.batch_size)
+                report = evaluate(sampler, self.prompts, self.cfg.eval, self.cfg.rollout, seed=self.cfg.trainer.seed)
+                metrics = report.metrics
+        accelerator.wait_for_everyone()
+        return metrics
 
 
-def score_rollouts(rollout, rewards: RewardSet, cfg: Config) -> ScoredBatch:
-    columns = {**rollout.columns, "prompts": rollout.prompts, "completion_ids": rollout.completion_ids.tolist()}
-    terms = rewards.score(rollout.completions, columns)  # [N, F]
-    total = rewards.total(terms)  # [N]
-    advantages = group_advantages(total, rollout.group_size, cfg.algorithm.scale_rewards, cfg.algorithm.adv_eps)
-    return ScoredBatch(
-        rollout=rollout, reward_names=rewards.names, reward_terms=terms, rewards=total, advantages=advantages
-    )
+class Preemption:
+    """Remembers a SIGTERM so the loop can checkpoint at the end of the step instead of dying mid-update."""
 
+    def __init__(self) -> None:
+        self.requested = False
+        signal.signal(signal.SIGTERM, self._handle)
 
-def sampling_seed(cfg: Config, step: int) -> int:
-    return cfg.trainer.seed * 1_000_003 + step
+    def _handle(self, signum: int, frame: object) -> None:
+        self.requested = True
 
 
 def train(cfg: Config, output_dir: Path) -> Path:
     """Run GRPO as configured; returns the run directory. Config errors surface before any model is loaded."""
-    world = launched_world_size()
-    cfg.check_batch(world)
-    prompts_per_step = cfg.trainer.batch_size // cfg.algorithm.num_generations
-    completions_per_rank = cfg.trainer.batch_size // world
-    accelerator: Accelerator = make_accelerator(completions_per_rank // cfg.trainer.micro_batch_size)
+    cfg.check_batch(launched_world_size())
+    accelerator: Accelerator = make_accelerator(cfg.trainer, cfg.optimizer.max_grad_norm)
     output_dir = Path(broadcast_value(accelerator, str(output_dir)))
-    set_seed(cfg.trainer.seed)
+    preemption = Preemption()
 
     tokenizer = load_tokenizer(cfg.model)
     prompt_set = build_prompt_set(cfg.data, tokenizer, cfg.rollout.max_prompt_length)
-    rewards = RewardSet(cfg.reward)
-    policy = load_model(cfg.model, tokenizer)
+    rewards = RewardSet(cfg.reward, context={"max_completion_length": cfg.rollout.max_completion_length})
+    set_seed(cfg.trainer.seed)
+    policy = load_model(cfg.model, tokenizer, seed=cfg.trainer.seed)
+    # a second copy from the same weights (deepcopy would not work on a ZeRO-3 partitioned model)
+    reference = None
+    if cfg.algorithm.kl_coef > 0:
+        reference = prepare_reference(accelerator, load_model(cfg.model, tokenizer, seed=cfg.trainer.seed))
     eos_ids = eos_token_ids(tokenizer, policy)
-    reference = frozen_copy(policy).to(accelerator.device) if cfg.algorithm.kl_coef > 0 else None
+    rank, world = accelerator.process_index, accelerator.num_processes
+    collector = RolloutCollector(cfg, tokenizer, prompt_set, rewards, eos_ids, rank, world)
     optimizer = torch.optim.AdamW(
         policy.parameters(),
         lr=cfg.algorithm.lr,
@@ -102,60 +126,62 @@ def train(cfg: Config, output_dir: Path) -> Path:
     )
     policy, optimizer = accelerator.prepare(policy, optimizer)
     scheduler = lr_schedule(optimizer, cfg.optimizer, cfg.trainer.max_steps)
-    tracker = RunTracker(
-        cfg.logger, output_dir, OmegaConf.to_container(OmegaConf.structured(cfg)), accelerator.is_main_process
-    )
+    accelerator.register_for_checkpointing(scheduler)
+
+    state = TrainerState(step=0)
+    resume_from = find_resume_checkpoint(cfg.trainer.resume, output_dir)
+    if resume_from is not None:
+        state = load_checkpoint(accelerator, resume_from)
+    tracker = RunTracker(cfg.logger, output_dir, asdict(cfg), accelerator.is_main_process, state)
+    evaluator = HeldOutEval(cfg, tokenizer, eos_ids) if cfg.eval.every else None
+    if evaluator is not None and state.step == 0:
+        tracker.log(0, evaluator(accelerator, policy))
 
     progress = tqdm(
-        range(cfg.trainer.max_steps), desc="grpo", disable=not accelerator.is_main_process, dynamic_ncols=True
+        range(state.step, cfg.trainer.max_steps),
+        desc="grpo",
+        initial=state.step,
+        total=cfg.trainer.max_steps,
+        disable=not accelerator.is_main_process,
+        dynamic_ncols=True,
     )
     for step in progress:
-        t0 = time.perf_counter()
-        indices = rank_indices(
-            step_indices(len(prompt_set), prompts_per_step, step, cfg.trainer.seed),
-            accelerator.process_index,
-            world,
-        )
-        prompts = prompt_set.batch(indices, tokenizer.pad_token_id)
-        uniforms = RowUniforms(
-            sampling_seed(cfg, step),
-            cfg.trainer.batch_size,
-            accelerator.process_index * completions_per_rank,
-            completions_per_rank,
-        )
-        rollout = generate_rollouts(
-            accelerator.unwrap_model(policy),
-            tokenizer,
-            prompts,
-            cfg.rollout,
-            cfg.algorithm.num_generations,
-            eos_ids,
-            uniforms,
-        )
-        t1 = time.perf_counter()
-        scored = score_rollouts(rollout, rewards, cfg)
-        t2 = time.perf_counter()
+        start = time.perf_counter()
+        with generation_model(accelerator, policy) as sampler:
+            scored, sampling = collector.collect(sampler, step)
+        collected = time.perf_counter()
         inputs = add_old_and_ref_logprobs(
             policy, reference, build_loss_inputs(scored, cfg.algorithm.mask_truncated), cfg
         )
-        t3 = time.perf_counter()
+        logprobs_done = time.perf_counter()
         sums = update_policy(accelerator, policy, optimizer, scheduler, inputs, cfg)
-        t4 = time.perf_counter()
-
+        state.step = step + 1
         metrics = {
             **rollout_metrics(accelerator, scored, rewards),
             **update_metrics(accelerator, sums, cfg.algorithm.loss_type),
+            **sampling,
             "lr": scheduler.get_last_lr()[0],
-            "time/generation": t1 - t0,
-            "time/reward": t2 - t1,
-            "time/logprobs": t3 - t2,
-            "time/update": t4 - t3,
-            "time/step": t4 - t0,
-            "tokens_per_second": float(rollout.completion_mask.sum()) * world / max(t1 - t0, 1e-9),
+            "time/logprobs": logprobs_done - collected,
+            "time/update": time.perf_counter() - logprobs_done,
+            "time/step": time.perf_counter() - start,
+            "tokens_per_second": float(scored.rollout.completion_mask.sum()) / max(sampling["time/generation"], 1e-9),
         }
-        tracker.log(step + 1, metrics)
+        if evaluator is not None and (state.step % cfg.eval.every == 0 or state.step == cfg.trainer.max_steps):
+            metrics |= evaluator(accelerator, policy)
+        tracker.log(state.step, metrics)
         progress.set_postfix(reward=f"{metrics['reward']:.3f}", loss=f"{metrics['loss']:.4f}")
 
+        stop = any_rank(accelerator, preemption.requested)
+        if stop or (cfg.trainer.save_every and state.step % cfg.trainer.save_every == 0):
+            save_checkpoint(accelerator, output_dir, state, cfg.trainer.keep_last)
+        if stop:
+            accelerator.print(
+                f"deepseek-rl: preempted after step {state.step}; checkpoint saved, resume with trainer.resume=auto"
+            )
+            tracker.finish()
+            return output_dir
+
+    write_rank_report(accelerator, policy, output_dir / "rank_reports")
     if cfg.trainer.save_final:
         export_hf(accelerator, policy, tokenizer, output_dir / "final")
     tracker.finish()
@@ -163,17 +189,16 @@ def train(cfg: Config, output_dir: Path) -> Path:
     return output_dir
 
 
-def to_config(dcfg: DictConfig) -> Config:
-    """The typed config of a composed recipe (raises ConfigError naming the key)."""
-    return OmegaConf.to_object(dcfg)
-
-
 def run(dcfg: DictConfig) -> Path:
+    """Validate the composed recipe and run its stages (GRPO alone by default)."""
+    from deepseek_rl.pipeline import run_stages
+
     try:
-        cfg = to_config(dcfg)
+        cfg: Config = OmegaConf.to_object(dcfg)
         output_dir = Path(cfg.trainer.output_dir or HydraConfig.get().runtime.output_dir)
-        return train(cfg, output_dir)
-    except (ConfigError, DataError) as err:
+        run_stages(cfg, output_dir)
+        return output_dir
+    except (ConfigError, DataError, LaunchError) as err:
         print(f"deepseek-rl: configuration error: {err}", file=sys.stderr)
         sys.exit(2)
 

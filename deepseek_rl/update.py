@@ -20,7 +20,7 @@ from deepseek_rl.logprobs import completion_logprobs
 
 def build_loss_inputs(scored: ScoredBatch, mask_truncated: bool) -> LossInputs:
     rollout = scored.rollout
-    loss_mask = rollout.completion_mask.float()  # [N, C]
+    loss_mask = rollout.completion_mask.float() * scored.loss_weight.unsqueeze(1)  # [N, C]
     if mask_truncated:
         loss_mask = loss_mask * (~rollout.truncated).float().unsqueeze(1)
     return LossInputs(

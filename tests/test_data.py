@@ -17,20 +17,23 @@ def test_addition_trace_hand_written():
 
 
 def test_addition_splits_are_seeded_disjoint_and_verified():
-    a = AdditionTask(num_digits=3, seed=5).splits(300, 100)
-    b = AdditionTask(num_digits=3, seed=5).splits(300, 100)
+    a = AdditionTask(num_digits=3, seed=5).splits(300, 50, 100)
+    b = AdditionTask(num_digits=3, seed=5).splits(300, 50, 100)
     assert a == b
-    assert len(a["train"]) == 300 and len(a["eval"]) == 100
-    assert not {r["prompt"] for r in a["train"]} & {r["prompt"] for r in a["eval"]}
+    assert len(a["train"]) == 300 and len(a["validation"]) == 50 and len(a["eval"]) == 100
+    prompts = {split: {r["prompt"] for r in rows} for split, rows in a.items()}
+    assert not prompts["train"] & prompts["eval"] and not prompts["train"] & prompts["validation"]
+    assert not prompts["validation"] & prompts["eval"]
+    assert AdditionTask(num_digits=3, seed=5).splits(10, 5, 100)["eval"] == a["eval"]  # eval fixed by the seed
     for row in a["train"][:50]:
         assert verify_addition(row["solution"], row["answer"]) == 1.0
         assert verify_addition(row["solution"].replace(row["answer"], row["answer"] + "0"), row["answer"]) == 0.0
-    assert AdditionTask(num_digits=3, seed=6).splits(300, 100) != a
+    assert AdditionTask(num_digits=3, seed=6).splits(300, 50, 100) != a
 
 
 def test_addition_too_many_problems_is_a_clear_error():
     with pytest.raises(ValueError, match="distinct 1-digit problems"):
-        AdditionTask(num_digits=1).splits(90, 20)
+        AdditionTask(num_digits=1).splits(90, 0, 20)
 
 
 def test_step_indices_cover_each_row_once_per_epoch_and_ranks_partition():

@@ -165,3 +165,22 @@ def test_cached_sampling_matches_training_logprobs_with_left_padding(arch):
             assert torch.allclose(logp[row, :n], ref, atol=1e-4)
             ref_entropy = -(torch.softmax(logits[-n - 1 : -1], -1) * torch.log_softmax(logits[-n - 1 : -1], -1)).sum(-1)
             assert torch.allclose(entropy[row, :n], ref_entropy, atol=1e-4)
+
+
+def test_reward_columns_pass_unpadded_completion_ids():
+    from deepseek_rl.batch import RolloutBatch
+
+    batch = RolloutBatch(
+        prompt_ids=torch.zeros(2, 1, dtype=torch.long),
+        prompt_mask=torch.ones(2, 1, dtype=torch.long),
+        completion_ids=torch.tensor([[5, 6, 1, 0], [7, 8, 9, 1]]),
+        completion_mask=torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]]),
+        truncated=torch.tensor([False, False]),
+        completions=["a", "b"],
+        prompts=["p", "p"],
+        columns={"answer": ["1", "1"]},
+        group_size=2,
+    )
+    columns = batch.reward_columns()
+    assert columns["completion_ids"] == [[5, 6, 1], [7, 8, 9, 1]]  # as TRL passes them: no padding
+    assert columns["answer"] == ["1", "1"] and columns["prompts"] == ["p", "p"]

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from accelerate.utils import set_seed
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from deepseek_rl.config import load_recipe
@@ -62,8 +61,7 @@ def test_smoke_checkpoint_reloads_and_every_parameter_changed(smoke_run: Path):
     tokenizer = AutoTokenizer.from_pretrained(final)
 
     cfg = load_recipe("smoke")
-    set_seed(cfg.trainer.seed)  # the trainer seeds, then builds the model: the same initial weights
-    initial = load_model(cfg.model, load_tokenizer(cfg.model))
+    initial = load_model(cfg.model, load_tokenizer(cfg.model), seed=cfg.trainer.seed)  # the run's initial weights
     trained = dict(model.named_parameters())
     for name, param in initial.named_parameters():
         assert not torch.equal(param, trained[name]), f"{name} did not change"

@@ -3,27 +3,51 @@
 The contract is TRL's, so users' reward functions carry over: `completions` is the list of completion texts,
 every dataset column arrives as a keyword argument holding one value per completion (plus `prompts` and
 `completion_ids`), and `None` means "cannot be scored" (e.g. the gold answer does not parse). Rewards take
-`**kwargs` and ignore the columns they do not use. This package never imports torch.
+`**kwargs` and ignore the columns they do not use. This package never imports torch, and imports math-verify
+only when a math reward first runs, so that the trainer and the scoring workers start fast.
 
-Recipes pick rewards by name from `REWARDS` (or by a "module:function" import path) with weights.
+Recipes pick rewards by name from `REWARDS` (or by a "module:function" import path) with weights, and pass extra
+keyword arguments with `reward.args`. The rewards in `INLINE` are linear-time text checks that run in the trainer
+process; every other reward (math-verify, the code sandbox, users' functions) runs one sample at a time in the
+worker pool of `deepseek_rl.rewards.pool`, under a timeout. A reward function may carry a `warm_up` attribute, a
+function that a worker calls once before it takes tasks (e.g. to import math-verify). See docs/rewards.md.
 """
 
 from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
 from collections.abc import Callable
 from typing import Any
 
-from deepseek_rl.rewards.basic import answer_match, format_reward, tag_count
+from deepseek_rl.rewards.basic import answer_match, format_lenient, format_reward, reasoning_steps, tag_count
+from deepseek_rl.rewards.coding import binary_code, code
+from deepseek_rl.rewards.math_answer import accuracy, cosine
+from deepseek_rl.rewards.shaping import language_consistency, repetition, soft_overlong
 
 RewardFunction = Callable[..., list[float | None]]
 
 REWARDS: dict[str, RewardFunction] = {
+    "accuracy": accuracy,
     "answer_match": answer_match,
+    "binary_code": binary_code,
+    "code": code,
+    "cosine": cosine,
     "format": format_reward,
+    "format_lenient": format_lenient,
+    "language_consistency": language_consistency,
+    "reasoning_steps": reasoning_steps,
+    "repetition": repetition,
+    "soft_overlong": soft_overlong,
     "tag_count": tag_count,
 }
+
+# Cheap text rewards scored in the trainer process (a worker round trip costs more than they do).
+INLINE = frozenset(
+    {"answer_match", "format", "format_lenient", "language_consistency", "reasoning_steps", "repetition"}
+    | {"soft_overlong", "tag_count"}
+)
 
 
 def resolve_reward(name: str) -> RewardFunction:
@@ -47,6 +71,23 @@ def resolve_reward(name: str) -> RewardFunction:
         f"reward.weights.{name}: unknown reward '{name}'.{hint} Known rewards: {', '.join(sorted(REWARDS))}; "
         "or give your own as 'module:function'"
     )
+
+
+def check_reward_args(name: str, func: RewardFunction, args: dict[str, Any]) -> None:
+    """Raise ConfigError when `reward.args.<name>` holds a keyword that the reward does not take by name.
+
+    Table rewards are checked by name (they take **kwargs only for the dataset columns); a user's function that
+    takes **kwargs may accept anything."""
+    from deepseek_rl.config import ConfigError
+
+    parameters = inspect.signature(func).parameters
+    named = [p for p, v in parameters.items() if v.kind in (v.POSITIONAL_OR_KEYWORD, v.KEYWORD_ONLY)][1:]
+    open_ended = name not in REWARDS and any(v.kind == v.VAR_KEYWORD for v in parameters.values())
+    for key in args:
+        if key not in named and not open_ended:
+            raise ConfigError(
+                f"reward.args.{name}.{key}: '{name}' has no parameter '{key}' (it takes: {', '.join(named) or 'none'})"
+            )
 
 
 def call_reward(

@@ -1,8 +1,9 @@
-"""The first rewards: exact answer match for procedural tasks, the think/answer format, and tag counting.
+"""Text-only rewards: exact answer match for procedural tasks, the think/answer format (strict and lenient), tag
+counting and reasoning-step counting. All are linear-time regular expressions, so they run in the trainer process.
 
 The R1 chat template (and the R1-Zero template) already opens `<think>` in the prompt, so a completion may start
 inside the think block. When the prompt ends with `<think>`, the completion is read as if it started with it;
-without prompts (e.g. offline scoring) a missing opening `<think>` is accepted.
+without prompts (e.g. offline scoring) a missing opening `<think>` is accepted when the completion closes one.
 """
 
 from __future__ import annotations
@@ -13,6 +14,12 @@ from typing import Any
 ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 STRICT_FORMAT_RE = re.compile(
     r"^<think>(?:(?!<think>|</think>).)*</think>\s*<answer>(?:(?!<answer>|</answer>).)*</answer>\s*$", re.DOTALL
+)
+LENIENT_FORMAT_RE = re.compile(r"<think>.*?</think>.*?<answer>.*?</answer>", re.DOTALL)
+# A line that starts a step: "Step 2:", "2.", "2)", "- ", "* ", or a sequencing word.
+STEP_RE = re.compile(
+    r"^\s*(?:step\s*\d+\s*[:.)]|\d+\s*[.)]\s|[-*]\s|(?:first|second|third|next|then|finally)\b,?)",
+    re.IGNORECASE | re.MULTILINE,
 )
 
 
@@ -79,3 +86,25 @@ def tag_count(completions: list[str], **kwargs: Any) -> list[float | None]:
             sum((0.25 for tag in ("<think>", "</think>", "<answer>", "</answer>") if text.count(tag) == 1), 0.0)
         )
     return scores
+
+
+def format_lenient(completions: list[str], **kwargs: Any) -> list[float | None]:
+    """1.0 when a think block is followed by an answer block anywhere, whatever surrounds or repeats them.
+
+    >>> format_lenient(["Hi <think>a</think> so <answer>1</answer> bye", "a</think><answer>1</answer>", "<answer>"])
+    [1.0, 1.0, 0.0]
+    """
+    prompts = _prompts(len(completions), kwargs)
+    return [
+        float(bool(LENIENT_FORMAT_RE.search(with_opened_think(c, p))))
+        for c, p in zip(completions, prompts, strict=True)
+    ]
+
+
+def reasoning_steps(completions: list[str], expected_steps: int = 3, **kwargs: Any) -> list[float | None]:
+    """Share of `expected_steps` step markers found (numbered or bulleted lines, "Step k:", "First,", ...), at most 1.
+
+    >>> reasoning_steps(["Step 1: add.\\nStep 2: carry.\\nFinally, done.", "1. a\\n2. b", "just an answer"])
+    [1.0, 0.6666666666666666, 0.0]
+    """
+    return [min(1.0, len(STEP_RE.findall(c)) / expected_steps) for c in completions]

@@ -39,29 +39,31 @@ def verify_addition(completion: str, answer: str) -> float:
 
 @dataclass
 class AdditionTask:
-    """`num_digits`-digit + `num_digits`-digit problems; eval problems are drawn first and never appear in train."""
+    """`num_digits`-digit + `num_digits`-digit problems in three disjoint splits: eval (held out), validation
+    (for stop rules) and train; eval problems are drawn first, so they do not change with the other sizes."""
 
     num_digits: int = 3
     seed: int = 1234
 
-    def splits(self, num_train: int, num_eval: int) -> dict[str, list[dict[str, str]]]:
+    def splits(self, num_train: int, num_validation: int, num_eval: int) -> dict[str, list[dict[str, str]]]:
         lo, hi = 10 ** (self.num_digits - 1) if self.num_digits > 1 else 0, 10**self.num_digits - 1
-        space = (hi - lo + 1) ** 2
-        if num_train + num_eval > space:
+        space, total = (hi - lo + 1) ** 2, num_train + num_validation + num_eval
+        if total > space:
             raise ValueError(
-                f"data.num_train + data.num_eval = {num_train + num_eval} exceeds the {space} distinct "
+                f"data.num_train + num_validation + num_eval = {total} exceeds the {space} distinct "
                 f"{self.num_digits}-digit problems: lower them or raise data.num_digits"
             )
         rng = random.Random(self.seed)
         seen: set[tuple[int, int]] = set()
         pairs: list[tuple[int, int]] = []
-        while len(pairs) < num_train + num_eval:
+        while len(pairs) < total:
             pair = (rng.randint(lo, hi), rng.randint(lo, hi))
             if pair not in seen:
                 seen.add(pair)
                 pairs.append(pair)
         rows = [self.row(a, b) for a, b in pairs]
-        return {"eval": rows[:num_eval], "train": rows[num_eval:]}
+        cut = num_eval + num_validation
+        return {"eval": rows[:num_eval], "validation": rows[num_eval:cut], "train": rows[cut:]}
 
     @staticmethod
     def row(a: int, b: int) -> dict[str, str]:

@@ -1,0 +1,103 @@
+"""Held-out evaluation: greedy and sampled accuracy, pass@k (unbiased), maj@k, format rate, completion length.
+
+For each problem: one greedy completion, and n sampled ones at the evaluation temperature. A completion is correct
+when the verifier reward (`eval.correctness`, e.g. `answer_match` or `accuracy`) scores it 1.0.
+  pass@k   = mean over problems of 1 - C(n - c, k) / C(n, k), c correct among n samples (Chen et al., 2021)
+  maj@n    = share of problems whose most frequent extracted answer among the n samples is a correct one
+  format   = share of sampled completions that the format reward scores 1.0
+Sampling noise is seeded, so an evaluation of the same model is reproducible.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from typing import Any
+
+from deepseek_rl.batch import RolloutBatch
+from deepseek_rl.config import EvalConfig, RewardConfig, RolloutConfig
+from deepseek_rl.data import PromptSet
+from deepseek_rl.rewards.math_answer import extract_answer
+from deepseek_rl.rollout import Sampler
+from deepseek_rl.scoring import RewardSet
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples with c correct: 1 - C(n - c, k) / C(n, k)."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def majority_correct(answers: list[str | None], correct: list[bool]) -> bool:
+    """Is the most frequent extracted answer (ties: the first seen) one of the correct ones?"""
+    counted = Counter(a for a in answers if a is not None)
+    if not counted:
+        return False
+    top = max(counted, key=lambda a: (counted[a], -answers.index(a)))
+    return any(ok for a, ok in zip(answers, correct, strict=True) if a == top)
+
+
+def final_answer(completion: str) -> str | None:
+    found = extract_answer(completion)
+    return None if found is None else found[1].strip()
+
+
+@dataclass
+class EvalReport:
+    metrics: dict[str, float]  # eval/greedy_accuracy, eval/pass@k, ...
+    samples: list[dict[str, Any]]  # one row per completion: prompt, completion, kind, correct, format, length
+
+
+def evaluate(
+    sampler: Sampler, prompts: PromptSet, cfg: EvalConfig, rollout: RolloutConfig, seed: int = 0
+) -> EvalReport:
+    """Evaluate the sampler's model on the first `cfg.num_prompts` prompts."""
+    count = min(cfg.num_prompts, len(prompts))
+    names = [cfg.correctness] + ([cfg.format_reward] if cfg.format_reward else [])
+    rewards = RewardSet(RewardConfig(weights={n: 1.0 for n in names}))
+    try:
+        greedy = score_samples(sampler.complete(prompts, count, 1, replace(rollout, temperature=0.0), seed), rewards)
+        sampling = replace(rollout, temperature=cfg.temperature)
+        sampled = score_samples(sampler.complete(prompts, count, cfg.samples, sampling, seed), rewards)
+    finally:
+        rewards.close()
+    n = cfg.samples
+    correct = [s["correct"] for s in sampled]
+    by_problem = [correct[i * n : (i + 1) * n] for i in range(count)]
+    answers = [[final_answer(s["completion"]) for s in sampled[i * n : (i + 1) * n]] for i in range(count)]
+    metrics = {
+        "eval/greedy_accuracy": sum(s["correct"] for s in greedy) / count,
+        "eval/sampled_accuracy": sum(correct) / len(correct),
+        f"eval/maj@{n}": sum(majority_correct(a, c) for a, c in zip(answers, by_problem, strict=True)) / count,
+        "eval/format_rate": sum(s["format"] for s in sampled) / len(sampled),
+        "eval/completion_length": sum(s["length"] for s in sampled) / len(sampled),
+        "eval/greedy_length": sum(s["length"] for s in greedy) / count,
+    }
+    for k in sorted({1, n}):
+        metrics[f"eval/pass@{k}"] = sum(pass_at_k(n, sum(c), k) for c in by_problem) / count
+    for s in greedy:
+        s["kind"] = "greedy"
+    return EvalReport(metrics=metrics, samples=greedy + sampled)
+
+
+def score_samples(batches: Iterator[RolloutBatch], rewards: RewardSet) -> list[dict[str, Any]]:
+    """One row per completion: the first reward is the verifier (correct = 1.0), the second the format."""
+    rows: list[dict[str, Any]] = []
+    for out in batches:
+        terms = rewards.score(out.completions, out.reward_columns())  # [N, F]
+        for i, completion in enumerate(out.completions):
+            rows.append(
+                {
+                    "kind": "sampled",
+                    "prompt": out.prompts[i],
+                    "completion": completion,
+                    "correct": bool(terms[i, 0] == 1.0),
+                    "format": bool(terms.shape[1] > 1 and terms[i, 1] == 1.0),
+                    "length": int(out.completion_mask[i].sum()),
+                    "truncated": bool(out.truncated[i]),
+                }
+            )
+    return rows

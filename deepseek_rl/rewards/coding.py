@@ -1,0 +1,104 @@
+"""Code rewards: run the completion's last fenced Python block against the row's tests in the local sandbox.
+
+Columns: `tests`, a string of Python (each top-level assert is one test) or a list of test statements (MBPP's
+`test_list`); optional `setup`, code run after the solution and before the tests (MBPP's `test_setup_code` builds
+objects from the solution's classes). Rename dataset columns to these with `data.columns`.
+
+- `code`: the fraction of tests that passed (tests that passed before a timeout count).
+- `binary_code`: 1.0 only when every test passed.
+
+A completion without a fenced Python block (```python, ```py or a bare ```) scores 0; a row without tests, or
+whose tests do not parse, scores None. When the sandbox itself cannot start, the reward raises (an error that the
+metrics count), so a broken sandbox never looks like a model that writes wrong code.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from deepseek_rl.rewards.sandbox import Execution, Limits, execute, isolation
+
+FENCE_RE = re.compile(r"```([^\n`]*)\n(.*?)```", re.DOTALL)
+PYTHON_TAGS = ("", "python", "py", "python3")
+
+
+def last_python_block(completion: str) -> str | None:
+    """The last fenced block tagged python/py/python3 or untagged.
+
+    >>> last_python_block("```python\\nx = 1\\n```\\nthen\\n```bash\\nls\\n```\\n```\\ny = 2\\n```")
+    'y = 2\\n'
+    >>> last_python_block("no code") is None
+    True
+    """
+    blocks = [body for tag, body in FENCE_RE.findall(completion) if tag.strip().lower() in PYTHON_TAGS]
+    return blocks[-1] if blocks else None
+
+
+def _has_tests(tests: Any) -> bool:
+    return tests is not None and (tests.strip() != "" if isinstance(tests, str) else len(tests) > 0)
+
+
+def run_completion(completion: str, tests: Any, setup: Any, limits: Limits) -> Execution | float | None:
+    """The sandbox's Execution, or the score itself when there is nothing to run (0.0 no code, None no tests)."""
+    if not _has_tests(tests):
+        return None
+    solution = last_python_block(completion)
+    if solution is None:
+        return 0.0
+    try:
+        return execute(solution, tests, setup or "", limits)
+    except SyntaxError:
+        return None  # the row's tests do not parse: the row cannot be scored
+
+
+def _scores(completions, tests, setup, limits: Limits, binary: bool) -> list[float | None]:
+    if tests is None:
+        return [None] * len(completions)
+    setups = setup if setup is not None else [None] * len(completions)
+    scores: list[float | None] = []
+    for completion, row_tests, row_setup in zip(completions, tests, setups, strict=True):
+        result = run_completion(completion, row_tests, row_setup, limits)
+        if not isinstance(result, Execution):
+            scores.append(result)
+        elif binary:
+            scores.append(float(result.total > 0 and result.passed == result.total))
+        else:
+            scores.append(result.passed / result.total if result.total else 0.0)
+    return scores
+
+
+def code(
+    completions: list[str],
+    tests: list[Any] | None = None,
+    setup: list[Any] | None = None,
+    timeout: float = 8.0,
+    memory_mb: int = 1024,
+    **kwargs: Any,
+) -> list[float | None]:
+    """Fraction of the row's tests that the last Python block passes (sandboxed, `timeout` seconds in all).
+
+    >>> code(["```python\\ndef f(x):\\n    return x * 2\\n```"], tests=[["assert f(1) == 2", "assert f(2) == 5"]])
+    [0.5]
+    """
+    return _scores(completions, tests, setup, Limits(timeout=timeout, memory_mb=memory_mb), binary=False)
+
+
+def binary_code(
+    completions: list[str],
+    tests: list[Any] | None = None,
+    setup: list[Any] | None = None,
+    timeout: float = 8.0,
+    memory_mb: int = 1024,
+    **kwargs: Any,
+) -> list[float | None]:
+    """1.0 when the last Python block passes every test of the row, else 0.0.
+
+    >>> binary_code(["```py\\nf = abs\\n```", "f = abs"], tests=["assert f(-1) == 1\\nassert f(2) == 2"] * 2)
+    [1.0, 0.0]
+    """
+    return _scores(completions, tests, setup, Limits(timeout=timeout, memory_mb=memory_mb), binary=True)
+
+
+code.warm_up = isolation
+binary_code.warm_up = isolation

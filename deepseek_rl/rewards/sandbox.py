@@ -1,0 +1,288 @@
+"""Run untrusted Python against tests on this machine, with no remote service.
+
+Each execution is a separate process tree (`_sandbox_init.py` is its first process) in a new session, with a
+wall-clock timeout, in a fresh temporary directory, with a scrubbed environment, and is killed as a whole at the end.
+Two levels of isolation, chosen once per process:
+
+- strong (root with util-linux `unshare`, as on our machines and in CI): new mount, pid, network, IPC and UTS
+  namespaces; a tmpfs root holding only /usr, the interpreter, four devices, /proc, /work and /tmp (capped at
+  `disk_mb`); an unprivileged uid drawn at random per execution (so RLIMIT_NPROC, which root ignores, counts the
+  sandbox alone, and no two sandboxes can signal each other); no network at all (only a loopback that is down).
+  Killing the namespace's first process kills every process the program started, setsid() or not.
+- weak (no root or no namespaces): the same process tree and limits, run as the current user in a new session. It
+  cannot hide files, block the network or stop a program that escapes its process group; a one-time warning says so,
+  and the attack tests that need the strong level skip.
+
+Resource limits in both: CPU seconds, address space, processes, file size, open files; output kept up to a cap.
+A result counts only what the harness reported with a per-run nonce that is never in the program's files,
+arguments or environment (it arrives on stdin, which is closed before the program runs): `exit(0)` or
+`os._exit(0)` before the tests, or printing fake results, pass nothing. Known limit: the program runs in the same
+interpreter as its tests, so a program that inspects the interpreter (frames, gc, tracing) could find the nonce or
+fake a test; and an object whose `__eq__` always returns True passes `assert f(x) == y` anywhere.
+"""
+
+from __future__ import annotations
+
+import ast
+import marshal
+import math
+import os
+import random
+import secrets
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+HARNESS = Path(__file__).with_name("_sandbox_init.py")
+UNSHARE = ("unshare", "--mount", "--pid", "--net", "--ipc", "--uts", "--fork", "--kill-child", "--")
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+# Unprivileged uids drawn for strong sandboxes: far above any real account, distinct per execution.
+UID_RANGE = (1_000_000_000, 1_100_000_000)
+
+
+class SandboxError(RuntimeError):
+    """The sandbox itself could not run (not the program's fault): counted as a reward error, never as a 0."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    # Wall-clock seconds for solution, setup and tests together; CPU seconds are the same, rounded up.
+    timeout: float = 8.0
+    # Address space of each process, MiB.
+    memory_mb: int = 1024
+    # Processes and threads of the sandbox's uid (strong mode; in weak mode on top of the user's current count).
+    processes: int = 32
+    # Largest file the program may write, MiB; and (strong mode) the whole writable filesystem, MiB.
+    file_mb: int = 16
+    disk_mb: int = 64
+    open_files: int = 64
+    # Bytes of the program's stdout + stderr kept for debugging; the rest is read and dropped.
+    output_bytes: int = 16384
+
+
+@dataclass
+class Execution:
+    passed: int  # tests that ran without raising
+    total: int  # tests counted
+    finished: bool  # every test ran (the harness reached its end)
+    timed_out: bool
+    output: str  # stdout + stderr of the program, truncated to Limits.output_bytes
+    seconds: float
+    mode: str  # strong | weak
+
+
+def split_tests(tests: str | list[str]) -> list[tuple[str, bool]]:
+    """Tests as (code, counts) pieces. A list: one test per item. A string: each top-level `assert` is a test
+    and the statements between them run in order (a failing one stops the rest); without any top-level assert
+    the whole string is one test (e.g. `def check(f): ...` then `check(f)`).
+
+    >>> split_tests("import math\\nassert math.pi > 3\\nassert 1 + 1 == 2")
+    [('import math', False), ('assert math.pi > 3', True), ('assert 1 + 1 == 2', True)]
+    >>> split_tests(["assert f(1) == 2"])
+    [('assert f(1) == 2', True)]
+    """
+    if not isinstance(tests, str):
+        return [(str(t), True) for t in tests]
+    body = ast.parse(tests).body
+    if not any(isinstance(node, ast.Assert) for node in body):
+        return [(tests, True)]
+    return [(ast.get_source_segment(tests, node), isinstance(node, ast.Assert)) for node in body]
+
+
+def interpreter() -> str:
+    """The base interpreter, run outside any venv and without `site` (-S): the program gets the standard library
+    only, not the trainer's packages, and starts in ~10 ms instead of ~40."""
+    return os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
+
+
+def _binds() -> list[str]:
+    prefix = os.path.realpath(sys.base_prefix)
+    extra = [prefix] if not interpreter().startswith(prefix + os.sep) else [prefix, os.path.dirname(interpreter())]
+    return [*SYSTEM_DIRS, *extra]
+
+
+def _user_process_count() -> int:
+    uid = os.getuid()
+    count = 0
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                count += entry.stat().st_uid == uid
+            except OSError:
+                pass
+    return count
+
+
+def _job(mode: str, tmp: str, nonce: str, fd: int, solution: str, setup: str, tests, limits: Limits) -> dict:
+    values = asdict(limits)
+    values["cpu_seconds"] = math.ceil(limits.timeout)
+    if mode == "weak":
+        values["processes"] += _user_process_count()
+    return {
+        "nonce": nonce,
+        "verdict_fd": fd,
+        "mode": mode,
+        "root": tmp,
+        "workdir": os.path.join(tmp, "work"),
+        "uid": random.SystemRandom().randrange(*UID_RANGE),
+        "binds": _binds(),
+        "limits": values,
+        "solution": solution,
+        "setup": setup,
+        "tests": tests,
+    }
+
+
+def _read(proc: subprocess.Popen, verdict_fd: int, deadline: float, cap: int) -> tuple[bytes, bytes]:
+    """Read the program's output (up to `cap` bytes) and the harness's verdict lines until both pipes close,
+    the process tree is gone, or the deadline passes."""
+    kept = {proc.stdout.fileno(): bytearray(), verdict_fd: bytearray()}
+    selector = selectors.DefaultSelector()
+    for fd in kept:
+        os.set_blocking(fd, False)
+        selector.register(fd, selectors.EVENT_READ)
+    exited_at = None
+    while selector.get_map() and time.monotonic() < deadline:
+        events = selector.select(timeout=0.05)
+        for key, _ in events:
+            chunk = os.read(key.fd, 65536)
+            if not chunk:
+                selector.unregister(key.fd)
+            elif len(kept[key.fd]) < cap:
+                kept[key.fd] += chunk[: cap - len(kept[key.fd])]
+        if not events and proc.poll() is not None:
+            # the harness is gone but something still holds the pipes (weak mode): give it a moment, then stop
+            exited_at = exited_at or time.monotonic()
+            if time.monotonic() - exited_at > 0.2:
+                break
+    selector.close()
+    return bytes(kept[proc.stdout.fileno()]), bytes(kept[verdict_fd])
+
+
+def _kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL the namespace's first process (the kernel then kills the whole pid namespace) and the session's group."""
+    try:
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    except OSError:
+        children = []
+    for pid in children:
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except OSError:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except OSError:
+        pass
+    proc.wait()
+
+
+def _verdict(lines: bytes, nonce: str) -> tuple[bool, set[int], bool, bool]:
+    ready, passed, done, timed_out = False, set(), False, False
+    for line in lines.decode("utf-8", "replace").splitlines():
+        token, _, rest = line.partition(" ")
+        if token != nonce:
+            continue
+        if rest == "ready":
+            ready = True
+        elif rest == "done":
+            done = True
+        elif rest == "timeout":
+            timed_out = True
+        elif rest.startswith("pass ") and rest[5:].isdigit():
+            passed.add(int(rest[5:]))
+    return ready, passed, done, timed_out
+
+
+def execute(
+    solution: str, tests: str | list[str], setup: str = "", limits: Limits = Limits(), mode: str = "auto"
+) -> Execution:
+    """Run `solution`, then `setup`, then each test, in a sandbox; count the tests that passed.
+
+    Raises SandboxError when the sandbox could not start, ValueError when `tests` do not parse.
+    """
+    mode = isolation() if mode == "auto" else mode
+    pieces = split_tests(tests)
+    start = time.monotonic()
+    tmp = tempfile.mkdtemp(prefix="deepseek-rl-sandbox-")
+    os.makedirs(os.path.join(tmp, "work"))
+    nonce = secrets.token_hex(16)
+    read_fd, write_fd = os.pipe()
+    job = _job(mode, tmp, nonce, write_fd, solution, setup or "", pieces, limits)
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
+    home = "/work" if mode == "strong" else job["workdir"]
+    env.update(HOME=home, TMPDIR="/tmp" if mode == "strong" else home)
+    command = [*(UNSHARE if mode == "strong" else ()), interpreter(), "-I", "-S", "-B", str(HARNESS)]
+    try:
+        proc = subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            pass_fds=(write_fd,),
+            start_new_session=True,
+            env=env,
+            cwd=tmp,
+        )
+    except OSError as err:
+        os.close(read_fd)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise SandboxError(f"cannot start the sandbox: {err}") from err
+    finally:
+        os.close(write_fd)
+    try:
+        try:
+            proc.stdin.write(marshal.dumps(job))
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        output, verdict = _read(proc, read_fd, start + limits.timeout + 2.0, limits.output_bytes)
+    finally:
+        _kill_tree(proc)
+        proc.stdout.close()
+        os.close(read_fd)
+        shutil.rmtree(tmp, ignore_errors=True)
+    ready, passed, done, timed_out = _verdict(verdict, nonce)
+    text = output.decode("utf-8", "replace")
+    if not ready:
+        raise SandboxError(f"the {mode} sandbox did not start: {text.strip()[-500:] or 'no output'}")
+    seconds = time.monotonic() - start
+    timed_out = timed_out or (not done and seconds >= limits.timeout)
+    counted = [i for i, (_, counts) in enumerate(pieces) if counts]
+    return Execution(len(passed & set(counted)), len(counted), done, timed_out, text, seconds, mode)
+
+
+_MODE: list[str] = []
+
+
+def isolation() -> str:
+    """strong or weak, decided once per process by running a trivial program (weak: with a one-time warning)."""
+    if _MODE:
+        return _MODE[0]
+    reason = ""
+    if os.geteuid() != 0:
+        reason = "not running as root"
+    elif shutil.which("unshare") is None:
+        reason = "util-linux `unshare` not found"
+    else:
+        try:
+            probe = execute("x = 1", ["assert x == 1"], mode="strong")
+            reason = "" if probe.passed == 1 else f"a probe program failed: {probe.output[-300:]}"
+        except SandboxError as err:
+            reason = str(err)
+    _MODE.append("weak" if reason else "strong")
+    if reason:
+        warnings.warn(
+            f"deepseek-rl code sandbox: weak isolation ({reason}): untrusted code runs as this user with resource "
+            "limits and timeouts, but can read this user's files and reach the network. Run as root for namespaces.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return _MODE[0]

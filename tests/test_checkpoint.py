@@ -1,0 +1,87 @@
+"""Checkpoint files: atomic writes, the newest complete one is picked, keep_last, and a full state round trip."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
+
+from deepseek_rl.checkpoint import (
+    STATE_FILE,
+    TrainerState,
+    complete_checkpoints,
+    find_resume_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+
+
+@pytest.fixture
+def setup():
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    acc = Accelerator(cpu=True)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model, opt = acc.prepare(model, opt)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (s + 1))
+    acc.register_for_checkpointing(sched)
+    return acc, model, opt, sched
+
+
+def _train_step(model, opt, sched):
+    model(torch.ones(2, 4)).sum().backward()
+    opt.step()
+    sched.step()
+    opt.zero_grad()
+
+
+def test_round_trip_restores_model_optimizer_scheduler(setup, tmp_path: Path):
+    acc, model, opt, sched = setup
+    _train_step(model, opt, sched)
+    path = save_checkpoint(acc, tmp_path, TrainerState(step=1, wandb_run_id="abc"), keep_last=2)
+    weights, lr, adam = model.weight.clone(), sched.get_last_lr(), opt.state_dict()["state"][0]["exp_avg"].clone()
+    _train_step(model, opt, sched)
+    assert not torch.equal(model.weight, weights)
+    state = load_checkpoint(acc, path)
+    assert state == TrainerState(step=1, wandb_run_id="abc")
+    assert torch.equal(model.weight, weights)
+    assert sched.get_last_lr() == lr
+    assert torch.equal(opt.state_dict()["state"][0]["exp_avg"], adam)
+
+
+def test_keep_last_and_newest_complete_is_picked(setup, tmp_path: Path):
+    acc, model, opt, sched = setup
+    for step in (2, 4, 6):
+        save_checkpoint(acc, tmp_path, TrainerState(step=step), keep_last=2)
+    assert [p.name for p in complete_checkpoints(tmp_path)] == ["step-00000004", "step-00000006"]
+    # a folder without trainer_state.json (or a .tmp- folder) is never a checkpoint
+    (tmp_path / "checkpoints" / "step-00000099").mkdir()
+    (tmp_path / "checkpoints" / ".tmp-step-00000100").mkdir()
+    assert find_resume_checkpoint("auto", tmp_path).name == "step-00000006"
+    assert find_resume_checkpoint("never", tmp_path) is None
+    with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
+        find_resume_checkpoint(str(tmp_path / "checkpoints" / "step-00000099"), tmp_path)
+
+
+def test_a_save_killed_midway_leaves_the_previous_checkpoint(setup, tmp_path: Path, monkeypatch):
+    acc, model, opt, sched = setup
+    good = save_checkpoint(acc, tmp_path, TrainerState(step=2), keep_last=1)
+    weights = model.weight.clone()
+    _train_step(model, opt, sched)
+
+    def crash(output_dir):  # writes part of the state, then the process "dies"
+        Path(output_dir, "model.safetensors").write_bytes(b"partial")
+        raise KeyboardInterrupt("killed while saving")
+
+    monkeypatch.setattr(acc, "save_state", crash)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(acc, tmp_path, TrainerState(step=4), keep_last=1)
+    assert (tmp_path / "checkpoints" / ".tmp-step-00000004").exists()
+    assert find_resume_checkpoint("auto", tmp_path) == good
+    assert json.loads((good / STATE_FILE).read_text())["step"] == 2
+    load_checkpoint(acc, good)
+    assert torch.equal(model.weight, weights)

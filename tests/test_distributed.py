@@ -1,0 +1,146 @@
+"""Real 2-process runs on CPU (DDP, DeepSpeed ZeRO-2 and ZeRO-3) against a single-process run, and exact resume.
+
+Each run writes one report per rank (world size, backend, sha256 of the full parameters), so the tests check
+that both processes joined one process group and ended with identical parameters.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from transformers import AutoModelForCausalLM
+
+from deepseek_rl.distributed import parameter_digest
+
+from .conftest import REPO, run_cli
+
+STEPS = 4
+COMMON = ["--config-name", "smoke", "logger=none", f"trainer.max_steps={STEPS}"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_cmd(config: str, overrides: list[str]) -> list[str]:
+    return [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--config_file", str(REPO / "launch" / config),
+        "--num_processes", "2", "--main_process_port", str(free_port()),
+        "-m", "deepseek_rl.train", *overrides,
+    ]  # fmt: skip
+
+
+def launch(config: str, overrides: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(launch_cmd(config, overrides), cwd=cwd, capture_output=True, text=True, timeout=900, env=env)
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def rank_reports(run: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((run / "rank_reports").glob("rank-*.json"))]
+
+
+@pytest.fixture(scope="module")
+def single_run(tmp_path_factory) -> Path:
+    work = tmp_path_factory.mktemp("single")
+    result = run_cli("train", *COMMON, f"trainer.output_dir={work / 'run'}", cwd=work)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return work / "run"
+
+
+@pytest.mark.parametrize("config", ["cpu_ddp.yaml", "zero2.yaml", "zero3.yaml"])
+def test_two_processes_match_one(config, single_run: Path, tmp_path: Path):
+    result = launch(config, [*COMMON, f"trainer.output_dir={tmp_path / 'run'}"], tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+    reports = rank_reports(tmp_path / "run")
+    assert [r["rank"] for r in reports] == [0, 1]
+    assert all(r["world_size"] == 2 for r in reports)
+    assert reports[0]["parameter_sha256"] == reports[1]["parameter_sha256"]  # ranks agree after training
+    expected_backend = "MULTI_CPU" if config == "cpu_ddp.yaml" else "DEEPSPEED"
+    assert all(r["distributed_type"].endswith(expected_backend) for r in reports)
+
+    single, double = metrics(single_run), metrics(tmp_path / "run")
+    assert [m["step"] for m in double] == list(range(1, STEPS + 1))
+    for a, b in zip(single, double, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4, abs=1e-7)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
+        assert b["reward"] == pytest.approx(a["reward"], abs=1e-6)
+        assert b["kl"] == pytest.approx(a["kl"], rel=1e-3, abs=1e-7)
+
+    if config == "zero3.yaml":
+        (single_report,) = rank_reports(single_run)
+        assert reports[0]["local_parameter_elements"] < single_report["local_parameter_elements"]  # partitioned
+        exported = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "final")
+        assert parameter_digest(exported)[0] == reports[0]["parameter_sha256"]  # export = trained parameters
+
+
+def _stop_after(proc: subprocess.Popen, run: Path, lines: int, sig: int) -> None:
+    """Send `sig` once the run has logged `lines` steps."""
+    deadline = time.time() + 600
+    path = run / "metrics.jsonl"
+    while time.time() < deadline and proc.poll() is None:
+        if path.exists() and len(path.read_text().splitlines()) >= lines:
+            proc.send_signal(sig)
+            break
+        time.sleep(0.02)
+    proc.wait(timeout=600)
+
+
+def _interrupted_then_resumed(cmd: list[str], run: Path, cwd: Path, sig: int) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _stop_after(proc, run, 3, sig)
+    stopped_at = len(metrics(run))
+    assert stopped_at < 12, "the run finished before it could be interrupted"
+    assert list((run / "checkpoints").glob("step-*"))
+    resumed = subprocess.run(
+        [*cmd, "trainer.resume=auto"], cwd=cwd, env=env, capture_output=True, text=True, timeout=900
+    )
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+
+
+RESUME = [
+    "--config-name",
+    "smoke",
+    "logger=none",
+    "trainer.max_steps=12",
+    "trainer.save_every=2",
+    "trainer.keep_last=2",
+]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["preempted", "killed"])
+def test_resume_single_process_is_exact(sig, tmp_path: Path):
+    full = run_cli("train", *RESUME, f"trainer.output_dir={tmp_path / 'full'}", cwd=tmp_path)
+    assert full.returncode == 0, full.stderr[-3000:]
+    cmd = [sys.executable, "-m", "deepseek_rl.cli", "train", *RESUME, f"trainer.output_dir={tmp_path / 'cut'}"]
+    _interrupted_then_resumed(cmd, tmp_path / "cut", tmp_path, sig)
+
+    assert [m["loss"] for m in metrics(tmp_path / "cut")] == [m["loss"] for m in metrics(tmp_path / "full")]
+    assert (
+        rank_reports(tmp_path / "cut")[0]["parameter_sha256"] == rank_reports(tmp_path / "full")[0]["parameter_sha256"]
+    )
+    assert len(list((tmp_path / "cut" / "checkpoints").glob("step-*"))) <= 2  # keep_last
+
+
+def test_resume_under_ddp_is_exact(tmp_path: Path):
+    full = launch("cpu_ddp.yaml", [*RESUME, f"trainer.output_dir={tmp_path / 'full'}"], tmp_path)
+    assert full.returncode == 0, full.stderr[-3000:]
+    cmd = launch_cmd("cpu_ddp.yaml", [*RESUME, f"trainer.output_dir={tmp_path / 'cut'}"])
+    _interrupted_then_resumed(cmd, tmp_path / "cut", tmp_path, signal.SIGTERM)
+
+    assert [m["loss"] for m in metrics(tmp_path / "cut")] == [m["loss"] for m in metrics(tmp_path / "full")]
+    digests = {r["parameter_sha256"] for r in rank_reports(tmp_path / "cut") + rank_reports(tmp_path / "full")}
+    assert len(digests) == 1
