@@ -8,7 +8,6 @@ all of it runs before any model is loaded. Below the entry point code receives t
 
 from __future__ import annotations
 
-import difflib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,23 +16,11 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
+from deepseek_rl.config_checks import ConfigError, one_of, require
+from deepseek_rl.config_stages import EvalConfig, RFTConfig, SFTConfig
 from deepseek_rl.paths import shared_dir
 
-
-class ConfigError(ValueError):
-    """A configuration value that cannot work; the message names the key and the fix."""
-
-
-def _require(ok: bool, message: str) -> None:
-    if not ok:
-        raise ConfigError(message)
-
-
-def _one_of(key: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        close = difflib.get_close_matches(value, choices, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise ConfigError(f"{key}='{value}' is not one of {', '.join(choices)}{hint}")
+__all__ = ["Config", "ConfigError", "EvalConfig", "RFTConfig", "SFTConfig", "load_recipe"]
 
 
 @dataclass
@@ -56,19 +43,19 @@ class ModelConfig:
     attn_implementation: str = "sdpa"
 
     def __post_init__(self) -> None:
-        _one_of("model.arch", self.arch, ("llama", "qwen2"))
-        _one_of("model.dtype", self.dtype, ("float32", "bfloat16", "float16"))
-        _require(
+        one_of("model.arch", self.arch, ("llama", "qwen2"))
+        one_of("model.dtype", self.dtype, ("float32", "bfloat16", "float16"))
+        require(
             self.path is not None or self.tokenizer is not None,
             "model.tokenizer=null needs model.path: a tiny model has no tokenizer of its own; "
             "set model.tokenizer=char or a tokenizer directory",
         )
         if self.path is None:
-            _require(
+            require(
                 self.hidden_size % self.num_heads == 0,
                 f"model.hidden_size={self.hidden_size} is not divisible by model.num_heads={self.num_heads}",
             )
-            _require(
+            require(
                 self.num_heads % self.num_kv_heads == 0,
                 f"model.num_heads={self.num_heads} is not divisible by model.num_kv_heads={self.num_kv_heads}",
             )
@@ -103,13 +90,13 @@ class DataConfig:
     def __post_init__(self) -> None:
         from deepseek_rl.tasks import TASKS
 
-        _one_of("data.template", self.template, ("plain", "r1_zero", "chat"))
+        one_of("data.template", self.template, ("plain", "r1_zero", "chat"))
         if self.task is not None:
-            _one_of("data.task", self.task, tuple(TASKS))
-            _require(self.num_digits >= 1, f"data.num_digits={self.num_digits} must be >= 1")
-            _require(self.num_train >= 1, f"data.num_train={self.num_train} must be >= 1")
+            one_of("data.task", self.task, tuple(TASKS))
+            require(self.num_digits >= 1, f"data.num_digits={self.num_digits} must be >= 1")
+            require(self.num_train >= 1, f"data.num_train={self.num_train} must be >= 1")
         else:
-            _require(
+            require(
                 self.path is not None,
                 "data.path is required when data.task=null: point it at a .jsonl or .parquet file",
             )
@@ -117,7 +104,7 @@ class DataConfig:
             value = getattr(self, key)
             if value is not None and (self.task is None or key != "path"):
                 path = Path(os.path.expanduser(value))
-                _require(
+                require(
                     path.exists(),
                     f"data.{key}={value}: no such file (resolved to {path.absolute()}); "
                     "give a local .jsonl/.json/.parquet file, or set data.task to a procedural task",
@@ -137,13 +124,13 @@ class RolloutConfig:
     stop_strings: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        _require(self.max_prompt_length >= 1, f"rollout.max_prompt_length={self.max_prompt_length} must be >= 1")
-        _require(
+        require(self.max_prompt_length >= 1, f"rollout.max_prompt_length={self.max_prompt_length} must be >= 1")
+        require(
             self.max_completion_length >= 1, f"rollout.max_completion_length={self.max_completion_length} must be >= 1"
         )
-        _require(self.temperature >= 0, f"rollout.temperature={self.temperature} must be >= 0 (0: greedy)")
-        _require(0 < self.top_p <= 1, f"rollout.top_p={self.top_p} must be in (0, 1]")
-        _require(self.top_k >= 0, f"rollout.top_k={self.top_k} must be >= 0 (0 disables it)")
+        require(self.temperature >= 0, f"rollout.temperature={self.temperature} must be >= 0 (0: greedy)")
+        require(0 < self.top_p <= 1, f"rollout.top_p={self.top_p} must be in (0, 1]")
+        require(self.top_k >= 0, f"rollout.top_k={self.top_k} must be >= 0 (0 disables it)")
 
 
 @dataclass
@@ -166,20 +153,20 @@ class RewardConfig:
     def __post_init__(self) -> None:
         from deepseek_rl.rewards import check_reward_args, resolve_reward
 
-        _require(
+        require(
             len(self.weights) > 0,
             "reward.weights is empty: give at least one reward, e.g. reward.weights={answer_match: 1.0}",
         )
         for name in self.weights:
             resolve_reward(name)  # raises ConfigError naming the reward
         for name in self.args:
-            _require(name in self.weights, f"reward.args.{name} is set but '{name}' is not in reward.weights")
+            require(name in self.weights, f"reward.args.{name} is set but '{name}' is not in reward.weights")
             check_reward_args(name, resolve_reward(name), self.args[name])
-        _require(
+        require(
             self.num_workers is None or self.num_workers >= 0,
             f"reward.num_workers={self.num_workers} must be >= 0 (0: in the trainer process; null: one per core)",
         )
-        _require(self.timeout > 0, f"reward.timeout={self.timeout} must be > 0 seconds")
+        require(self.timeout > 0, f"reward.timeout={self.timeout} must be > 0 seconds")
 
 
 @dataclass
@@ -216,26 +203,24 @@ class AlgorithmConfig:
     logprob_chunk_size: int = 4
 
     def __post_init__(self) -> None:
-        _require(
+        require(
             self.num_generations >= 2,
             f"algorithm.num_generations={self.num_generations}: GRPO needs at least 2 completions per prompt for a "
             "group baseline; set algorithm.num_generations to 2 or more (8 or 16 are typical)",
         )
-        _require(self.lr > 0, f"algorithm.lr={self.lr} must be > 0")
-        _one_of("algorithm.loss_type", self.loss_type, ("grpo", "bnpo", "dr_grpo", "dapo"))
-        _one_of("algorithm.scale_rewards", self.scale_rewards, ("group", "batch", "none"))
-        _one_of("algorithm.importance_sampling", self.importance_sampling, ("token", "sequence", "sequence_token"))
-        _one_of("algorithm.kl_estimator", self.kl_estimator, ("k1", "k2", "k3"))
-        _require(self.kl_coef >= 0, f"algorithm.kl_coef={self.kl_coef} must be >= 0")
-        _require(self.clip_eps_low >= 0 and self.clip_eps_high >= 0, "algorithm.clip_eps_low/high must be >= 0")
-        _require(
+        require(self.lr > 0, f"algorithm.lr={self.lr} must be > 0")
+        one_of("algorithm.loss_type", self.loss_type, ("grpo", "bnpo", "dr_grpo", "dapo"))
+        one_of("algorithm.scale_rewards", self.scale_rewards, ("group", "batch", "none"))
+        one_of("algorithm.importance_sampling", self.importance_sampling, ("token", "sequence", "sequence_token"))
+        one_of("algorithm.kl_estimator", self.kl_estimator, ("k1", "k2", "k3"))
+        require(self.kl_coef >= 0, f"algorithm.kl_coef={self.kl_coef} must be >= 0")
+        require(self.clip_eps_low >= 0 and self.clip_eps_high >= 0, "algorithm.clip_eps_low/high must be >= 0")
+        require(
             self.dual_clip is None or self.dual_clip > 1, f"algorithm.dual_clip={self.dual_clip} must be > 1 or null"
         )
-        _require(self.num_iterations >= 1, f"algorithm.num_iterations={self.num_iterations} must be >= 1")
-        _require(
-            self.max_sampling_rounds >= 0, f"algorithm.max_sampling_rounds={self.max_sampling_rounds} must be >= 0"
-        )
-        _require(self.logprob_chunk_size >= 1, f"algorithm.logprob_chunk_size={self.logprob_chunk_size} must be >= 1")
+        require(self.num_iterations >= 1, f"algorithm.num_iterations={self.num_iterations} must be >= 1")
+        require(self.max_sampling_rounds >= 0, f"algorithm.max_sampling_rounds={self.max_sampling_rounds} must be >= 0")
+        require(self.logprob_chunk_size >= 1, f"algorithm.logprob_chunk_size={self.logprob_chunk_size} must be >= 1")
 
 
 @dataclass
@@ -251,9 +236,9 @@ class OptimizerConfig:
     max_grad_norm: float | None = 1.0
 
     def __post_init__(self) -> None:
-        _require(len(self.betas) == 2, f"optimizer.betas={self.betas} must be two numbers, e.g. [0.9, 0.99]")
-        _one_of("optimizer.schedule", self.schedule, ("constant", "linear", "cosine"))
-        _require(self.warmup_steps >= 0, f"optimizer.warmup_steps={self.warmup_steps} must be >= 0")
+        require(len(self.betas) == 2, f"optimizer.betas={self.betas} must be two numbers, e.g. [0.9, 0.99]")
+        one_of("optimizer.schedule", self.schedule, ("constant", "linear", "cosine"))
+        require(self.warmup_steps >= 0, f"optimizer.warmup_steps={self.warmup_steps} must be >= 0")
 
 
 @dataclass
@@ -275,10 +260,10 @@ class TrainerConfig:
     save_final: bool = True
 
     def __post_init__(self) -> None:
-        _require(self.batch_size >= 1, f"trainer.batch_size={self.batch_size} must be >= 1")
-        _require(self.micro_batch_size >= 1, f"trainer.micro_batch_size={self.micro_batch_size} must be >= 1")
-        _require(self.max_steps >= 1, f"trainer.max_steps={self.max_steps} must be >= 1")
-        _require(self.save_every >= 0, f"trainer.save_every={self.save_every} must be >= 0")
+        require(self.batch_size >= 1, f"trainer.batch_size={self.batch_size} must be >= 1")
+        require(self.micro_batch_size >= 1, f"trainer.micro_batch_size={self.micro_batch_size} must be >= 1")
+        require(self.max_steps >= 1, f"trainer.max_steps={self.max_steps} must be >= 1")
+        require(self.save_every >= 0, f"trainer.save_every={self.save_every} must be >= 0")
 
 
 @dataclass
@@ -294,77 +279,8 @@ class LoggerConfig:
     tags: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        _one_of("logger.kind", self.kind, ("wandb", "none"))
-        _one_of("logger.mode", self.mode, ("auto", "online", "offline", "disabled"))
-
-
-@dataclass
-class SFTConfig:
-    # Supervised fine-tuning on (prompt, completion) pairs: the cold start of the R1 pipeline.
-    # Column with the target completion (procedural tasks: `solution`, a worked trace).
-    completion_column: str = "solution"
-    lr: float = 1.0e-3
-    warmup_steps: int = 50
-    batch_size: int = 64
-    max_steps: int = 600
-    # Every eval_every steps, sample one completion (temperature 1) per validation problem; stop as soon as
-    # that accuracy reaches stop_accuracy (null: run max_steps). Stopping early leaves RL something to learn.
-    eval_every: int = 10
-    stop_accuracy: float | None = 0.15
-    num_validation: int = 200
-
-    def __post_init__(self) -> None:
-        _require(
-            self.lr > 0 and self.batch_size >= 1 and self.max_steps >= 1, "sft.lr, batch_size, max_steps must be > 0"
-        )
-        _require(self.eval_every >= 1, f"sft.eval_every={self.eval_every} must be >= 1")
-
-
-@dataclass
-class RFTConfig:
-    # Rejection-sampling fine-tuning (R1's stage 3): sample `samples` completions for each of `num_prompts` train
-    # prompts, keep those every reward in `verifiers` scores 1.0 (at most max_per_prompt distinct ones per prompt),
-    # and fine-tune on them.
-    num_prompts: int = 2000
-    samples: int = 8
-    temperature: float = 1.0
-    max_per_prompt: int = 2
-    verifiers: list[str] = field(default_factory=lambda: ["answer_match", "format"])
-    lr: float = 3.0e-5
-    batch_size: int = 64
-    max_steps: int = 100
-
-    def __post_init__(self) -> None:
-        from deepseek_rl.rewards import resolve_reward
-
-        _require(self.samples >= 1 and self.num_prompts >= 1, "rft.samples and rft.num_prompts must be >= 1")
-        for name in self.verifiers:
-            resolve_reward(name)
-
-
-@dataclass
-class EvalConfig:
-    # Held-out evaluation (the `eval` split): greedy accuracy, `samples` completions per problem at `temperature`
-    # for sampled accuracy, pass@k and maj@k, the format rate and completion lengths.
-    # Evaluate during GRPO every `every` steps (and before the first and after the last; 0: never).
-    every: int = 0
-    num_prompts: int = 200
-    samples: int = 4
-    temperature: float = 1.0
-    # The verifier (a reward scoring 1.0 when correct) and the format reward (null: no format rate).
-    correctness: str = "answer_match"
-    format_reward: str | None = "format"
-    # Completions generated at once.
-    batch_size: int = 512
-
-    def __post_init__(self) -> None:
-        from deepseek_rl.rewards import resolve_reward
-
-        _require(self.every >= 0, f"eval.every={self.every} must be >= 0")
-        _require(self.samples >= 1 and self.num_prompts >= 1, "eval.samples and eval.num_prompts must be >= 1")
-        resolve_reward(self.correctness)
-        if self.format_reward is not None:
-            resolve_reward(self.format_reward)
+        one_of("logger.kind", self.kind, ("wandb", "none"))
+        one_of("logger.mode", self.mode, ("auto", "online", "offline", "disabled"))
 
 
 STAGES = ("sft", "grpo", "rft", "eval")
@@ -387,12 +303,12 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
-        _require(len(self.stages) > 0, "stages is empty: give at least one of sft, grpo, rft, eval")
+        require(len(self.stages) > 0, "stages is empty: give at least one of sft, grpo, rft, eval")
         for stage in self.stages:
-            _one_of("stages", stage, STAGES)
+            one_of("stages", stage, STAGES)
         self.check_batch(world_size=1)
         self.check_lengths()
-        _require(
+        require(
             "grpo" not in self.stages or self.rollout.temperature > 0,
             "rollout.temperature=0 is greedy decoding; GRPO needs sampled groups: set rollout.temperature > 0",
         )
@@ -400,18 +316,18 @@ class Config:
     def check_batch(self, world_size: int) -> None:
         """Whole groups per rank, whole micro-batches per rank."""
         t, g = self.trainer, self.algorithm.num_generations
-        _require(
+        require(
             t.batch_size % g == 0,
             f"trainer.batch_size={t.batch_size} does not divide into whole groups of "
             f"algorithm.num_generations={g}: use a multiple of {g} (e.g. {max(1, t.batch_size // g) * g})",
         )
-        _require(
+        require(
             t.batch_size % (g * world_size) == 0,
             f"trainer.batch_size={t.batch_size} gives {t.batch_size // g} prompts per step, which do not split evenly "
             f"over {world_size} ranks (each rank keeps whole groups): use a multiple of {g * world_size}",
         )
         per_rank = t.batch_size // world_size
-        _require(
+        require(
             per_rank % t.micro_batch_size == 0,
             f"trainer.micro_batch_size={t.micro_batch_size} does not divide the {per_rank} completions per rank "
             f"(trainer.batch_size={t.batch_size} over {world_size} ranks): pick a divisor of {per_rank}",
@@ -421,7 +337,7 @@ class Config:
         """Prompt + completion must fit the model's context."""
         context = model_context_length(self.model)
         total = self.rollout.max_prompt_length + self.rollout.max_completion_length
-        _require(
+        require(
             total <= context,
             f"rollout.max_prompt_length + rollout.max_completion_length = {total} does not fit the model's context "
             f"of {context} tokens (max_position_embeddings): shorten them"
@@ -434,7 +350,7 @@ def model_context_length(model: ModelConfig) -> int:
     if model.path is None:
         return model.max_position_embeddings
     config_file = Path(os.path.expanduser(model.path)) / "config.json"
-    _require(
+    require(
         config_file.exists(),
         f"model.path={model.path}: no config.json there; give a local Hugging Face model directory",
     )

@@ -14,6 +14,7 @@ import math
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from statistics import fmean as mean
 from typing import Any
 
 from deepseek_rl.batch import RolloutBatch
@@ -54,33 +55,44 @@ class EvalReport:
 def evaluate(
     sampler: Sampler, prompts: PromptSet, cfg: EvalConfig, rollout: RolloutConfig, seed: int = 0
 ) -> EvalReport:
-    """Evaluate the sampler's model on the first `cfg.num_prompts` prompts."""
+    """Evaluate the sampler's model on the first `cfg.num_prompts` prompts (greedy only when cfg.samples is 0)."""
     count = min(cfg.num_prompts, len(prompts))
     names = [cfg.correctness] + ([cfg.format_reward] if cfg.format_reward else [])
     rewards = RewardSet(RewardConfig(weights={n: 1.0 for n in names}))
+    sampled: list[dict[str, Any]] = []
     try:
         greedy = score_samples(sampler.complete(prompts, count, 1, replace(rollout, temperature=0.0), seed), rewards)
-        sampling = replace(rollout, temperature=cfg.temperature)
-        sampled = score_samples(sampler.complete(prompts, count, cfg.samples, sampling, seed), rewards)
+        if cfg.samples:
+            sampling = replace(rollout, temperature=cfg.temperature)
+            sampled = score_samples(sampler.complete(prompts, count, cfg.samples, sampling, seed), rewards)
     finally:
         rewards.close()
-    n = cfg.samples
+    for row in greedy:
+        row["kind"] = "greedy"
+    metrics = {
+        "eval/greedy_accuracy": mean(s["correct"] for s in greedy),
+        "eval/greedy_format_rate": mean(s["format"] for s in greedy),
+        "eval/greedy_length": mean(s["length"] for s in greedy),
+    }
+    if sampled:
+        metrics |= sampled_metrics(sampled, count, cfg.samples)
+    return EvalReport(metrics=metrics, samples=greedy + sampled)
+
+
+def sampled_metrics(sampled: list[dict[str, Any]], count: int, n: int) -> dict[str, float]:
+    """Accuracy, pass@1 / pass@n, maj@n, format rate and length over n samples for each of `count` problems."""
     correct = [s["correct"] for s in sampled]
     by_problem = [correct[i * n : (i + 1) * n] for i in range(count)]
     answers = [[final_answer(s["completion"]) for s in sampled[i * n : (i + 1) * n]] for i in range(count)]
     metrics = {
-        "eval/greedy_accuracy": sum(s["correct"] for s in greedy) / count,
-        "eval/sampled_accuracy": sum(correct) / len(correct),
-        f"eval/maj@{n}": sum(majority_correct(a, c) for a, c in zip(answers, by_problem, strict=True)) / count,
-        "eval/format_rate": sum(s["format"] for s in sampled) / len(sampled),
-        "eval/completion_length": sum(s["length"] for s in sampled) / len(sampled),
-        "eval/greedy_length": sum(s["length"] for s in greedy) / count,
+        "eval/sampled_accuracy": mean(correct),
+        f"eval/maj@{n}": mean(majority_correct(a, c) for a, c in zip(answers, by_problem, strict=True)),
+        "eval/format_rate": mean(s["format"] for s in sampled),
+        "eval/completion_length": mean(s["length"] for s in sampled),
     }
     for k in sorted({1, n}):
-        metrics[f"eval/pass@{k}"] = sum(pass_at_k(n, sum(c), k) for c in by_problem) / count
-    for s in greedy:
-        s["kind"] = "greedy"
-    return EvalReport(metrics=metrics, samples=greedy + sampled)
+        metrics[f"eval/pass@{k}"] = mean(pass_at_k(n, sum(c), k) for c in by_problem)
+    return metrics
 
 
 def score_samples(batches: Iterator[RolloutBatch], rewards: RewardSet) -> list[dict[str, Any]]:

@@ -25,7 +25,7 @@ from deepseek_rl.models import eos_token_ids, load_model, load_tokenizer
 from deepseek_rl.plots import plot_training_curves
 from deepseek_rl.rollout import Sampler
 
-LABELS = {"base": "initial model", "sft": "cold start (SFT)", "grpo": "after RL (GRPO)", "rft": "after RFT"}
+LABELS = {"base": "starting model", "sft": "cold start (SFT)", "grpo": "after RL (GRPO)", "rft": "after RFT"}
 
 
 def run_stages(cfg: Config, output_dir: Path) -> dict[str, Path]:
@@ -54,7 +54,9 @@ def run_stages(cfg: Config, output_dir: Path) -> dict[str, Path]:
         elif stage == "rft":
             checkpoints[stage] = run_rft(stage_cfg, stage_dir)
         elif stage == "eval":
-            models = {name: ModelConfig(path=str(path), tokenizer=None) for name, path in checkpoints.items()}
+            # the starting checkpoint too (e.g. the RL policy before RFT), but not a tiny model's random init
+            models = {"base": cfg.model} if cfg.model.path is not None else {}
+            models |= {name: ModelConfig(path=str(path), tokenizer=None) for name, path in checkpoints.items()}
             run_eval_stage(stage_cfg, models or {"base": model}, stage_dir, output_dir)
         if stage in checkpoints:
             model = ModelConfig(path=str(checkpoints[stage]), tokenizer=None)

@@ -11,7 +11,7 @@ reaches the threshold, so the model is right only part of the time and RL has so
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -19,13 +19,12 @@ from torch import nn
 from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from deepseek_rl.config import Config, RewardConfig, RolloutConfig
-from deepseek_rl.data import DataError, PromptSet, build_prompt_set, load_rows, render_prompt, step_indices
-from deepseek_rl.evaluate import score_samples
+from deepseek_rl.config import Config
+from deepseek_rl.data import DataError, build_prompt_set, load_rows, render_prompt, step_indices
+from deepseek_rl.evaluate import evaluate
 from deepseek_rl.logprobs import completion_logprobs
 from deepseek_rl.models import eos_token_ids, load_model, load_tokenizer
 from deepseek_rl.rollout import Sampler
-from deepseek_rl.scoring import RewardSet
 from deepseek_rl.tracking import RunTracker
 
 
@@ -62,16 +61,6 @@ def tokenize_pairs(tokenizer: PreTrainedTokenizerBase, prompts: list[str], compl
 def sft_loss(model: nn.Module, ids: torch.Tensor, attention: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
     logp, _ = completion_logprobs(model, ids, attention, loss_mask.shape[1])
     return -(logp * loss_mask).sum() / loss_mask.sum()
-
-
-def sampled_accuracy(sampler: Sampler, prompts: PromptSet, rollout: RolloutConfig, verifier: str, seed: int) -> float:
-    """Share of problems whose one sampled completion (at rollout.temperature) the verifier scores 1.0."""
-    rewards = RewardSet(RewardConfig(weights={verifier: 1.0}))
-    try:
-        rows = score_samples(sampler.complete(prompts, len(prompts), 1, rollout, seed), rewards)
-    finally:
-        rewards.close()
-    return sum(r["correct"] for r in rows) / len(rows)
 
 
 @dataclass
@@ -130,16 +119,16 @@ def run_sft(cfg: Config, output_dir: Path) -> Path:
     prompts = [render(text) for text in list(rows[cfg.data.prompt_column])]
     pairs = tokenize_pairs(tokenizer, prompts, list(rows[cfg.sft.completion_column]))
     validation = build_prompt_set(cfg.data, tokenizer, cfg.rollout.max_prompt_length, split="validation")
-    validation = validation.subset(cfg.sft.num_validation)
     sampler = Sampler(model, tokenizer, eos_token_ids(tokenizer, model))
     tracker = RunTracker(cfg.logger, output_dir, asdict(cfg))
-    sampling = RolloutConfig(**{**vars(cfg.rollout), "temperature": 1.0})
+
+    check_settings = replace(cfg.eval, num_prompts=cfg.sft.num_validation, samples=1, temperature=1.0)
 
     def check(step: int) -> bool:
-        accuracy = sampled_accuracy(sampler, validation, sampling, cfg.eval.correctness, step)
-        tracker.log(step, {"validation/sampled_accuracy": accuracy})
+        metrics = evaluate(sampler, validation, check_settings, cfg.rollout, seed=step).metrics
+        tracker.log(step, {k.replace("eval/", "validation/"): v for k, v in metrics.items()})
         model.train()
-        return cfg.sft.stop_accuracy is not None and accuracy >= cfg.sft.stop_accuracy
+        return cfg.sft.stop_accuracy is not None and metrics["eval/sampled_accuracy"] >= cfg.sft.stop_accuracy
 
     settings = FineTuneSettings(
         cfg.sft.lr, cfg.sft.batch_size, cfg.sft.max_steps, cfg.sft.warmup_steps, cfg.sft.eval_every, cfg.trainer.seed

@@ -73,15 +73,16 @@ class HeldOutEval:
 
     def __init__(self, cfg: Config, tokenizer, eos_ids: list[int]):
         self.cfg, self.tokenizer, self.eos_ids = cfg, tokenizer, eos_ids
+        self.settings = cfg.eval.during_training()
         prompts = build_prompt_set(cfg.data, tokenizer, cfg.rollout.max_prompt_length, split="eval")
-        self.prompts = prompts.subset(cfg.eval.num_prompts)
+        self.prompts = prompts.subset(self.settings.num_prompts)
 
     def __call__(self, accelerator: Accelerator, policy: torch.nn.Module) -> dict[str, float]:
         metrics: dict[str, float] = {}
         with generation_model(accelerator, policy) as model:
             if accelerator.is_main_process:
                 sampler = Sampler(model, self.tokenizer, self.eos_ids, self.cfg.eval.batch_size)
-                report = evaluate(sampler, self.prompts, self.cfg.eval, self.cfg.rollout, seed=self.cfg.trainer.seed)
+                report = evaluate(sampler, self.prompts, self.settings, self.cfg.rollout, seed=self.cfg.trainer.seed)
                 metrics = report.metrics
         accelerator.wait_for_everyone()
         return metrics

@@ -45,3 +45,17 @@ def run_cli(*args: str, cwd: Path, timeout: int = 300, env: dict | None = None) 
         timeout=timeout,
         env={**os.environ, **(env or {})},
     )
+
+
+@pytest.fixture(scope="session")
+def pipeline_run(tmp_path_factory) -> Path:
+    """The default pipeline (SFT -> GRPO -> eval), shortened: 2-digit addition, 20 RL steps, small evaluations."""
+    work = tmp_path_factory.mktemp("pipeline")
+    result = run_cli(
+        "train", "logger=none", "data.num_digits=2", "data.num_train=2000", "sft.max_steps=300",
+        "trainer.max_steps=20", "trainer.batch_size=64", "eval.every=10", "eval.every_prompts=100",
+        "eval.num_prompts=100", "eval.samples=4", f"trainer.output_dir={work / 'run'}",
+        cwd=work, timeout=900,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return work / "run"

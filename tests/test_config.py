@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from deepseek_rl.config import Config, ConfigError, load_recipe
+from deepseek_rl.models import load_model, load_tokenizer
 from deepseek_rl.paths import recipes_dir
 
 from .conftest import run_cli
@@ -14,13 +15,28 @@ GROUPS = ("model", "data", "rollout", "reward", "algorithm", "optimizer", "train
 
 
 def primary_recipes() -> list[str]:
-    """Every recipe (a YAML whose defaults start from the schema), in recipes/ and its subfolders."""
+    """Every recipe (a YAML with a defaults list, outside the group folders), in recipes/ and its subfolders."""
     names = []
     for path in sorted(recipes_dir().rglob("*.yaml")):
+        relative = path.relative_to(recipes_dir())
         doc = yaml.safe_load(path.read_text()) or {}
-        if "deepseek_rl_schema" in (doc.get("defaults") or []):
-            names.append(str(path.relative_to(recipes_dir()).with_suffix("")))
+        if relative.parts[0] not in GROUPS and isinstance(doc.get("defaults"), list):
+            names.append(str(relative.with_suffix("")))
     return names
+
+
+def required_overrides(name: str, tmp_path_factory) -> list[str]:
+    """Recipes that start from a checkpoint (model.path: ???) get a small exported model."""
+    text = (recipes_dir() / f"{name}.yaml").read_text()
+    if "path: ???" not in text:
+        return []
+    directory = tmp_path_factory.getbasetemp() / "recipe-model"
+    if not (directory / "config.json").exists():
+        cfg = load_recipe("smoke")
+        tokenizer = load_tokenizer(cfg.model)
+        load_model(cfg.model, tokenizer).save_pretrained(directory)
+        tokenizer.save_pretrained(directory)
+    return [f"model.path={directory}"]
 
 
 def group_options() -> list[tuple[str, str]]:
@@ -28,13 +44,18 @@ def group_options() -> list[tuple[str, str]]:
 
 
 def test_recipes_are_found():
-    assert {"default", "smoke", "r1_tokenizer_smoke"} <= set(primary_recipes())
+    assert {"default", "smoke", "r1_tokenizer_smoke", "r1_pipeline", "r1_grpo", "r1_rft"} <= set(primary_recipes())
 
 
 @pytest.mark.parametrize("name", primary_recipes())
-def test_recipe_composes_and_validates(name):
-    cfg = load_recipe(name)
+def test_recipe_composes_and_validates(name, tmp_path_factory):
+    cfg = load_recipe(name, required_overrides(name, tmp_path_factory))
     assert isinstance(cfg, Config)
+
+
+def test_checkpoint_recipes_require_a_model_path():
+    with pytest.raises(Exception, match="model.path"):
+        load_recipe("r1_grpo")
 
 
 @pytest.mark.parametrize("group,option", group_options())
@@ -50,11 +71,11 @@ INVALID = {
     ),
     "batch_groups": (
         ["trainer.batch_size=30"],
-        "trainer.batch_size=30 does not divide into whole groups of algorithm.num_generations=8",
+        "trainer.batch_size=30 does not divide into whole groups of algorithm.num_generations=4",
     ),
     "micro_batch": (
-        ["trainer.micro_batch_size=24"],
-        "trainer.micro_batch_size=24 does not divide the 64 completions per rank",
+        ["trainer.micro_batch_size=6"],
+        "trainer.micro_batch_size=6 does not divide the 16 completions per rank",
     ),
     "unknown_reward": (["+reward.weights.acuracy=1.0"], "reward.weights.acuracy: unknown reward 'acuracy'"),
     "missing_file": (
@@ -72,13 +93,13 @@ INVALID = {
 def test_invalid_config_in_process(case):
     overrides, message = INVALID[case]
     with pytest.raises(ConfigError, match=message.replace("+", r"\+").replace("(", r"\(")):
-        load_recipe("default", overrides)
+        load_recipe("smoke", overrides)
 
 
 @pytest.mark.parametrize("case", sorted(INVALID))
 def test_invalid_config_from_cli_prints_message_not_traceback(case, tmp_path: Path):
     overrides, message = INVALID[case]
-    result = run_cli("train", *overrides, "logger=none", cwd=tmp_path)
+    result = run_cli("train", "--config-name", "smoke", *overrides, "logger=none", cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
     assert "Traceback" not in result.stderr

@@ -1,0 +1,84 @@
+"""Evaluation metrics against hand-computed values, and the `deepseek-rl eval` command on a trained checkpoint."""
+
+import json
+
+import pytest
+
+from deepseek_rl.evaluate import majority_correct, pass_at_k, sampled_metrics
+from deepseek_rl.pipeline import results_table
+from deepseek_rl.rft import select_verified
+
+
+def test_pass_at_k_unbiased_estimator_hand_computed():
+    # n = 4 samples, c = 1 correct: pass@1 = 1/4; pass@2 = 1 - C(3,2)/C(4,2) = 1 - 3/6 = 0.5; pass@4 = 1
+    assert pass_at_k(4, 1, 1) == pytest.approx(0.25)
+    assert pass_at_k(4, 1, 2) == pytest.approx(0.5)
+    assert pass_at_k(4, 1, 4) == 1.0
+    assert pass_at_k(4, 0, 4) == 0.0
+    # n = 8, c = 2, k = 3: 1 - C(6,3)/C(8,3) = 1 - 20/56
+    assert pass_at_k(8, 2, 3) == pytest.approx(1 - 20 / 56)
+
+
+def test_majority_vote():
+    assert majority_correct(["5", "5", "6"], [True, True, False])
+    assert not majority_correct(["6", "5", "6"], [False, True, False])
+    assert majority_correct(["5", "6"], [True, False])  # tie: the first seen wins
+    assert not majority_correct([None, None], [False, False])
+    assert majority_correct([None, "7", None], [False, True, False])  # unanswered samples do not vote
+
+
+def test_sampled_metrics_hand_computed():
+    def row(correct, answer, fmt=True, length=10):
+        return {"correct": correct, "completion": f"<answer>{answer}</answer>", "format": fmt, "length": length}
+
+    # problem 0: 2 of 3 right (answer 5 wins the vote); problem 1: 0 of 3 right
+    sampled = [row(True, 5), row(True, 5), row(False, 6, fmt=False)] + [row(False, 1, length=20)] * 3
+    m = sampled_metrics(sampled, count=2, n=3)
+    assert m["eval/sampled_accuracy"] == pytest.approx(2 / 6)
+    assert m["eval/pass@1"] == pytest.approx((2 / 3 + 0) / 2)
+    assert m["eval/pass@3"] == pytest.approx((1 + 0) / 2)
+    assert m["eval/maj@3"] == pytest.approx(0.5)
+    assert m["eval/format_rate"] == pytest.approx(5 / 6)
+    assert m["eval/completion_length"] == pytest.approx((10 * 3 + 20 * 3) / 6)
+
+
+def test_select_verified_keeps_distinct_passing_samples_per_prompt():
+    prompts = ["p"] * 4 + ["q"] * 4
+    completions = ["a", "a", "b", "c", "x", "y", "z", "w"]
+    verified = [True, True, True, True, False, False, False, True]
+    assert select_verified(prompts, completions, verified, 4, 2) == [("p", "a"), ("p", "b"), ("q", "w")]
+
+
+def test_results_table():
+    table = results_table(
+        {
+            "sft": {"eval/greedy_accuracy": 0.5, "eval/greedy_length": 30.0},
+            "grpo": {"eval/greedy_accuracy": 0.9, "eval/greedy_length": 31.0},
+        }
+    )
+    assert table.splitlines()[0] == "| metric | cold start (SFT) | after RL (GRPO) |"
+    assert "| greedy_accuracy | 0.500 | 0.900 |" in table and "| greedy_length | 30.0 | 31.0 |" in table
+
+
+def test_eval_command_on_a_checkpoint(pipeline_run, tmp_path):
+    from .conftest import run_cli
+
+    out = tmp_path / "samples.jsonl"
+    result = run_cli(
+        "eval", "--model", str(pipeline_run / "grpo" / "final"), "--data", "addition", "--num-digits", "2",
+        "--reward", "answer_match", "--num-prompts", "20", "--samples", "3", "--output", str(out), cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads(result.stdout.strip().splitlines()[-1])
+    for key in ("greedy_accuracy", "sampled_accuracy", "pass@1", "pass@3", "maj@3", "format_rate", "completion_length"):
+        assert 0 <= metrics[key] <= (64 if "length" in key else 1)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 20 * (1 + 3) and {r["kind"] for r in rows} == {"greedy", "sampled"}
+    assert metrics["greedy_accuracy"] == pytest.approx(sum(r["correct"] for r in rows if r["kind"] == "greedy") / 20)
+
+
+def test_eval_command_errors_are_messages(tmp_path):
+    from .conftest import run_cli
+
+    result = run_cli("eval", "--model", str(tmp_path / "nothing"), "--data", "addition", cwd=tmp_path)
+    assert result.returncode == 2 and "not a directory" in result.stderr and "Traceback" not in result.stderr

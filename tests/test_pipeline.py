@@ -1,0 +1,48 @@
+"""The R1 pipeline, shortened to under a minute: cold start -> GRPO -> evaluation, and RFT from its RL checkpoint."""
+
+import json
+
+from .conftest import run_cli
+
+
+def test_pipeline_writes_every_stage(pipeline_run):
+    for stage in ("sft", "grpo"):
+        assert (pipeline_run / stage / "final" / "model.safetensors").exists()
+    assert (pipeline_run / "curves.png").stat().st_size > 10_000
+    assert (pipeline_run / "results.md").read_text().startswith("| metric | cold start (SFT) | after RL (GRPO) |")
+    samples = (pipeline_run / "eval" / "samples-grpo.jsonl").read_text().splitlines()
+    assert len(samples) == 100 * (1 + 4)
+    sft_log = [json.loads(line) for line in (pipeline_run / "sft" / "metrics.jsonl").read_text().splitlines()]
+    checks = [m for m in sft_log if "validation/sampled_accuracy" in m]
+    # the cold start stopped at the first check that reached the threshold, not before
+    assert checks[-1]["validation/sampled_accuracy"] >= 0.15
+    assert all(m["validation/sampled_accuracy"] < 0.15 for m in checks[:-1])
+
+
+def test_rl_raised_held_out_accuracy(pipeline_run):
+    """The standing proof that the optimizer is right: on a fixed seed RL must move the needle."""
+    log = [json.loads(line) for line in (pipeline_run / "grpo" / "metrics.jsonl").read_text().splitlines()]
+    held_out = [(m["step"], m["eval/greedy_accuracy"]) for m in log if "eval/greedy_accuracy" in m]
+    assert held_out[0][0] == 0 and held_out[-1][0] == 20
+    assert held_out[-1][1] >= held_out[0][1] + 0.15, held_out
+    first, last = log[1:6], log[-5:]
+    assert sum(m["reward"] for m in last) / 5 > sum(m["reward"] for m in first) / 5
+    results = json.loads((pipeline_run / "results.json").read_text())
+    assert results["grpo"]["eval/greedy_accuracy"] > results["sft"]["eval/greedy_accuracy"] + 0.15
+
+
+def test_rejection_sampling_stage_from_the_rl_checkpoint(pipeline_run, tmp_path):
+    result = run_cli(
+        "train", "--config-name", "r1_rft", "logger=none", f"model.path={pipeline_run / 'grpo' / 'final'}",
+        "data.num_digits=2", "data.num_train=2000", "rft.num_prompts=60", "rft.samples=4", "rft.max_steps=5",
+        "eval.num_prompts=50", "eval.samples=2", f"trainer.output_dir={tmp_path / 'rft'}",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    kept = [json.loads(line) for line in (tmp_path / "rft" / "rft" / "kept.jsonl").read_text().splitlines()]
+    assert 0 < len(kept) <= 60 * 2
+    for row in kept:  # everything kept passed the verifiers
+        a, b = row["prompt"].removeprefix("Q:").removesuffix("=").split("+")
+        assert f"<answer>{int(a) + int(b)}</answer>" in row["completion"]
+    results = json.loads((tmp_path / "rft" / "results.json").read_text())
+    assert set(results) == {"base", "rft"}  # the RL checkpoint it started from, and the fine-tuned one
