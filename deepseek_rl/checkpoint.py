@@ -92,11 +92,18 @@ def load_checkpoint(accelerator: Accelerator, path: Path) -> TrainerState:
 def export_hf(accelerator: Accelerator, model: nn.Module, tokenizer: PreTrainedTokenizerBase, directory: Path) -> None:
     """Write the policy so that `AutoModelForCausalLM.from_pretrained(directory)` loads it unchanged.
 
-    `get_state_dict` gathers sharded parameters (ZeRO-3) on every rank; only the main process writes.
+    `get_state_dict` gathers sharded parameters (ZeRO-3) on every rank; only the main process writes. A LoRA policy
+    is written with its adapters merged, and the adapters alone go to `<directory>/../adapter` (see lora.py).
     """
+    from deepseek_rl.lora import is_lora, save_lora_export
+
     state_dict = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
         directory.mkdir(parents=True, exist_ok=True)
-        accelerator.unwrap_model(model).save_pretrained(directory, state_dict=state_dict, safe_serialization=True)
+        unwrapped = accelerator.unwrap_model(model)
+        if is_lora(unwrapped):
+            save_lora_export(unwrapped, state_dict, directory, directory.parent / "adapter")
+        else:
+            unwrapped.save_pretrained(directory, state_dict=state_dict, safe_serialization=True)
         tokenizer.save_pretrained(directory)
     accelerator.wait_for_everyone()

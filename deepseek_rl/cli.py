@@ -3,6 +3,8 @@
 deepseek-rl train [--config-name RECIPE] [key=value ...]   GRPO training (Hydra; default recipe: `default`)
 deepseek-rl eval --model DIR --data TASK|FILE --reward NAME  evaluate a model (see eval_cli.py)
 deepseek-rl score --reward NAME[,NAME...] --input rows.jsonl  score a JSONL file offline (see score_cli.py)
+deepseek-rl check --config-name RECIPE [--launch-config F]     preflight: batch, parameters, memory (see check_cli.py)
+deepseek-rl sweeps DIR [--metric reward] [--png out.png]      tabulate the runs of a sweep (see sweeps_cli.py)
 """
 
 from __future__ import annotations
@@ -18,6 +20,11 @@ commands:
           [--samples 8] [--num-prompts 500] [--output samples.jsonl] (--help for more)
   score   score a JSONL file with rewards: deepseek-rl score --reward NAME[,NAME...] --input rows.jsonl
           [--completion-key completion] [--output scored.jsonl] (--help for more)
+  check   preflight a recipe without loading weights: deepseek-rl check --config-name RECIPE
+          [--launch-config launch/zero3.yaml] [--num-processes N] [--mixed-precision bf16] [--device-memory-gb 80]
+          [key=value ...] (--help for more)
+  sweeps  tabulate the runs under a sweep directory: deepseek-rl sweeps DIR [--metric reward] [--mode max|min]
+          [--png sweep.png] (--help for more)
 """
 
 
@@ -42,6 +49,16 @@ def main(argv: list[str] | None = None) -> None:
         from deepseek_rl import score_cli
 
         score_cli.main(rest)
+        return
+    if command == "check":
+        from deepseek_rl import check_cli
+
+        check_cli.main(rest)
+        return
+    if command == "sweeps":
+        from deepseek_rl import sweeps_cli
+
+        sweeps_cli.main(rest)
         return
     print(f"deepseek-rl: unknown command '{command}'\n\n{USAGE}", file=sys.stderr)
     sys.exit(2)

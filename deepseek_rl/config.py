@@ -16,7 +16,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
-from deepseek_rl.config_checks import ConfigError, one_of, require
+from deepseek_rl.config_checks import ConfigError, check_data_selection, one_of, require
+from deepseek_rl.config_lora import LoraConfig
 from deepseek_rl.config_stages import EvalConfig, RFTConfig, SFTConfig
 from deepseek_rl.paths import shared_dir
 
@@ -25,9 +26,10 @@ __all__ = ["Config", "ConfigError", "EvalConfig", "RFTConfig", "SFTConfig", "loa
 
 @dataclass
 class ModelConfig:
-    # Local Hugging Face model directory. None: build a tiny randomly initialised model from the fields below.
+    # A local Hugging Face model directory or a Hub id (owner/name; needs network or the local HF cache).
+    # None: build a tiny randomly initialised model from the fields below.
     path: str | None = None
-    # "char" (built-in character tokenizer) or a local tokenizer directory. None: the tokenizer in `path`.
+    # "char" (built-in character tokenizer), a local tokenizer directory or a Hub id. None: the tokenizer of `path`.
     tokenizer: str | None = "char"
     # Tiny-model architecture (only used when path is None).
     arch: str = "llama"
@@ -41,6 +43,10 @@ class ModelConfig:
     # Parameter dtype of the policy (and reference model).
     dtype: str = "float32"
     attn_implementation: str = "sdpa"
+    # Recompute each decoder layer's activations in the backward pass (keeps only layer inputs: far less memory).
+    gradient_checkpointing: bool = False
+    # PEFT LoRA adapters instead of full fine-tuning (model.lora.r > 0 turns it on; see docs/recipes.md).
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
     def __post_init__(self) -> None:
         one_of("model.arch", self.arch, ("llama", "qwen2"))
@@ -67,6 +73,23 @@ class DataConfig:
     task: str | None = "addition"
     # A local .jsonl/.json/.parquet file (read with `datasets`), used when task is null.
     path: str | None = None
+    # Or a Hugging Face Hub dataset (or local dataset folder), read with datasets.load_dataset(hub_name, hub_subset,
+    # split=...) instead of `path`: needs network or the local HF cache (e.g. hub_name=openai/gsm8k hub_subset=main).
+    hub_name: str | None = None
+    hub_subset: str | None = None
+    # The split of each purpose in `datasets` syntax ("train", "test", "train+validation", "train[:400]"); a local
+    # file is one split named "train" (slice it to hold rows out). Evaluation reads eval_path when set (the whole
+    # file unless eval_split slices it), else the training source's eval_split (null: no held-out split);
+    # validation likewise.
+    train_split: str = "train"
+    eval_split: str | None = None
+    validation_split: str | None = None
+    # Keep only rows whose column lies in [min, max] (inclusive), per split (train, eval, validation), after the
+    # `columns` renames, e.g. MBPP's {train: {task_id: [511, 974]}, eval: {task_id: [11, 510]}}.
+    filters: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
+    # Build the prompt text from the row's columns with str.format (lists joined by newlines), e.g.
+    # "{text}\nYour code should pass these tests:\n{tests}"; null: the prompt_column text as is.
+    prompt_template: str | None = None
     # Column holding the prompt text (after `columns` renames).
     prompt_column: str = "prompt"
     # Renames applied on load, {dataset column: name the rewards expect}, e.g. {question: prompt}.
@@ -76,6 +99,12 @@ class DataConfig:
     system_prompt: str | None = None
     # Use at most this many rows (null: all).
     max_rows: int | None = None
+    # Drop rows whose rendered prompt is longer than rollout.max_prompt_length (counted and reported) instead of
+    # stopping with an error naming the row.
+    drop_long_prompts: bool = False
+    # Column naming each row's source or task in a mixed dataset (null: none); rewards, accuracy and lengths are
+    # then also logged per value, as source/<value>/... metrics.
+    source_column: str | None = None
     # Held-out files for evaluation and for the SFT stop rule (read like `path`; null: none).
     eval_path: str | None = None
     validation_path: str | None = None
@@ -97,9 +126,11 @@ class DataConfig:
             require(self.num_train >= 1, f"data.num_train={self.num_train} must be >= 1")
         else:
             require(
-                self.path is not None,
-                "data.path is required when data.task=null: point it at a .jsonl or .parquet file",
+                (self.path is None) != (self.hub_name is None),
+                "data.task=null needs exactly one of data.path (a .jsonl or .parquet file) and data.hub_name "
+                f"(a Hugging Face dataset); got path={self.path}, hub_name={self.hub_name}",
             )
+        check_data_selection(self.filters, self.prompt_template)
         for key in ("path", "eval_path", "validation_path"):
             value = getattr(self, key)
             if value is not None and (self.task is None or key != "path"):
@@ -137,7 +168,8 @@ class RolloutConfig:
 class RewardConfig:
     # Reward name -> weight in the total reward. Names come from the reward table (deepseek_rl.rewards.REWARDS)
     # or are "module:function" import paths to your own `reward(completions, **columns)`.
-    weights: dict[str, float] = field(default_factory=lambda: {"answer_match": 1.0})
+    # null: {answer_match: 1.0}.
+    weights: dict[str, float] | None = None
     # Extra keyword arguments per reward name, e.g. {soft_overlong: {buffer_length: 32}}.
     args: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Worker processes that score the non-text rewards (math, code, your own), one sample per task.
@@ -153,6 +185,8 @@ class RewardConfig:
     def __post_init__(self) -> None:
         from deepseek_rl.rewards import check_reward_args, resolve_reward
 
+        if self.weights is None:
+            self.weights = {"answer_match": 1.0}
         require(
             len(self.weights) > 0,
             "reward.weights is empty: give at least one reward, e.g. reward.weights={answer_match: 1.0}",
@@ -258,8 +292,12 @@ class TrainerConfig:
     resume: str = "never"
     # Save the final policy in Hugging Face format to <output_dir>/final.
     save_final: bool = True
+    # The preflight check before any model loads (deepseek_rl/preflight.py): error (stop when the memory estimate
+    # exceeds the detected device memory, or the precision cannot train) | warn (print and go on) | off.
+    preflight: str = "error"
 
     def __post_init__(self) -> None:
+        one_of("trainer.preflight", self.preflight, ("error", "warn", "off"))
         require(self.batch_size >= 1, f"trainer.batch_size={self.batch_size} must be >= 1")
         require(self.micro_batch_size >= 1, f"trainer.micro_batch_size={self.micro_batch_size} must be >= 1")
         require(self.max_steps >= 1, f"trainer.max_steps={self.max_steps} must be >= 1")
@@ -277,10 +315,20 @@ class LoggerConfig:
     # auto: online when an API key is configured, offline otherwise.
     mode: str = "auto"
     tags: list[str] = field(default_factory=list)
+    # The run's Hydra overrides ("key=value"); filled in by `deepseek-rl train`, logged in the wandb run config and
+    # summary.json. In a multirun, group and name default to the sweep and the swept values (docs/sweeps.md).
+    overrides: list[str] = field(default_factory=list)
+    # Every N GRPO steps (and at step 1), a table of sampled groups (prompt, G completions, reward terms, advantage,
+    # length, truncated) to wandb and <run>/rollouts/{jsonl,parquet}/step_<N>.* (0: never).
+    rollout_table_every: int = 10
+    # Groups (one prompt with its G completions) per rollout table, the first ones of rank 0's batch.
+    rollout_table_groups: int = 4
 
     def __post_init__(self) -> None:
         one_of("logger.kind", self.kind, ("wandb", "none"))
         one_of("logger.mode", self.mode, ("auto", "online", "offline", "disabled"))
+        require(self.rollout_table_every >= 0, f"logger.rollout_table_every={self.rollout_table_every} must be >= 0")
+        require(self.rollout_table_groups >= 1, f"logger.rollout_table_groups={self.rollout_table_groups} must be >= 1")
 
 
 STAGES = ("sft", "grpo", "rft", "eval")
@@ -346,22 +394,19 @@ class Config:
 
 
 def model_context_length(model: ModelConfig) -> int:
-    """The model's max_position_embeddings, read from config.json without loading weights."""
+    """The model's max_position_embeddings, read from config.json (local or Hub) without loading weights."""
     if model.path is None:
         return model.max_position_embeddings
-    config_file = Path(os.path.expanduser(model.path)) / "config.json"
-    require(
-        config_file.exists(),
-        f"model.path={model.path}: no config.json there; give a local Hugging Face model directory",
-    )
-    import json
+    from deepseek_rl.sources import load_model_config
 
-    return int(json.loads(config_file.read_text()).get("max_position_embeddings", 2048))
+    return int(getattr(load_model_config(model.path), "max_position_embeddings", 2048))
 
 
 def register_configs() -> None:
     cs = ConfigStore.instance()
-    cs.store(name="deepseek_rl_schema", node=Config)
+    schema = OmegaConf.structured(Config)
+    schema.reward.weights = None  # a recipe's reward weights replace the default instead of merging into it
+    cs.store(name="deepseek_rl_schema", node=schema)
     OmegaConf.register_new_resolver("shared", lambda sub="": str(shared_dir() / sub), replace=True)
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import DistributedType, InitProcessGroupKwargs, broadcast_object_list
 from torch import nn
 
@@ -131,6 +132,16 @@ def write_rank_report(accelerator: Accelerator, model: nn.Module, directory: Pat
     }
     directory.mkdir(parents=True, exist_ok=True)
     (directory / f"rank-{accelerator.process_index}.json").write_text(json.dumps(report))
+
+
+def release_accelerator() -> None:
+    """Forget the finished run's accelerate state, so that the next run in this process (the next job of a Hydra
+    multirun) builds its own: destroy the process group, if any, and clear accelerate's singletons
+    (PartialState, AcceleratorState, GradientState), which a new Accelerator would otherwise inherit."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
 
 
 def broadcast_value(accelerator: Accelerator, value: Any) -> Any:

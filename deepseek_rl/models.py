@@ -1,22 +1,21 @@
-"""Tokenizers and causal LMs: any Hugging Face model from a local directory, or a tiny random one from a config.
+"""Tokenizers and causal LMs: any Hugging Face model from a local directory or a Hub id, or a tiny random one.
 
 The tiny factory builds a Llama or Qwen2 model sized by `ModelConfig`, with its vocabulary taken from the
 tokenizer and its own seeded init (the same weights on every backend), so that everything runs offline: with
 the character tokenizer for procedural tasks, or with the real DeepSeek-R1-Distill tokenizer for realistic
-recipes (a 151k-token vocabulary on a few-layer model).
+recipes (a 151k-token vocabulary on a few-layer model). The policy optionally gets gradient checkpointing (it is
+then left in training mode, which is when transformers checkpoints; sampling switches to eval mode itself) and
+LoRA adapters (deepseek_rl/lora.py).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import torch
 from torch import nn
 from transformers import (
-    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
     LlamaConfig,
@@ -28,19 +27,18 @@ from transformers import (
 
 from deepseek_rl.char_tokenizer import build_char_tokenizer
 from deepseek_rl.config import ConfigError, ModelConfig
+from deepseek_rl.sources import load_model_config, load_pretrained
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
-    """The character tokenizer, or the tokenizer in a local directory; always with a pad token, padding left."""
+    """The character tokenizer, or that of a local directory or Hub id; always with a pad token, padding left."""
     source = cfg.tokenizer if cfg.tokenizer is not None else cfg.path
     if source == "char":
         return build_char_tokenizer()
-    path = Path(os.path.expanduser(str(source)))
-    if not path.is_dir():
-        raise ConfigError(f"model.tokenizer={source}: not a directory; give 'char' or a local tokenizer directory")
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    key = "model.tokenizer" if cfg.tokenizer is not None else "model.path"
+    tokenizer = load_pretrained(AutoTokenizer, str(source), key)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
@@ -65,8 +63,11 @@ def tiny_model_config(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> P
     )
 
 
-def load_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, seed: int = 0) -> PreTrainedModel:
-    """The policy: from `cfg.path`, or a tiny random model initialised from `seed`."""
+def load_model(
+    cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, seed: int = 0, trainable: bool = False
+) -> PreTrainedModel:
+    """The model of `cfg.path`, or a tiny random model initialised from `seed`. With `trainable` (the policy),
+    gradient checkpointing and LoRA adapters are added as configured."""
     dtype = DTYPES[cfg.dtype]
     if cfg.path is None:
         config = tiny_model_config(cfg, tokenizer)
@@ -74,10 +75,10 @@ def load_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, seed: int =
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
         initialize_tiny(model, seed)
     else:
-        path = Path(os.path.expanduser(cfg.path))
-        if not (path / "config.json").exists():
-            raise ConfigError(f"model.path={cfg.path}: no config.json there; give a local Hugging Face model directory")
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=cfg.attn_implementation)
+        load_model_config(cfg.path)  # a clear error for a directory without config.json or an unreachable Hub id
+        model = load_pretrained(
+            AutoModelForCausalLM, cfg.path, "model.path", dtype=dtype, attn_implementation=cfg.attn_implementation
+        )
     rows = model.get_input_embeddings().num_embeddings  # not weight.shape: ZeRO-3 partitions the weight
     if len(tokenizer) > rows:
         raise ConfigError(
@@ -88,6 +89,13 @@ def load_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, seed: int =
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     if model.generation_config.eos_token_id is None:
         model.generation_config.eos_token_id = tokenizer.eos_token_id
+    if trainable and cfg.gradient_checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
+    if trainable and cfg.lora.enabled:
+        from deepseek_rl.lora import apply_lora
+
+        model = apply_lora(model, cfg.lora)
     return model
 
 
@@ -125,7 +133,7 @@ def model_config_only(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase | Non
         if tokenizer is None:
             tokenizer = load_tokenizer(cfg)
         return tiny_model_config(cfg, tokenizer)
-    return AutoConfig.from_pretrained(Path(os.path.expanduser(cfg.path)))
+    return load_model_config(cfg.path)
 
 
 def eos_token_ids(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel) -> list[int]:

@@ -1,8 +1,8 @@
 """Rollouts: G sampled completions per prompt from a batched, KV-cached decode loop.
 
-Prompts are left-padded and repeated G times (groups contiguous, so a group never leaves its rank). The loop
-prefills the prompts once, then feeds one token per step through the KV cache; a row ends at an EOS token or a
-stop string, and the loop stops as soon as every row has ended.
+Each prompt is left-padded and prefilled once; its KV cache is repeated for its G completions (groups contiguous,
+so a group never leaves its rank). The loop then feeds one token per row per step through a preallocated KV cache
+(kv_decode.py); a row ends at an EOS token or a stop string, and the loop stops as soon as every row has ended.
 
 Sampling is by inverse CDF from one uniform number per row and token. The uniforms of a whole step are drawn for
 all rows of all ranks from one seeded generator, and each rank reads its own rows: a completion depends only on
@@ -16,12 +16,12 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from transformers import DynamicCache, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from deepseek_rl.batch import PromptBatch, RolloutBatch
 from deepseek_rl.config import RolloutConfig
 from deepseek_rl.data import PromptSet
-from deepseek_rl.logprobs import position_ids_from_mask
+from deepseek_rl.kv_decode import make_decoder
 
 
 def filter_logits(logits: Tensor, top_k: int = 0, top_p: float = 1.0) -> Tensor:
@@ -84,22 +84,18 @@ def sample_completions(
     model: nn.Module,
     prompt_ids: Tensor,
     prompt_mask: Tensor,
+    group_size: int,
     cfg: RolloutConfig,
     eos_ids: list[int],
     pad_id: int,
     stop: StopStrings,
     uniforms: RowUniforms,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """prompt_ids, prompt_mask [N, P] -> completion_ids [N, C], completion_mask [N, C], truncated [N]."""
-    n, device = prompt_ids.shape[0], prompt_ids.device
+    """B prompts [B, P] -> G completions each: completion_ids [B * G, C], completion_mask [B * G, C], truncated."""
+    decoder = make_decoder(model)
+    logits = decoder.prefill(prompt_ids, prompt_mask, group_size, cfg.max_completion_length)  # [N, V]
+    n, device = logits.shape[0], logits.device
     eos = torch.tensor(eos_ids, device=device)
-    cache = DynamicCache(config=model.config)
-    attention_mask = prompt_mask
-    positions = position_ids_from_mask(prompt_mask)
-    logits = model(
-        input_ids=prompt_ids, attention_mask=attention_mask, position_ids=positions, cache=cache, logits_to_keep=1
-    ).logits[:, -1]
-    next_position = positions[:, -1:] + 1  # [N, 1]
     tokens: list[Tensor] = []
     masks: list[Tensor] = []
     done = torch.zeros(n, dtype=torch.bool, device=device)
@@ -109,18 +105,13 @@ def sample_completions(
         masks.append((~done).long())
         tokens.append(token)
         ended = ~done & torch.isin(token, eos)
-        ended |= stop(torch.stack(tokens, dim=1), ~done & ~ended)
+        if stop.stop_strings:
+            ended |= stop(torch.stack(tokens, dim=1), ~done & ~ended)
         done |= ended
         if bool(done.all()) or len(tokens) == cfg.max_completion_length:
             break
-        attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1)
-        logits = model(
-            input_ids=token[:, None], attention_mask=attention_mask, position_ids=next_position, cache=cache
-        ).logits[:, -1]
-        next_position = next_position + 1
-    completion_ids = torch.stack(tokens, dim=1)
-    completion_mask = torch.stack(masks, dim=1)
-    return completion_ids, completion_mask, ~done
+        logits = decoder.step(token)
+    return torch.stack(tokens, dim=1), torch.stack(masks, dim=1), ~done
 
 
 def generate_rollouts(
@@ -134,14 +125,13 @@ def generate_rollouts(
 ) -> RolloutBatch:
     """B prompts -> B * G completions with their masks, truncation flags and decoded text."""
     device = next(model.parameters()).device
-    prompt_ids = prompts.input_ids.repeat_interleave(group_size, dim=0).to(device)  # [N, P]
-    prompt_mask = prompts.attention_mask.repeat_interleave(group_size, dim=0).to(device)  # [N, P]
     was_training = model.training
     model.eval()
     completion_ids, completion_mask, truncated = sample_completions(
         model,
-        prompt_ids,
-        prompt_mask,
+        prompts.input_ids.to(device),
+        prompts.attention_mask.to(device),
+        group_size,
         cfg,
         eos_ids,
         tokenizer.pad_token_id,
@@ -153,8 +143,8 @@ def generate_rollouts(
         [ids[mask.bool()] for ids, mask in zip(completion_ids, completion_mask, strict=True)], skip_special_tokens=True
     )
     return RolloutBatch(
-        prompt_ids=prompt_ids,
-        prompt_mask=prompt_mask,
+        prompt_ids=prompts.input_ids.to(device).repeat_interleave(group_size, dim=0),  # [N, P]
+        prompt_mask=prompts.attention_mask.to(device).repeat_interleave(group_size, dim=0),
         completion_ids=completion_ids,
         completion_mask=completion_mask,
         truncated=truncated,

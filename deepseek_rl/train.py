@@ -38,14 +38,19 @@ from deepseek_rl.distributed import (
     launched_world_size,
     make_accelerator,
     prepare_reference,
+    release_accelerator,
     write_rank_report,
 )
 from deepseek_rl.evaluate import evaluate
+from deepseek_rl.lora import AdapterDisabledReference, trainable_parameters
 from deepseek_rl.metrics import rollout_metrics, update_metrics
 from deepseek_rl.models import eos_token_ids, load_model, load_tokenizer
+from deepseek_rl.observability import RolloutObserver
 from deepseek_rl.paths import recipes_dir
+from deepseek_rl.preflight import preflight_before_training
 from deepseek_rl.rollout import Sampler
 from deepseek_rl.scoring import RewardSet
+from deepseek_rl.sweep import current_job, job_logger
 from deepseek_rl.tracking import RunTracker
 from deepseek_rl.update import add_old_and_ref_logprobs, build_loss_inputs, update_policy
 
@@ -102,6 +107,7 @@ class Preemption:
 def train(cfg: Config, output_dir: Path) -> Path:
     """Run GRPO as configured; returns the run directory. Config errors surface before any model is loaded."""
     cfg.check_batch(launched_world_size())
+    preflight_before_training(cfg)  # memory and precision, before any weights load (deepseek-rl check)
     accelerator: Accelerator = make_accelerator(cfg.trainer, cfg.optimizer.max_grad_norm)
     output_dir = Path(broadcast_value(accelerator, str(output_dir)))
     preemption = Preemption()
@@ -110,16 +116,19 @@ def train(cfg: Config, output_dir: Path) -> Path:
     prompt_set = build_prompt_set(cfg.data, tokenizer, cfg.rollout.max_prompt_length)
     rewards = RewardSet(cfg.reward, context={"max_completion_length": cfg.rollout.max_completion_length})
     set_seed(cfg.trainer.seed)
-    policy = load_model(cfg.model, tokenizer, seed=cfg.trainer.seed)
-    # a second copy from the same weights (deepcopy would not work on a ZeRO-3 partitioned model)
+    policy = load_model(cfg.model, tokenizer, seed=cfg.trainer.seed, trainable=True)
+    # a second copy from the same weights (deepcopy would not work on a ZeRO-3 partitioned model); for a LoRA
+    # policy, the policy itself with its adapters disabled
     reference = None
-    if cfg.algorithm.kl_coef > 0:
+    if cfg.algorithm.kl_coef > 0 and cfg.model.lora.enabled:
+        reference = AdapterDisabledReference(policy)
+    elif cfg.algorithm.kl_coef > 0:
         reference = prepare_reference(accelerator, load_model(cfg.model, tokenizer, seed=cfg.trainer.seed))
     eos_ids = eos_token_ids(tokenizer, policy)
     rank, world = accelerator.process_index, accelerator.num_processes
     collector = RolloutCollector(cfg, tokenizer, prompt_set, rewards, eos_ids, rank, world)
     optimizer = torch.optim.AdamW(
-        policy.parameters(),
+        trainable_parameters(policy),
         lr=cfg.algorithm.lr,
         betas=tuple(cfg.optimizer.betas),
         eps=cfg.optimizer.eps,
@@ -134,6 +143,7 @@ def train(cfg: Config, output_dir: Path) -> Path:
     if resume_from is not None:
         state = load_checkpoint(accelerator, resume_from)
     tracker = RunTracker(cfg.logger, output_dir, asdict(cfg), accelerator.is_main_process, state)
+    observer = RolloutObserver(cfg, rewards.names, tracker)
     evaluator = HeldOutEval(cfg, tokenizer, eos_ids) if cfg.eval.every else None
     if evaluator is not None and state.step == 0:
         tracker.log(0, evaluator(accelerator, policy))
@@ -166,10 +176,13 @@ def train(cfg: Config, output_dir: Path) -> Path:
             "time/update": time.perf_counter() - logprobs_done,
             "time/step": time.perf_counter() - start,
             "tokens_per_second": float(scored.rollout.completion_mask.sum()) / max(sampling["time/generation"], 1e-9),
+            **observer.metrics(accelerator, scored),
         }
         if evaluator is not None and (state.step % cfg.eval.every == 0 or state.step == cfg.trainer.max_steps):
             metrics |= evaluator(accelerator, policy)
+        metrics |= observer.alarms(state.step, metrics)
         tracker.log(state.step, metrics)
+        observer.log_table(state.step, scored)
         progress.set_postfix(reward=f"{metrics['reward']:.3f}", loss=f"{metrics['loss']:.4f}")
 
         stop = any_rank(accelerator, preemption.requested)
@@ -180,12 +193,14 @@ def train(cfg: Config, output_dir: Path) -> Path:
                 f"deepseek-rl: preempted after step {state.step}; checkpoint saved, resume with trainer.resume=auto"
             )
             tracker.finish()
+            rewards.close()
             return output_dir
 
     write_rank_report(accelerator, policy, output_dir / "rank_reports")
     if cfg.trainer.save_final:
         export_hf(accelerator, policy, tokenizer, output_dir / "final")
-    tracker.finish()
+    tracker.finish(summary=True)
+    rewards.close()
     accelerator.end_training()
     return output_dir
 
@@ -196,12 +211,15 @@ def run(dcfg: DictConfig) -> Path:
 
     try:
         cfg: Config = OmegaConf.to_object(dcfg)
+        cfg.logger = job_logger(cfg.logger, current_job())  # a multirun job logs to its sweep's wandb group
         output_dir = Path(cfg.trainer.output_dir or HydraConfig.get().runtime.output_dir)
         run_stages(cfg, output_dir)
         return output_dir
     except (ConfigError, DataError, LaunchError) as err:
         print(f"deepseek-rl: configuration error: {err}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        release_accelerator()  # the next job of a multirun (same process) starts from a clean accelerate state
 
 
 @hydra.main(config_path=str(recipes_dir()), config_name="default", version_base="1.3")

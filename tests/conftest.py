@@ -35,6 +35,24 @@ def shared() -> Path:
     return path
 
 
+def hub_model_recipes() -> list[str]:
+    """Recipes whose model option names a Hugging Face Hub id (real models): offline they run with model=tiny_like."""
+    import yaml
+
+    from deepseek_rl.paths import recipes_dir
+    from deepseek_rl.sources import is_hub_id
+
+    names = []
+    for path in sorted(recipes_dir().glob("*.yaml")):
+        defaults = (yaml.safe_load(path.read_text()) or {}).get("defaults") or []
+        options = [d["model"] for d in defaults if isinstance(d, dict) and "model" in d]
+        if options:
+            model = yaml.safe_load((recipes_dir() / "model" / f"{options[0]}.yaml").read_text()) or {}
+            if isinstance(model.get("path"), str) and is_hub_id(model["path"]):
+                names.append(path.stem)
+    return names
+
+
 def run_cli(*args: str, cwd: Path, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run the real `deepseek-rl` command (through this interpreter) and capture its output."""
     return subprocess.run(

@@ -25,10 +25,12 @@ def test_rl_raised_held_out_accuracy(pipeline_run):
     held_out = [(m["step"], m["eval/greedy_accuracy"]) for m in log if "eval/greedy_accuracy" in m]
     assert held_out[0][0] == 0 and held_out[-1][0] == 20
     assert held_out[-1][1] >= held_out[0][1] + 0.15, held_out
-    first, last = log[1:6], log[-5:]
-    assert sum(m["reward"] for m in last) / 5 > sum(m["reward"] for m in first) / 5
-    results = json.loads((pipeline_run / "results.json").read_text())
-    assert results["grpo"]["eval/greedy_accuracy"] > results["sft"]["eval/greedy_accuracy"] + 0.15
+    # the correctness reward of sampled completions on held-out problems (400 samples; the training batch's own
+    # mean reward over 20 steps of 8 prompts is too noisy to compare)
+    before, after = (json.loads((pipeline_run / "results.json").read_text())[s] for s in ("sft", "grpo"))
+    assert after["eval/greedy_accuracy"] > before["eval/greedy_accuracy"] + 0.15
+    assert after["eval/sampled_accuracy"] > before["eval/sampled_accuracy"] + 0.03
+    assert after["eval/maj@4"] > before["eval/maj@4"]
 
 
 def test_rejection_sampling_stage_from_the_rl_checkpoint(pipeline_run, tmp_path):

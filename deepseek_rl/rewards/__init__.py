@@ -21,7 +21,14 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from deepseek_rl.rewards.basic import answer_match, format_lenient, format_reward, reasoning_steps, tag_count
+from deepseek_rl.rewards.basic import (
+    answer_match,
+    format_lenient,
+    format_reward,
+    reasoning_steps,
+    tag_count,
+    think_format,
+)
 from deepseek_rl.rewards.coding import binary_code, code
 from deepseek_rl.rewards.math_answer import accuracy, cosine
 from deepseek_rl.rewards.shaping import language_consistency, repetition, soft_overlong
@@ -41,12 +48,13 @@ REWARDS: dict[str, RewardFunction] = {
     "repetition": repetition,
     "soft_overlong": soft_overlong,
     "tag_count": tag_count,
+    "think_format": think_format,
 }
 
 # Cheap text rewards scored in the trainer process (a worker round trip costs more than they do).
 INLINE = frozenset(
     {"answer_match", "format", "format_lenient", "language_consistency", "reasoning_steps", "repetition"}
-    | {"soft_overlong", "tag_count"}
+    | {"soft_overlong", "tag_count", "think_format"}
 )
 
 

@@ -16,6 +16,8 @@ STRICT_FORMAT_RE = re.compile(
     r"^<think>(?:(?!<think>|</think>).)*</think>\s*<answer>(?:(?!<answer>|</answer>).)*</answer>\s*$", re.DOTALL
 )
 LENIENT_FORMAT_RE = re.compile(r"<think>.*?</think>.*?<answer>.*?</answer>", re.DOTALL)
+# One closed think block, then a final answer (any text with something in it) and no further think tags.
+THINK_FORMAT_RE = re.compile(r"^<think>(?:(?!</?think>).)*</think>((?:(?!</?think>).)*)$", re.DOTALL)
 # A line that starts a step: "Step 2:", "2.", "2)", "- ", "* ", or a sequencing word.
 STEP_RE = re.compile(
     r"^\s*(?:step\s*\d+\s*[:.)]|\d+\s*[.)]\s|[-*]\s|(?:first|second|third|next|then|finally)\b,?)",
@@ -85,6 +87,21 @@ def tag_count(completions: list[str], **kwargs: Any) -> list[float | None]:
         scores.append(
             sum((0.25 for tag in ("<think>", "</think>", "<answer>", "</answer>") if text.count(tag) == 1), 0.0)
         )
+    return scores
+
+
+def think_format(completions: list[str], **kwargs: Any) -> list[float | None]:
+    """1.0 for one closed `<think>` block followed by a non-empty answer and nothing else think-tagged: the native
+    output of DeepSeek-R1 and its distilled models (the prompt may open `<think>`; no `<answer>` tags needed).
+
+    >>> think_format(["<think>2+2</think>\\n\\n**4**", "2+2\\n</think>\\nIt is 4.", "<think>2+2</think>  ", "4"])
+    [1.0, 1.0, 0.0, 0.0]
+    """
+    prompts = _prompts(len(completions), kwargs)
+    scores: list[float | None] = []
+    for completion, prompt in zip(completions, prompts, strict=True):
+        found = THINK_FORMAT_RE.match(with_opened_think(completion, prompt).rstrip())
+        scores.append(float(found is not None and found.group(1).strip() != ""))
     return scores
 
 

@@ -4,8 +4,10 @@ Choices:
 - Only the final answer is parsed, never the whole completion. It comes from the first of `sources` that is present
   (default: the last `<answer>` block, else the last `\\boxed{}`/`\\fbox{}` (brace-matched), else the last number).
 - The gold `answer` column: GSM8K's "... #### 1,600" is read as the text after the last "####" without thousands
-  separators; anything else is LaTeX without delimiters (MATH's `\\frac{1}{2}`, `(3,4]`, `\\text{(C)}`, "025"), read
-  as `$gold$`, then as `\\boxed{gold}`, then as plain text. A gold answer that parses to nothing scores None.
+  separators; a worked solution with a `\\boxed{}` (MATH's `solution` column, mapped to `answer`) as its last
+  boxed expression; anything else is LaTeX without delimiters (MATH's `\\frac{1}{2}`, `(3,4]`, `\\text{(C)}`,
+  "025"), read as `$gold$`, then as `\\boxed{gold}`, then as plain text. A gold answer that parses to nothing
+  scores None.
 - The answer snippet: with `$`, `\\boxed` or words in it, math-verify's own extraction reads it (it finds
   "the answer is 5"); otherwise it is read as `$snippet$`, so "2,3" is the set {2, 3} as in MATH, not 2.3.
 - Comparison: math-verify `verify` on every (gold, prediction) pair of parses, strict (variables matter).
@@ -91,14 +93,19 @@ def extract_answer(completion: str, sources: tuple[str, ...] | list[str] = SOURC
 
 
 def gold_text(gold: Any) -> str:
-    """The gold answer as text: GSM8K's part after "####" without thousands separators, else stripped.
+    """The gold answer as text: GSM8K's part after "####" without thousands separators, a solution's last boxed
+    expression, else the text stripped.
 
     >>> gold_text("Natalia sold 48/2 = <<48/2=24>>24 clips.\\n#### 1,600"), gold_text(" 025 "), gold_text(7)
     ('1600', '025', '7')
+    >>> gold_text(r"So $x = \\boxed{\\frac{1}{2}}$.")
+    '\\\\frac{1}{2}'
     """
     text = str(gold).strip()
     if "####" in text:
         text = text.rsplit("####", 1)[1].strip().replace(",", "")
+    elif BOXED_RE.search(text):
+        text = last_boxed(text) or text
     return text
 
 

@@ -1,0 +1,143 @@
+"""A static-KV-cache decoder for Llama-family models (Llama, Qwen2, Qwen3), reusing their own layers.
+
+Why: Hugging Face's generic path grows its cache by concatenation every token (a copy of the whole cache per
+step) and rebuilds attention masks on each call. Here the cache is preallocated once for prompt + completion
+length, each step writes one position in place, and the boolean attention mask is a slice of one precomputed
+tensor. Layers, norms, rotary embeddings and attention kernels are the model's own modules, so the numbers are the
+model's (tests compare logits against the plain forward).
+
+Prompts are prefilled once per unique prompt and the cache is then repeated for the G completions of each group,
+instead of prefilling the same prompt G times. Models outside the supported family (or with sliding windows) use
+`DynamicDecoder`: the model's own forward with Hugging Face's growing cache, behind the same two calls.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+SUPPORTED = {"llama", "qwen2", "qwen3"}
+
+
+def base_model(model: nn.Module) -> nn.Module:
+    """The causal LM under a PEFT wrapper (its LoRA layers stay in place inside it)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def supports_static_decode(model: nn.Module) -> bool:
+    """Llama-family decoder layers (the model's own), full attention (no sliding window in use)."""
+    model = base_model(model)
+    config, inner = getattr(model, "config", None), getattr(model, "model", None)
+    return (
+        config is not None
+        and config.model_type in SUPPORTED
+        and not getattr(config, "use_sliding_window", False)
+        and all(hasattr(inner, name) for name in ("embed_tokens", "layers", "norm", "rotary_emb"))
+    )
+
+
+class StaticCache:
+    """Keys and values of every layer in preallocated buffers [layers, rows, kv_heads, max_len, head_dim].
+
+    The attention modules call `update(key, value, layer_idx)` with the new positions' keys and values; they are
+    written at `start` and the filled prefix is returned."""
+
+    def __init__(self, layers: int, rows: int, kv_heads: int, max_len: int, head_dim: int, like: Tensor):
+        shape = (layers, rows, kv_heads, max_len, head_dim)
+        self.keys = torch.zeros(shape, dtype=like.dtype, device=like.device)
+        self.values = torch.zeros(shape, dtype=like.dtype, device=like.device)
+        self.start = 0  # where the current call writes
+
+    def update(self, key: Tensor, value: Tensor, layer_idx: int, *args, **kwargs) -> tuple[Tensor, Tensor]:
+        end = self.start + key.shape[2]
+        self.keys[layer_idx, :, :, self.start : end] = key
+        self.values[layer_idx, :, :, self.start : end] = value
+        return self.keys[layer_idx, :, :, :end], self.values[layer_idx, :, :, :end]
+
+
+class StaticDecoder:
+    """Prefill B prompts, then decode their B * G continuations one token at a time."""
+
+    def __init__(self, model: nn.Module):
+        self.model = base_model(model)
+        self.inner = self.model.model
+        config = self.model.config
+        self.layers = config.num_hidden_layers
+        self.kv_heads = config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+    def _forward(self, ids: Tensor, positions: Tensor, mask: Tensor, cache: StaticCache) -> Tensor:
+        """ids, positions [R, T]; mask [R, 1, T, S] bool (True: attend) -> logits of the last position [R, V]."""
+        hidden = self.inner.embed_tokens(ids)
+        rotary = self.inner.rotary_emb(hidden, positions)
+        for layer in self.inner.layers:
+            hidden = layer(hidden, attention_mask=mask, position_embeddings=rotary, cache=cache)
+        return self.model.lm_head(self.inner.norm(hidden[:, -1:]))[:, -1]
+
+    @torch.no_grad()
+    def prefill(self, prompt_ids: Tensor, prompt_mask: Tensor, group_size: int, max_new_tokens: int) -> Tensor:
+        """prompt_ids, prompt_mask [B, P] (left-padded) -> logits of the first new token [B * G, V]."""
+        b, p = prompt_ids.shape
+        positions = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)
+        valid = prompt_mask.bool()
+        causal = torch.ones(p, p, dtype=torch.bool, device=prompt_ids.device).tril()
+        mask = causal[None, None] & valid[:, None, None, :]  # [B, 1, P, P]
+        mask |= torch.eye(p, dtype=torch.bool, device=prompt_ids.device)  # padding rows attend to themselves (no NaN)
+        small = StaticCache(self.layers, b, self.kv_heads, p, self.head_dim, self.inner.embed_tokens.weight)
+        logits = self._forward(prompt_ids, positions, mask, small)
+        rows = b * group_size
+        self.cache = StaticCache(
+            self.layers, rows, self.kv_heads, p + max_new_tokens, self.head_dim, self.inner.embed_tokens.weight
+        )
+        self.cache.keys[:, :, :, :p] = small.keys.repeat_interleave(group_size, dim=1)
+        self.cache.values[:, :, :, :p] = small.values.repeat_interleave(group_size, dim=1)
+        self.cache.start = p
+        self.valid = torch.ones(rows, p + max_new_tokens, dtype=torch.bool, device=prompt_ids.device)
+        self.valid[:, :p] = valid.repeat_interleave(group_size, dim=0)
+        self.next_position = positions[:, -1:].repeat_interleave(group_size, dim=0) + 1  # [B * G, 1]
+        return logits.repeat_interleave(group_size, dim=0)
+
+    @torch.no_grad()
+    def step(self, tokens: Tensor) -> Tensor:
+        """The next token of every row [B * G] -> logits of the token after it [B * G, V]."""
+        end = self.cache.start + 1
+        mask = self.valid[:, None, None, :end]
+        logits = self._forward(tokens[:, None], self.next_position, mask, self.cache)
+        self.cache.start = end
+        self.next_position = self.next_position + 1
+        return logits
+
+
+class DynamicDecoder:
+    """The generic path for any causal LM: its own forward with a Hugging Face DynamicCache."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    @torch.no_grad()
+    def prefill(self, prompt_ids: Tensor, prompt_mask: Tensor, group_size: int, max_new_tokens: int) -> Tensor:
+        from transformers import DynamicCache
+
+        ids = prompt_ids.repeat_interleave(group_size, dim=0)  # [B * G, P]
+        self.attention_mask = prompt_mask.repeat_interleave(group_size, dim=0)
+        positions = (self.attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+        self.cache = DynamicCache(config=self.model.config)
+        mask = self.attention_mask
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=self.cache, logits_to_keep=1)
+        self.next_position = positions[:, -1:] + 1
+        return out.logits[:, -1]
+
+    @torch.no_grad()
+    def step(self, tokens: Tensor) -> Tensor:
+        mask = self.attention_mask = torch.cat(
+            [self.attention_mask, torch.ones_like(self.attention_mask[:, :1])], dim=1
+        )
+        out = self.model(
+            input_ids=tokens[:, None], attention_mask=mask, position_ids=self.next_position, cache=self.cache
+        )
+        self.next_position = self.next_position + 1
+        return out.logits[:, -1]
+
+
+def make_decoder(model: nn.Module) -> StaticDecoder | DynamicDecoder:
+    return StaticDecoder(model) if supports_static_decode(model) else DynamicDecoder(model)

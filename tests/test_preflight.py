@@ -1,0 +1,220 @@
+"""The preflight check: the memory model against hand calculations (docs/preflight.md), against autograd's own count
+of saved activations, and verdicts on configurations known to fit and known not to."""
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, Qwen2Config
+
+from deepseek_rl.config import ConfigError, load_recipe
+from deepseek_rl.memory import GB, Launch, per_token_layer_activations
+from deepseek_rl.paths import REPO_DIR
+from deepseek_rl.preflight import check, launch_from_env, launch_from_file, lora_shape, model_shape
+
+from .conftest import run_cli
+
+ZERO3_BF16_8 = Launch("deepspeed", 8, 3, mixed_precision="bf16", source="zero3")
+ONE_GPU_BF16 = Launch("single", 1, mixed_precision="bf16")
+P_R1 = 1_777_088_000  # DeepSeek-R1-Distill-Qwen-1.5B, from its config.json (../shared)
+P_7B = 7_615_616_512  # Qwen2.5-7B
+
+
+@pytest.fixture(scope="module")
+def r1_path(shared) -> str:
+    return str(shared / "tokenizers" / "deepseek-r1-distill-qwen-1.5b")
+
+
+@pytest.fixture(scope="module")
+def qwen7b_dir(tmp_path_factory) -> str:
+    """A config.json of the Qwen2.5-7B shape (no weights): 28 layers, hidden 3584, 28 heads, 4 KV heads."""
+    directory = tmp_path_factory.mktemp("qwen7b")
+    Qwen2Config(
+        hidden_size=3584,
+        intermediate_size=18944,
+        num_hidden_layers=28,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+        vocab_size=152064,
+        max_position_embeddings=32768,
+        tie_word_embeddings=False,
+    ).save_pretrained(directory)
+    return str(directory)
+
+
+def test_hand_calculation_of_docs_preflight(r1_path):
+    """math_dapo_r1_distill on 8 x 80 GB with ZeRO-3 and bf16: every number of docs/preflight.md."""
+    cfg = load_recipe("math_dapo_r1_distill", [f"model.path={r1_path}"])
+    report = check(cfg, ZERO3_BF16_8, 80 * GB)
+    est = report.estimate
+    assert report.shape.parameters == P_R1 and report.ok
+    p, n = P_R1, 8
+    assert [t.bytes for t in est.static] == [p * 2 / n, p * 2 / n, p * 12 / n, 0]  # weights, grads, AdamW, no ref
+    assert est.static_bytes == 3_554_176_000
+    kv_per_token = 2 * 28 * 2 * 128 * 2  # K and V, layers, KV heads, head dim, bf16
+    assert kv_per_token == 28_672
+    assert [t.bytes for t in est.rollout] == [p * 2, 64 * (1024 + 8192) * kv_per_token]
+    assert est.rollout[1].bytes == 16_911_433_728
+    assert est.evaluation[1].bytes == 128 * 9216 * kv_per_token == 33_822_867_456
+    per_token_layer = 2 * (8 * 1536 + 4 * 8960) + 4 * (2 * 1536 + 12 + 2)
+    assert per_token_layer == 108_600
+    tokens = 4 * 9216
+    assert est.training[0].bytes == 28 * tokens * 1536 * 2 + tokens * per_token_layer == 7_174_324_224
+    assert est.training[1].bytes == 4 * 8192 * 151_936 * (2 + 4) == 29_871_833_088
+    assert round(est.total("rollout") / GB, 2) == 24.02
+    assert round(est.total("evaluation") / GB, 2) == 40.93
+    assert round(est.total("training") / GB, 2) == 40.60
+    assert est.peak()[0] == "evaluation"
+    text = report.text()
+    for shown in ("1,777,088,000 parameters", "16 micro-batch(es) of 4", "16.91", "29.87", "40.93", "verdict: OK"):
+        assert shown in text
+
+
+def test_seven_b_full_adamw_on_one_80gb_gpu_is_rejected_with_the_reason(qwen7b_dir):
+    overrides = [f"model.path={qwen7b_dir}", "model.dtype=float32", "eval.every=0"]
+    small_steps = ["trainer.batch_size=64", "trainer.micro_batch_size=1"]  # 4 prompts x 16 completions
+    cfg = load_recipe("math_dapo_r1_distill", overrides + small_steps)
+    report = check(cfg, ONE_GPU_BF16, 80 * GB)
+    assert report.shape.parameters == P_7B and not report.ok
+    (problem,) = report.problems
+    # fp32 weights 4 B + gradients 4 B + AdamW m, v 8 B per parameter on the one GPU
+    assert report.estimate.static_bytes == P_7B * 16
+    assert "take 121.8 GB per device (optimizer state 60.9 GB) before any activation, over the 72.0 GB" in problem.what
+    # ZeRO-3 over 4 GPUs (4 prompts split evenly): rollout 30.5 static + 15.2 gathered + 16 rows x 0.53 GB KV cache;
+    # LoRA r=16 (40.4M adapters) on one GPU: 31.1 static + 64 rows x 9,216 tokens x 57,344 B of KV cache = 64.9 GB
+    assert problem.fix == (
+        "shard with launch/zero3.yaml across >= 4 GPUs, or train LoRA adapters (model.lora.r=16: peak 64.9 GB), "
+        "or offload the optimizer state to CPU (launch/zero3_offload.yaml)"
+    )
+    assert check(cfg, Launch("deepspeed", 4, 3, mixed_precision="bf16"), 80 * GB).ok
+    assert not check(cfg, Launch("deepspeed", 2, 3, mixed_precision="bf16"), 80 * GB).ok
+    # the recipe's own 512 completions per step: only sharding helps (one GPU cannot hold their KV cache)
+    fix = check(load_recipe("math_dapo_r1_distill", overrides), ONE_GPU_BF16, 80 * GB).problems[0].fix
+    assert fix.startswith("shard with launch/zero3.yaml across >= 8 GPUs, or offload")
+
+
+def test_known_fit_1_5b_zero3_on_8_gpus_and_other_verdicts(r1_path):
+    cfg = load_recipe("gsm8k_grpo_r1_distill", [f"model.path={r1_path}"])
+    assert check(cfg, ZERO3_BF16_8, 80 * GB).ok
+    assert check(cfg, Launch("deepspeed", 8, 2, mixed_precision="bf16"), 80 * GB).ok  # the recipe's ZeRO-2
+    # bf16 weights without an fp32 master copy: the learning rate rounds away
+    (problem,) = check(cfg, Launch("ddp", 8, mixed_precision="bf16"), 80 * GB).problems
+    assert "keeps no fp32 master copy" in problem.what and "--mixed_precision bf16" in problem.fix
+    # 256 completions do not split over 3 ranks in whole groups
+    problems = check(cfg, Launch("deepspeed", 3, 3), None).problems
+    assert [(p.what.split(", which ")[1], p.fix) for p in problems] == [
+        ("do not split evenly over 3 ranks (each rank keeps whole groups)", "use a multiple of 48")
+    ]
+    # a too large evaluation batch and micro-batch, with the values that fit
+    big = load_recipe("math_dapo_r1_distill", [f"model.path={r1_path}", "eval.batch_size=1024"])
+    assert [p.fix for p in check(big, ZERO3_BF16_8, 80 * GB).problems] == ["set eval.batch_size=128"]
+    no_ckpt = load_recipe("math_dapo_r1_distill", [f"model.path={r1_path}", "model.gradient_checkpointing=false"])
+    (problem,) = check(no_ckpt, ZERO3_BF16_8, 80 * GB).problems
+    # 28 layers x 36,864 tokens x 108,600 B = 112.1 GB of activations without checkpointing
+    assert problem.what.startswith("the training phase needs 145.5 GB (activations 112.1 GB, logits 29.9 GB")
+    assert problem.fix == "set model.gradient_checkpointing=true, or lower trainer.micro_batch_size to 1"
+
+
+def test_lora_recipe_fits_24gb_and_counts_adapters_like_peft(r1_path):
+    cfg = load_recipe("math_dapo_r1_distill_lora", [f"model.path={r1_path}", "algorithm.kl_coef=0.04"])
+    report = check(cfg, Launch(), 24 * GB)
+    shape = report.shape
+    assert report.ok and shape.lora and shape.trainable == 28 * 32 * 41_216  # r x (in + out) of 7 projections
+    assert lora_shape(shape, r=32).trainable == shape.trainable
+    assert report.estimate.static[3].formula == "none (LoRA: the base with adapters off)"
+    tiny = load_recipe("smoke", ["model.arch=qwen2", "model.num_kv_heads=2", "model.lora.r=4"])
+    from deepseek_rl.models import load_model, load_tokenizer
+
+    policy = load_model(tiny.model, load_tokenizer(tiny.model), trainable=True)
+    assert model_shape(tiny).trainable == sum(p.numel() for p in policy.parameters() if p.requires_grad)
+
+
+def saved_bytes(model, input_ids, attention_mask) -> int:
+    """Bytes autograd keeps for backward during a forward of the decoder layers (parameters excluded)."""
+    params = {p.data_ptr() for p in model.parameters()}
+    storages: dict[int, int] = {}
+
+    def pack(t):
+        if t.data_ptr() not in params:
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    return sum(storages.values())
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_activation_formula_matches_what_autograd_saves(checkpointing):
+    """Per layer and token, transformers' Qwen2 layer in bf16 with a padding mask keeps what memory.py says."""
+    counts = {}
+    for layers in (2, 4):
+        config = Qwen2Config(
+            vocab_size=512, hidden_size=128, intermediate_size=384, num_hidden_layers=layers, num_attention_heads=4,
+            num_key_value_heads=2,
+        )  # fmt: skip
+        config._attn_implementation = "sdpa"
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+        if checkpointing:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
+        ids = torch.randint(0, 512, (2, 32), generator=torch.Generator().manual_seed(0))
+        mask = torch.ones_like(ids)
+        mask[0, :5] = 0  # left padding, as in training
+        counts[layers] = saved_bytes(model, ids, mask)
+    per_layer_token = (counts[4] - counts[2]) / 2 / ids.numel()
+    shape = model_shape(load_recipe("smoke", ["model.arch=qwen2", "model.hidden_size=128", "model.num_kv_heads=2"]))
+    shape = replace(shape, intermediate=384)
+    expected = 128 * 2 if checkpointing else per_token_layer_activations(shape, 2)
+    assert per_layer_token == pytest.approx(expected, rel=0.03)
+
+
+def test_launch_configs_are_read_like_accelerate():
+    launch = REPO_DIR / "launch"
+    z3 = launch_from_file(launch / "zero3.yaml", mixed_precision="bf16")
+    assert (z3.backend, z3.world_size, z3.zero_stage, z3.mixed_precision) == ("deepspeed", 8, 3, "bf16")
+    off = launch_from_file(launch / "zero3_offload.yaml", num_processes=4)
+    assert off.offload_optimizer and off.offload_params and off.world_size == 4 and off.mixed_precision == "no"
+    assert launch_from_file(launch / "fsdp2.yaml").backend == "fsdp"
+    assert launch_from_file(launch / "ddp.yaml").mixed_precision == "bf16"
+    assert launch_from_file(launch / "cpu_ddp.yaml").world_size == 2
+    env = {
+        "WORLD_SIZE": "16",
+        "ACCELERATE_USE_DEEPSPEED": "true",
+        "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2",
+        "ACCELERATE_MIXED_PRECISION": "bf16",
+    }
+    assert launch_from_env(env) == Launch("deepspeed", 16, 2, mixed_precision="bf16", source="accelerate launch")
+    assert launch_from_env({}) == Launch()
+
+
+def test_train_runs_the_preflight_first(monkeypatch, r1_path, tmp_path: Path):
+    """With a device whose memory is known (here: a pretend 8 GB GPU), train stops before loading anything."""
+    import deepseek_rl.preflight as preflight
+    from deepseek_rl.train import train
+
+    monkeypatch.setattr(preflight, "detected_device_memory", lambda: 8 * GB)
+    cfg = load_recipe("gsm8k_grpo_r1_distill", [f"model.path={r1_path}", "logger=none"])
+    with pytest.raises(ConfigError, match="the preflight check found problems"):
+        train(cfg, tmp_path)
+    warn = load_recipe("gsm8k_grpo_r1_distill", [f"model.path={r1_path}", "trainer.preflight=warn"])
+    preflight.preflight_before_training(warn)  # prints, does not stop
+
+
+def test_check_command(r1_path, qwen7b_dir, tmp_path: Path):
+    result = run_cli(
+        "check", "--config-name", "math_dapo_r1_distill", "--launch-config", str(REPO_DIR / "launch" / "zero3.yaml"),
+        "--mixed-precision", "bf16", "--device-memory-gb", "80", f"model.path={r1_path}", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "DeepSpeed ZeRO-3, bf16 mixed precision, 8 process(es)" in result.stdout
+    assert "64 rows x 9,216 tokens x 28,672 B" in result.stdout and "verdict: OK" in result.stdout
+    result = run_cli(
+        "check", "--config-name", "math_dapo_r1_distill", "--mixed-precision", "bf16", "--device-memory-gb", "80",
+        f"model.path={qwen7b_dir}", "model.dtype=float32", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 1 and "verdict: 1 problem(s)" in result.stdout
+    assert "optimizer state 60.9 GB" in result.stdout and "fix: shard with launch/zero3.yaml" in result.stdout
+    result = run_cli("check", "--config-name", "math_dapo_r1_distill", "trainer.batch_size=30", cwd=tmp_path)
+    assert result.returncode == 2 and "configuration error" in result.stderr and "Traceback" not in result.stderr
