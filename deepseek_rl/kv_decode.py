@@ -1,10 +1,12 @@
-"""A static-KV-cache decoder for Llama-family models (Llama, Qwen2, Qwen3), reusing their own layers.
+"""A static-KV-cache decoder for Llama-family models (Llama, Qwen2, Qwen3), on the model's own weights.
 
 Why: Hugging Face's generic path grows its cache by concatenation every token (a copy of the whole cache per
-step) and rebuilds attention masks on each call. Here the cache is preallocated once for prompt + completion
-length, each step writes one position in place, and the boolean attention mask is a slice of one precomputed
-tensor. Layers, norms, rotary embeddings and attention kernels are the model's own modules, so the numbers are the
-model's (tests compare logits against the plain forward).
+step), rebuilds attention masks on each call, and goes through a dozen module calls per layer. Here the cache is
+preallocated once for prompt + completion length, each step writes one position in place, the boolean attention
+mask is a slice of one precomputed tensor, and each layer is a short sequence of functional ops (RMSNorm, the
+projections, rotary embedding, SDPA, SwiGLU) reading the model's parameters, so tiny models are not bound by
+Python overhead. The rotary embedding is the model's own module (any RoPE scaling), projections that are not plain
+`nn.Linear` (LoRA adapters) are called as modules, and tests compare the logits with the plain forward.
 
 Prompts are prefilled once per unique prompt and the cache is then repeated for the G completions of each group,
 instead of prefilling the same prompt G times. Models outside the supported family (or with sliding windows) use
@@ -14,6 +16,7 @@ instead of prefilling the same prompt G times. Models outside the supported fami
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 SUPPORTED = {"llama", "qwen2", "qwen3"}
@@ -55,6 +58,54 @@ class StaticCache:
         return self.keys[layer_idx, :, :, :end], self.values[layer_idx, :, :, :end]
 
 
+def _projection(module: nn.Module):
+    """A plain Linear as F.linear on its parameters (no module-call overhead); anything else (LoRA) as a module."""
+    if type(module) is nn.Linear:
+        weight, bias = module.weight, module.bias
+        return lambda x: F.linear(x, weight, bias)
+    return module
+
+
+def _rms_norm(module: nn.Module):
+    weight, eps = module.weight, module.variance_epsilon
+    return lambda x: F.rms_norm(x, (x.shape[-1],), weight, eps)
+
+
+def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotary embedding in the "rotate half" layout of Llama-family models. x [R, H, T, D], cos/sin [R, 1, T, D]."""
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+
+
+class _Layer:
+    """One decoder layer's parameters, ready for the functional forward."""
+
+    def __init__(self, layer: nn.Module, head_dim: int):
+        attn, mlp = layer.self_attn, layer.mlp
+        self.norm1, self.norm2 = _rms_norm(layer.input_layernorm), _rms_norm(layer.post_attention_layernorm)
+        self.q, self.k, self.v, self.o = (_projection(getattr(attn, f"{n}_proj")) for n in "qkvo")
+        self.q_norm = _rms_norm(attn.q_norm) if hasattr(attn, "q_norm") else None  # Qwen3
+        self.k_norm = _rms_norm(attn.k_norm) if hasattr(attn, "k_norm") else None
+        self.gate, self.up, self.down = _projection(mlp.gate_proj), _projection(mlp.up_proj), _projection(mlp.down_proj)
+        self.act = mlp.act_fn
+        self.head_dim, self.scaling = head_dim, attn.scaling
+        self.gqa = attn.num_key_value_groups > 1
+
+    def __call__(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, cache: StaticCache, index: int) -> Tensor:
+        r, t, _ = x.shape
+        h = self.norm1(x)
+        q = self.q(h).view(r, t, -1, self.head_dim)
+        k = self.k(h).view(r, t, -1, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = _rotate(q.transpose(1, 2), cos, sin), _rotate(k.transpose(1, 2), cos, sin)
+        keys, values = cache.update(k, self.v(h).view(r, t, -1, self.head_dim).transpose(1, 2), index)
+        o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scaling, enable_gqa=self.gqa)
+        x = x + self.o(o.transpose(1, 2).reshape(r, t, -1))
+        h = self.norm2(x)
+        return x + self.down(self.act(self.gate(h)) * self.up(h))
+
+
 class StaticDecoder:
     """Prefill B prompts, then decode their B * G continuations one token at a time."""
 
@@ -65,14 +116,17 @@ class StaticDecoder:
         self.layers = config.num_hidden_layers
         self.kv_heads = config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        self.blocks = [_Layer(layer, self.head_dim) for layer in self.inner.layers]
+        self.final_norm = _rms_norm(self.inner.norm)
+        self.lm_head = _projection(self.model.lm_head)
 
     def _forward(self, ids: Tensor, positions: Tensor, mask: Tensor, cache: StaticCache) -> Tensor:
         """ids, positions [R, T]; mask [R, 1, T, S] bool (True: attend) -> logits of the last position [R, V]."""
         hidden = self.inner.embed_tokens(ids)
-        rotary = self.inner.rotary_emb(hidden, positions)
-        for layer in self.inner.layers:
-            hidden = layer(hidden, attention_mask=mask, position_embeddings=rotary, cache=cache)
-        return self.model.lm_head(self.inner.norm(hidden[:, -1:]))[:, -1]
+        cos, sin = (t.unsqueeze(1) for t in self.inner.rotary_emb(hidden, positions))  # [R, 1, T, D]
+        for index, block in enumerate(self.blocks):
+            hidden = block(hidden, cos, sin, mask, cache, index)
+        return self.lm_head(self.final_norm(hidden[:, -1]))
 
     @torch.no_grad()
     def prefill(self, prompt_ids: Tensor, prompt_mask: Tensor, group_size: int, max_new_tokens: int) -> Tensor:

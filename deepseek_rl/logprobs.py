@@ -1,23 +1,69 @@
-"""Per-token log-probabilities of completions under a causal LM, in fp32, a few rows at a time.
+"""Per-token log-probabilities of completions under a causal LM, in fp32, without full-vocabulary temporaries.
 
 The model computes logits only at the C positions that predict completion tokens (`logits_to_keep` as a tensor of
-positions, so nothing is sliced afterwards). Log-probs come from PyTorch's fused cross-entropy kernel
-(`logit[token] - logsumexp(logits)` in one pass, and a cheap backward), applied to chunks of rows taken with
-`split` (whose backward writes each chunk's gradient once, where indexing would add a full-size zero tensor per
-chunk): the fp32 log-softmax of the whole batch never exists. Logits are divided by the sampling temperature, so
-the log-probs are those of the distribution that was sampled.
+positions, so nothing is sliced afterwards). `TokenLogprobs` then turns logits [N, V] into log softmax(x / T) at
+the sampled tokens, a block of rows at a time in fp32: `logit[token] / T - logsumexp(x / T)`, and the entropy as a
+metric from the same pass. Its backward writes the gradient, (onehot - softmax) * g / T, into the logits' own
+buffer in place. So no fp32 log-softmax, softmax or gradient of the whole [N, V] batch is ever allocated: with a
+151k vocabulary those would be gigabytes per micro-batch. Logits are divided by the sampling temperature, so the
+log-probs are those of the distribution that was sampled.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+BLOCK_ROWS = 16  # rows of logits per block: the only temporaries are [BLOCK_ROWS, V]
 
 
 def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
     """Positions that skip left padding: [B, T] mask -> [B, T] long (padding positions get 0)."""
     return (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+
+
+def _blocks(n: int):
+    return ((start, min(start + BLOCK_ROWS, n)) for start in range(0, n, BLOCK_ROWS))
+
+
+class TokenLogprobs(torch.autograd.Function):
+    """logits [N, V], targets [N] -> (log-prob of each target [N] fp32, entropy [N] fp32 or None, no grad)."""
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, targets: Tensor, temperature: float, with_entropy: bool):
+        n = logits.shape[0]
+        lse = torch.empty(n, dtype=torch.float32, device=logits.device)
+        entropy = torch.empty_like(lse) if with_entropy else None
+        for start, stop in _blocks(n):
+            x = logits[start:stop].float()  # [b, V] (a view when the logits are fp32)
+            if temperature != 1.0:
+                x = x / temperature
+            top = x.max(dim=-1, keepdim=True).values
+            p = (x - top).exp_()  # unnormalised softmax
+            z = p.sum(dim=-1)
+            lse[start:stop] = top.squeeze(-1) + z.log()
+            if entropy is not None:  # H = lse - sum(softmax * x)
+                entropy[start:stop] = lse[start:stop] - p.mul_(x).sum(dim=-1) / z
+        logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1).float() / temperature - lse
+        ctx.save_for_backward(logits, targets, lse)
+        ctx.temperature = temperature
+        if entropy is not None:
+            ctx.mark_non_differentiable(entropy)
+        return logp, entropy
+
+    @staticmethod
+    def backward(ctx, grad_logp: Tensor, grad_entropy: Tensor | None):
+        logits, targets, lse = ctx.saved_tensors
+        g = grad_logp.float() / ctx.temperature  # d logp / d x = (onehot - softmax(x / T)) / T
+        for start, stop in _blocks(logits.shape[0]):
+            x = logits[start:stop]
+            if x.dtype == torch.float32 and ctx.temperature == 1.0:  # the gradient replaces the logits, in place
+                x.sub_(lse[start:stop, None]).exp_().mul_(-g[start:stop, None])
+            else:
+                softmax = (x.float() / ctx.temperature - lse[start:stop, None]).exp_()
+                x.copy_(softmax.mul_(-g[start:stop, None]))
+        logits.scatter_add_(-1, targets.unsqueeze(-1), g.unsqueeze(-1).to(logits.dtype))
+        return logits, None, None, None
 
 
 def completion_logprobs(
@@ -32,7 +78,8 @@ def completion_logprobs(
 ) -> tuple[Tensor, Tensor | None]:
     """input_ids, attention_mask [M, P + C] -> (log-probs [M, C], entropy [M, C] or None), fp32.
 
-    The entropy is a metric computed without grad unless `entropy_grad` (the entropy bonus needs it).
+    The entropy is a metric without grad, unless `entropy_grad` (for the entropy bonus): then it is computed with a
+    log-softmax over chunks of `chunk_rows` rows, the slower path that keeps gradients through it.
     """
     c = completion_length
     p = input_ids.shape[1] - c
@@ -45,21 +92,16 @@ def completion_logprobs(
         use_cache=False,
     ).logits  # [M, C, V]
     targets = input_ids[:, p:]  # [M, C]
+    if with_entropy and entropy_grad and torch.is_grad_enabled():
+        return _logprobs_with_entropy_grad(logits, targets, temperature, chunk_rows)
+    logp, entropy = TokenLogprobs.apply(logits.flatten(0, 1), targets.flatten(), temperature, with_entropy)
+    return logp.view_as(targets), None if entropy is None else entropy.view_as(targets)
+
+
+def _logprobs_with_entropy_grad(logits: Tensor, targets: Tensor, temperature: float, chunk_rows: int):
     logps, entropies = [], []
     for chunk, target in zip(logits.split(chunk_rows), targets.split(chunk_rows), strict=True):
-        chunk = chunk.float()
-        if temperature != 1.0:
-            chunk = chunk / temperature
-        if with_entropy and entropy_grad and torch.is_grad_enabled():
-            log_softmax = torch.log_softmax(chunk, dim=-1)  # one pass serves both, with grad
-            logps.append(log_softmax.gather(-1, target.unsqueeze(-1)).squeeze(-1))
-            entropies.append(-(log_softmax.exp() * log_softmax).sum(dim=-1))
-            continue
-        flat = F.cross_entropy(chunk.flatten(0, 1), target.flatten(), reduction="none")
-        logps.append(-flat.view_as(target))
-        if with_entropy:
-            with torch.no_grad():
-                log_softmax = torch.log_softmax(chunk, dim=-1)
-                entropies.append(-(log_softmax.exp() * log_softmax).sum(dim=-1))
-    entropy = torch.cat(entropies) if with_entropy else None
-    return torch.cat(logps), entropy
+        log_softmax = torch.log_softmax(chunk.float() / temperature, dim=-1)
+        logps.append(log_softmax.gather(-1, target.unsqueeze(-1)).squeeze(-1))
+        entropies.append(-(log_softmax.exp() * log_softmax).sum(dim=-1))
+    return torch.cat(logps), torch.cat(entropies)

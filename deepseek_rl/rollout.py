@@ -43,10 +43,11 @@ def sample_tokens(logits: Tensor, cfg: RolloutConfig, uniforms: Tensor) -> Tenso
     """One token per row by inverse CDF: logits [N, V], uniforms [N] in [0, 1) -> [N] long (temperature 0: argmax)."""
     if cfg.temperature == 0:
         return logits.argmax(dim=-1)
-    probs = torch.softmax(filter_logits(logits.float() / cfg.temperature, cfg.top_k, cfg.top_p), dim=-1)
-    cdf = probs.cumsum(dim=-1)  # [N, V]
+    logits = filter_logits(logits.float() / cfg.temperature, cfg.top_k, cfg.top_p)
+    # unnormalised CDF of exp(logits - max), built in place (one temporary); the threshold scales with its total
+    cdf = (logits - logits.max(dim=-1, keepdim=True).values).exp_().cumsum_(dim=-1)  # [N, V]
     token = torch.searchsorted(cdf, (uniforms.to(cdf.device) * cdf[:, -1]).unsqueeze(1), right=True).squeeze(1)
-    return token.clamp(max=probs.shape[-1] - 1)
+    return token.clamp(max=cdf.shape[-1] - 1)
 
 
 class RowUniforms:

@@ -187,3 +187,26 @@ def test_reward_columns_pass_unpadded_completion_ids():
     columns = batch.reward_columns()
     assert columns["completion_ids"] == [[5, 6, 1], [7, 8, 9, 1]]  # as TRL passes them: no padding
     assert columns["answer"] == ["1", "1"] and columns["prompts"] == ["p", "p"]
+
+
+@pytest.mark.parametrize("temperature,dtype", [(1.0, torch.float32), (1.0, torch.float64), (0.7, torch.float64)])
+def test_token_logprobs_match_log_softmax_with_gradients(temperature, dtype):
+    from deepseek_rl.logprobs import TokenLogprobs
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(37, 50, generator=g, dtype=dtype)  # 37 rows: several blocks of 16
+    targets = torch.randint(0, 50, (37,), generator=g)
+    weights = torch.randn(37, generator=g, dtype=dtype)
+    ref_logits = logits.clone().requires_grad_()
+    log_softmax = torch.log_softmax(ref_logits / temperature, dim=-1)
+    ref = log_softmax.gather(-1, targets[:, None]).squeeze(-1)
+    ref_entropy = -(log_softmax.exp() * log_softmax).sum(-1)
+    (ref * weights).sum().backward()
+
+    ours_logits = logits.clone().requires_grad_()
+    x = ours_logits * 1.0  # a non-leaf buffer, as the model's output is
+    logp, entropy = TokenLogprobs.apply(x, targets, temperature, True)
+    (logp * weights).sum().backward()
+    assert torch.allclose(logp.to(dtype), ref, atol=1e-5)
+    assert torch.allclose(entropy.to(dtype), ref_entropy, atol=1e-5)
+    assert torch.allclose(ours_logits.grad, ref_logits.grad, atol=1e-6)
