@@ -2,6 +2,7 @@
 
     deepseek-rl eval --model runs/r1/grpo/final --data addition --reward answer_match
     deepseek-rl eval --model DIR --data test.jsonl --reward accuracy --template chat --samples 16 --output out.jsonl
+    deepseek-rl eval --model DIR --data test.jsonl --reward accuracy --reward-args '{"sources": ["boxed"]}'
 
 Reports greedy accuracy, sampled accuracy, pass@1 / pass@n (unbiased), maj@n, format rate and completion lengths
 as one JSON line on stdout; with --output, every completion (greedy and sampled) is written as a JSON line with its
@@ -16,11 +17,27 @@ import sys
 from pathlib import Path
 
 
+def json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not JSON ({err}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f'give a JSON object such as \'{{"sources": ["boxed"]}}\', not {text!r}')
+    return value
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="deepseek-rl eval", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="a Hugging Face model directory (with its tokenizer)")
     parser.add_argument("--data", required=True, help="a procedural task name (addition) or a .jsonl/.parquet file")
     parser.add_argument("--reward", default="answer_match", help="the verifier: a reward scoring 1.0 when correct")
+    parser.add_argument(
+        "--reward-args",
+        type=json_object,
+        default={},
+        help="the verifier's keyword arguments as a JSON object, like the recipe's reward.args",
+    )
     parser.add_argument("--format-reward", default="format", help="reward for the format rate ('none' to skip)")
     parser.add_argument("--num-prompts", type=int, default=500, help="evaluate the first N problems")
     parser.add_argument("--samples", type=int, default=8, help="sampled completions per problem (0: greedy only)")
@@ -38,7 +55,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> dict[str, float]:
     import torch
 
-    from deepseek_rl.config import DataConfig, EvalConfig, ModelConfig, RolloutConfig
+    from deepseek_rl.config import DataConfig, EvalConfig, ModelConfig, RewardConfig, RolloutConfig
     from deepseek_rl.data import build_prompt_set
     from deepseek_rl.evaluate import evaluate
     from deepseek_rl.models import eos_token_ids, load_model, load_tokenizer
@@ -59,10 +76,13 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         correctness=args.reward,
         format_reward=None if args.format_reward.lower() == "none" else args.format_reward,
     )
+    reward_args = {args.reward: args.reward_args}
+    RewardConfig(weights={args.reward: 1.0}, args=reward_args)  # checks the argument names before loading the model
     tokenizer = load_tokenizer(model_cfg)
     model = load_model(model_cfg, tokenizer).to("cuda" if torch.cuda.is_available() else "cpu")
     prompts = build_prompt_set(data, tokenizer, rollout.max_prompt_length, split="eval")
-    report = evaluate(Sampler(model, tokenizer, eos_token_ids(tokenizer, model)), prompts, settings, rollout, args.seed)
+    sampler = Sampler(model, tokenizer, eos_token_ids(tokenizer, model))
+    report = evaluate(sampler, prompts, settings, rollout, args.seed, reward_args)
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         with open(args.output, "w") as f:

@@ -53,12 +53,22 @@ class EvalReport:
 
 
 def evaluate(
-    sampler: Sampler, prompts: PromptSet, cfg: EvalConfig, rollout: RolloutConfig, seed: int = 0
+    sampler: Sampler,
+    prompts: PromptSet,
+    cfg: EvalConfig,
+    rollout: RolloutConfig,
+    seed: int = 0,
+    reward_args: dict[str, dict[str, Any]] | None = None,
 ) -> EvalReport:
-    """Evaluate the sampler's model on the first `cfg.num_prompts` prompts (greedy only when cfg.samples is 0)."""
+    """Evaluate the sampler's model on the first `cfg.num_prompts` prompts (greedy only when cfg.samples is 0).
+
+    `reward_args` are the recipe's `reward.args`: the verifier and format reward are scored with the same arguments
+    (e.g. `accuracy: {extract: boxed}`) as in training, so evaluation and training agree on what counts as correct.
+    """
     count = min(cfg.num_prompts, len(prompts))
     names = [cfg.correctness] + ([cfg.format_reward] if cfg.format_reward else [])
-    rewards = RewardSet(RewardConfig(weights={n: 1.0 for n in names}))
+    args = {n: dict(reward_args[n]) for n in names if reward_args and n in reward_args}
+    rewards = RewardSet(RewardConfig(weights={n: 1.0 for n in names}, args=args))
     sampled: list[dict[str, Any]] = []
     try:
         greedy = score_samples(sampler.complete(prompts, count, 1, replace(rollout, temperature=0.0), seed), rewards)

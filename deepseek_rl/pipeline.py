@@ -73,7 +73,7 @@ def run_eval_stage(cfg: Config, models: dict[str, ModelConfig], stage_dir: Path,
         model = load_model(model_cfg, tokenizer, seed=cfg.trainer.seed).to(device)
         prompts = build_prompt_set(cfg.data, tokenizer, cfg.rollout.max_prompt_length, split="eval")
         sampler = Sampler(model, tokenizer, eos_token_ids(tokenizer, model), cfg.eval.batch_size)
-        report = evaluate(sampler, prompts, cfg.eval, cfg.rollout, seed=cfg.trainer.seed)
+        report = evaluate(sampler, prompts, cfg.eval, cfg.rollout, seed=cfg.trainer.seed, reward_args=cfg.reward.args)
         results[name] = report.metrics
         with (stage_dir / f"samples-{name}.jsonl").open("w") as f:
             for row in report.samples:

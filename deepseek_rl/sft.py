@@ -125,7 +125,7 @@ def run_sft(cfg: Config, output_dir: Path) -> Path:
     check_settings = replace(cfg.eval, num_prompts=cfg.sft.num_validation, samples=1, temperature=1.0)
 
     def check(step: int) -> bool:
-        metrics = evaluate(sampler, validation, check_settings, cfg.rollout, seed=step).metrics
+        metrics = evaluate(sampler, validation, check_settings, cfg.rollout, step, cfg.reward.args).metrics
         tracker.log(step, {k.replace("eval/", "validation/"): v for k, v in metrics.items()})
         model.train()
         return cfg.sft.stop_accuracy is not None and metrics["eval/sampled_accuracy"] >= cfg.sft.stop_accuracy

@@ -87,7 +87,9 @@ class HeldOutEval:
         with generation_model(accelerator, policy) as model:
             if accelerator.is_main_process:
                 sampler = Sampler(model, self.tokenizer, self.eos_ids, self.cfg.eval.batch_size)
-                report = evaluate(sampler, self.prompts, self.settings, self.cfg.rollout, seed=self.cfg.trainer.seed)
+                report = evaluate(
+                    sampler, self.prompts, self.settings, self.cfg.rollout, self.cfg.trainer.seed, self.cfg.reward.args
+                )
                 metrics = report.metrics
         accelerator.wait_for_everyone()
         return metrics

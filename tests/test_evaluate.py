@@ -82,3 +82,57 @@ def test_eval_command_errors_are_messages(tmp_path):
 
     result = run_cli("eval", "--model", str(tmp_path / "nothing"), "--data", "addition", cwd=tmp_path)
     assert result.returncode == 2 and "not a directory" in result.stderr and "Traceback" not in result.stderr
+
+
+class ScriptedSampler:
+    """Returns the same fixed completions for every prompt, greedy or sampled (the reward path is under test)."""
+
+    def __init__(self, completions: list[str]) -> None:
+        self.texts = completions
+
+    def complete(self, prompts, count, n, rollout, seed):
+        import torch
+
+        from deepseek_rl.batch import RolloutBatch
+
+        rows = count * n
+        texts = [self.texts[i % len(self.texts)] for i in range(rows)]
+        yield RolloutBatch(
+            prompt_ids=torch.zeros(rows, 1, dtype=torch.long),
+            prompt_mask=torch.ones(rows, 1, dtype=torch.long),
+            completion_ids=torch.ones(rows, 2, dtype=torch.long),
+            completion_mask=torch.ones(rows, 2, dtype=torch.long),
+            truncated=torch.zeros(rows, dtype=torch.bool),
+            completions=texts,
+            prompts=[prompts.texts[i // n] for i in range(rows)],
+            columns={k: [v[i // n] for i in range(rows)] for k, v in prompts.columns.items()},
+            group_size=n,
+        )
+
+
+def test_evaluation_scores_with_the_recipes_reward_args():
+    """`reward.args` reach the verifier: with sources=[boxed] only the boxed answer counts, as in training."""
+    from deepseek_rl.config import EvalConfig, RolloutConfig
+    from deepseek_rl.data import PromptSet
+    from deepseek_rl.evaluate import evaluate
+
+    prompts = PromptSet(["q1", "q2"], [[1], [2]], {"answer": ["7", "7"]})
+    # The last number is 7 in both; only the first has it boxed.
+    sampler = ScriptedSampler([r"so \boxed{7}", "it is 7"])
+    settings = EvalConfig(num_prompts=2, samples=2, correctness="accuracy", format_reward=None)
+    rollout = RolloutConfig()
+    default = evaluate(sampler, prompts, settings, rollout, reward_args={"accuracy": {}})
+    boxed = evaluate(sampler, prompts, settings, rollout, reward_args={"accuracy": {"sources": ["boxed"]}})
+    assert default.metrics["eval/sampled_accuracy"] == 1.0
+    assert boxed.metrics["eval/sampled_accuracy"] == 0.5
+    assert boxed.metrics["eval/greedy_accuracy"] == 0.5  # greedy: completion 0 for q1, completion 1 for q2
+
+
+def test_eval_command_rejects_bad_reward_args(tmp_path):
+    from .conftest import run_cli
+
+    base = ("eval", "--model", str(tmp_path), "--data", "addition", "--reward", "accuracy")
+    unknown = run_cli(*base, "--reward-args", '{"no_such_arg": 1}', cwd=tmp_path)
+    assert unknown.returncode == 2 and "no_such_arg" in unknown.stderr and "Traceback" not in unknown.stderr
+    not_json = run_cli(*base, "--reward-args", "{sources: [boxed]", cwd=tmp_path)
+    assert not_json.returncode == 2 and "not JSON" in not_json.stderr and "Traceback" not in not_json.stderr
