@@ -133,10 +133,6 @@ def backward_scale(loss_type: str, world_size: int) -> float:
     return float(world_size) if loss_type == "dapo" else 1.0
 
 
-def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
-    return (values * mask).sum() / mask.sum().clamp(min=1)
-
-
 @dataclass
 class LossTerms:
     """The micro-batch loss and the sums behind its metrics (sums, so they add up over micro-batches and ranks)."""

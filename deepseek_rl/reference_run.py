@@ -27,7 +27,7 @@ from deepseek_rl.plots import plot_training_curves
 METRICS = ("eval/greedy_accuracy", "eval/sampled_accuracy", "eval/pass@8", "eval/maj@8", "eval/format_rate")
 
 
-def run_seed(seed: int, run_dir: Path, overrides: list[str], recipe: list[str] = ()) -> float:
+def run_seed(seed: int, run_dir: Path, overrides: list[str], recipe: tuple[str, ...] = ()) -> float:
     cmd = [sys.executable, "-m", "deepseek_rl.cli", "train", *recipe, "logger=none", f"trainer.seed={seed}"]
     cmd += [f"trainer.output_dir={run_dir}", *overrides]
     start = time.perf_counter()
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"seed {seed}: {run_seed(seed, run, args.overrides):.0f} s", flush=True)
     rft_seed, rft_run = next(iter(runs.items()))
     if not args.no_run and not args.no_rft:
-        recipe = ["--config-name", "r1_rft", f"model.path={rft_run / 'grpo' / 'final'}"]
+        recipe = ("--config-name", "r1_rft", f"model.path={rft_run / 'grpo' / 'final'}")
         print(f"rft: {run_seed(rft_seed, rft_run / 'rft-after-rl', args.overrides, recipe):.0f} s", flush=True)
     args.docs.mkdir(parents=True, exist_ok=True)
     plot_training_curves(

@@ -70,7 +70,8 @@ class StopStrings:
         self.window = max((len(s) for s in self.stop_strings), default=0) + 2
 
     def __call__(self, tokens: Tensor, rows: Tensor) -> Tensor:
-        """tokens [N, t] generated so far, rows [N] bool to check -> [N] bool (row just produced a stop string)."""
+        """tokens [N, t] the last t generated (t <= window), rows [N] bool to check -> [N] bool (row just produced a
+        stop string)."""
         hit = torch.zeros_like(rows)
         if not self.stop_strings:
             return hit
@@ -107,7 +108,7 @@ def sample_completions(
         tokens.append(token)
         ended = ~done & torch.isin(token, eos)
         if stop.stop_strings:
-            ended |= stop(torch.stack(tokens, dim=1), ~done & ~ended)
+            ended |= stop(torch.stack(tokens[-stop.window :], dim=1), ~done & ~ended)  # only the tail is read
         done |= ended
         if bool(done.all()) or len(tokens) == cfg.max_completion_length:
             break
