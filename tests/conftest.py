@@ -39,8 +39,8 @@ def hub_model_recipes() -> list[str]:
     """Recipes whose model option names a Hugging Face Hub id (real models): offline they run with model=tiny_like."""
     import yaml
 
+    from deepseek_rl.hub import is_hub_id
     from deepseek_rl.paths import recipes_dir
-    from deepseek_rl.sources import is_hub_id
 
     names = []
     for path in sorted(recipes_dir().glob("*.yaml")):

@@ -8,13 +8,13 @@ import sys
 
 import torch
 
+from deepseek_rl.algo.update import UpdateSettings, update_policy
 from deepseek_rl.batch import LossInputs
-from deepseek_rl.char_tokenizer import build_char_tokenizer
 from deepseek_rl.config import AlgorithmConfig, Config, ModelConfig, OptimizerConfig, TrainerConfig
-from deepseek_rl.distributed import make_accelerator
-from deepseek_rl.models import load_model
-from deepseek_rl.train import lr_schedule
-from deepseek_rl.update import update_policy
+from deepseek_rl.infra.distributed import launched_world_size, make_accelerator
+from deepseek_rl.infra.optim import lr_schedule
+from deepseek_rl.models.char_tokenizer import build_char_tokenizer
+from deepseek_rl.models.loading import load_model
 
 micro, out = int(sys.argv[1]), sys.argv[2]
 torch.set_num_threads(1)
@@ -23,7 +23,8 @@ cfg = Config(
     optimizer=OptimizerConfig(max_grad_norm=None),
     trainer=TrainerConfig(batch_size=8, micro_batch_size=micro),
 )
-accelerator = make_accelerator(cfg.trainer, None)
+plan = cfg.grpo_plan(launched_world_size())
+accelerator = make_accelerator(plan, None)
 tok = build_char_tokenizer()
 model = load_model(ModelConfig(), tok, seed=0)
 before = torch.cat([p.detach().flatten() for p in model.parameters()]).clone()
@@ -40,7 +41,8 @@ inputs = inputs.rows(accelerator.process_index * per_rank, (accelerator.process_
 
 optimizer = torch.optim.SGD(model.parameters(), lr=cfg.algorithm.lr)
 model, optimizer = accelerator.prepare(model, optimizer)
-update_policy(accelerator, model, optimizer, lr_schedule(optimizer, cfg.optimizer, 1), inputs, cfg)
+settings = UpdateSettings(cfg.algorithm, plan, 1.0, 5, None)
+update_policy(accelerator, model, optimizer, lr_schedule(optimizer, cfg.optimizer, 1, 0), inputs, settings)
 after = torch.cat([p.detach().flatten() for p in accelerator.unwrap_model(model).parameters()])
 if accelerator.is_main_process:
     torch.save({"delta": after - before, "world_size": accelerator.num_processes}, out)

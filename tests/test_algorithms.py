@@ -9,8 +9,8 @@ import math
 import pytest
 import torch
 
-from deepseek_rl.config import AlgorithmConfig, Config, TrainerConfig
-from deepseek_rl.grpo import StepNormaliser, policy_loss
+from deepseek_rl.algo.losses import StepNormaliser, policy_loss
+from deepseek_rl.config import AlgorithmConfig
 
 from .conftest import run_cli
 
@@ -141,8 +141,9 @@ def test_clipping_zeroes_the_gradient_exactly_where_the_paper_says():
 
 
 def test_no_reference_and_no_extra_forward_when_not_needed():
+    from deepseek_rl.algo.update import UpdateSettings, add_old_and_ref_logprobs
     from deepseek_rl.batch import LossInputs
-    from deepseek_rl.update import add_old_and_ref_logprobs
+    from deepseek_rl.config import grpo_plan
 
     calls = []
 
@@ -154,11 +155,9 @@ def test_no_reference_and_no_extra_forward_when_not_needed():
     inputs = LossInputs(
         torch.zeros(2, 5, dtype=torch.long), torch.ones(2, 5), torch.ones(2, 3), torch.zeros(2), None, None
     )
-    cfg = Config(
-        algorithm=AlgorithmConfig(num_generations=2, num_iterations=1, kl_coef=0.0),
-        trainer=TrainerConfig(batch_size=2, micro_batch_size=2),
-    )
-    out = add_old_and_ref_logprobs(Counting(), None, inputs, cfg)
+    alg = AlgorithmConfig(num_generations=2, num_iterations=1, kl_coef=0.0)
+    settings = UpdateSettings(alg, grpo_plan(2, 2, 2, 1, 1, 1), 1.0, 3, 1.0)
+    out = add_old_and_ref_logprobs(Counting(), None, inputs, settings)
     assert out.old_logprobs is None and out.ref_logprobs is None and not calls
 
 
@@ -166,7 +165,7 @@ def test_kl_zero_builds_no_reference_model(tmp_path, monkeypatch):
     """The trainer loads the model once when kl_coef = 0 and twice (policy + frozen reference) otherwise."""
     from accelerate.state import AcceleratorState, GradientState
 
-    import deepseek_rl.train as train_module
+    import deepseek_rl.stages.grpo as train_module
     from deepseek_rl.config import load_recipe
 
     loads = []
@@ -220,13 +219,14 @@ def _fake_scored(rewards: list[float], tag: str, group_size: int):
         columns={"tag": [f"{tag}{i // group_size}" for i in range(n)]},
         group_size=group_size,
     )
-    r = torch.tensor(rewards)
+    r = torch.tensor(rewards, dtype=torch.float32)
     return ScoredBatch(rollout, ["x"], r[:, None], r, torch.zeros(n), torch.ones(n))
 
 
 @pytest.mark.parametrize("budget", [3, 1])
 def test_dynamic_sampling_drops_exactly_the_zero_variance_groups(budget, monkeypatch):
-    from deepseek_rl.collect import RolloutCollector
+    from deepseek_rl.config import RolloutConfig, grpo_plan
+    from deepseek_rl.stages.collect import RolloutCollector
 
     g = 2
     rounds = {
@@ -234,12 +234,10 @@ def test_dynamic_sampling_drops_exactly_the_zero_variance_groups(budget, monkeyp
         1: _fake_scored([0, 0, 1, 1, 1, 1, 1, 1], "b", g),  # all flat
         2: _fake_scored([1, 1, 0, 1, 1, 0, 0, 0], "c", g),  # c0, c3 flat; c1, c2 informative (both needed)
     }
-    cfg = Config(
-        algorithm=AlgorithmConfig(num_generations=g, dynamic_sampling=True, max_sampling_rounds=budget),
-        trainer=TrainerConfig(batch_size=8, micro_batch_size=4),
-    )
-    collector = RolloutCollector(cfg, None, None, None, [0], 0, 1)
-    monkeypatch.setattr(collector, "sample_round", lambda model, step, round_, times: rounds[round_])
+    alg = AlgorithmConfig(num_generations=g, dynamic_sampling=True, max_sampling_rounds=budget)
+    plan = grpo_plan(8, 4, g, 1, 1, 1)
+    collector = RolloutCollector(plan, 0, 0, RolloutConfig(), alg, None, None, 0, lambda t: t)
+    monkeypatch.setattr(collector, "sample_round", lambda engine, step, round_, times: rounds[round_])
     batch, stats = collector.collect(None, step=0)
     groups = batch.rollout.columns["tag"][::g]
     if budget == 3:

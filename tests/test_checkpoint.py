@@ -8,7 +8,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 
-from deepseek_rl.checkpoint import (
+from deepseek_rl.infra.checkpoint import (
     STATE_FILE,
     TrainerState,
     complete_checkpoints,

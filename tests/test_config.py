@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from deepseek_rl.config import Config, ConfigError, load_recipe
-from deepseek_rl.models import load_model, load_tokenizer
+from deepseek_rl.models.loading import load_model, load_tokenizer
 from deepseek_rl.paths import recipes_dir
 
 from .conftest import hub_model_recipes, run_cli

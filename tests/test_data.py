@@ -5,10 +5,11 @@ import json
 import pytest
 from transformers import AutoTokenizer
 
-from deepseek_rl.char_tokenizer import build_char_tokenizer
 from deepseek_rl.config import ConfigError, DataConfig
-from deepseek_rl.data import DataError, build_prompt_set, rank_indices, render_prompt, step_indices
-from deepseek_rl.tasks.addition import AdditionTask, addition_solution, verify_addition
+from deepseek_rl.data.prompts import build_prompt_set, rank_indices, render_prompt, step_indices
+from deepseek_rl.data.tasks.addition import AdditionTask, addition_solution, verify_addition
+from deepseek_rl.errors import DataError
+from deepseek_rl.models.char_tokenizer import build_char_tokenizer
 
 
 def test_addition_trace_hand_written():

@@ -6,10 +6,12 @@ import json
 import pytest
 from transformers import AutoTokenizer
 
-from deepseek_rl.char_tokenizer import build_char_tokenizer
 from deepseek_rl.config import ConfigError, DataConfig, ModelConfig, model_context_length
-from deepseek_rl.data import DataError, build_prompt_set, load_rows
-from deepseek_rl.sources import is_hub_id, load_model_config, pretrained_source
+from deepseek_rl.data.prompts import build_prompt_set
+from deepseek_rl.data.sources import load_rows
+from deepseek_rl.errors import DataError
+from deepseek_rl.hub import is_hub_id, load_model_config, pretrained_source
+from deepseek_rl.models.char_tokenizer import build_char_tokenizer
 
 
 def test_hub_dataset_by_name_with_splits_and_column_mapping(shared):

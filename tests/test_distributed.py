@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoModelForCausalLM
 
-from deepseek_rl.distributed import parameter_digest
+from deepseek_rl.infra.distributed import parameter_digest
 
 from .conftest import REPO, run_cli
 
@@ -98,10 +98,10 @@ def _stop_after(proc: subprocess.Popen, run: Path, lines: int, sig: int) -> None
     proc.wait(timeout=600)
 
 
-def _interrupted_then_resumed(cmd: list[str], run: Path, cwd: Path, sig: int) -> None:
+def _interrupted_then_resumed(cmd: list[str], run: Path, cwd: Path, sig: int, lines: int = 3) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _stop_after(proc, run, 3, sig)
+    _stop_after(proc, run, lines, sig)
     stopped_at = len(metrics(run))
     assert stopped_at < 12, "the run finished before it could be interrupted"
     assert list((run / "checkpoints").glob("step-*"))

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from deepseek_rl.evaluate import majority_correct, pass_at_k, sampled_metrics
-from deepseek_rl.pipeline import results_table
-from deepseek_rl.rft import select_verified
+from deepseek_rl.stages.evaluate import majority_correct, pass_at_k, sampled_metrics
+from deepseek_rl.stages.pipeline import results_table
+from deepseek_rl.stages.rft import select_verified
 
 
 def test_pass_at_k_unbiased_estimator_hand_computed():
@@ -84,13 +84,13 @@ def test_eval_command_errors_are_messages(tmp_path):
     assert result.returncode == 2 and "not a directory" in result.stderr and "Traceback" not in result.stderr
 
 
-class ScriptedSampler:
+class ScriptedEngine:
     """Returns the same fixed completions for every prompt, greedy or sampled (the reward path is under test)."""
 
     def __init__(self, completions: list[str]) -> None:
         self.texts = completions
 
-    def complete(self, prompts, count, n, rollout, seed):
+    def complete(self, prompts, count, n, rollout, seed, batch_size, first=0):
         import torch
 
         from deepseek_rl.batch import RolloutBatch
@@ -113,12 +113,12 @@ class ScriptedSampler:
 def test_evaluation_scores_with_the_recipes_reward_args():
     """`reward.args` reach the verifier: with sources=[boxed] only the boxed answer counts, as in training."""
     from deepseek_rl.config import EvalConfig, RolloutConfig
-    from deepseek_rl.data import PromptSet
-    from deepseek_rl.evaluate import evaluate
+    from deepseek_rl.data.prompts import PromptSet
+    from deepseek_rl.stages.evaluate import evaluate
 
     prompts = PromptSet(["q1", "q2"], [[1], [2]], {"answer": ["7", "7"]})
     # The last number is 7 in both; only the first has it boxed.
-    sampler = ScriptedSampler([r"so \boxed{7}", "it is 7"])
+    sampler = ScriptedEngine([r"so \boxed{7}", "it is 7"])
     settings = EvalConfig(num_prompts=2, samples=2, correctness="accuracy", format_reward=None)
     rollout = RolloutConfig()
     default = evaluate(sampler, prompts, settings, rollout, reward_args={"accuracy": {}})

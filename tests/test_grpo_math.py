@@ -5,16 +5,15 @@ import math
 import pytest
 import torch
 
-from deepseek_rl.config import AlgorithmConfig
-from deepseek_rl.grpo import (
+from deepseek_rl.algo.advantages import group_advantages, zero_std_groups
+from deepseek_rl.algo.losses import (
     StepNormaliser,
     aggregate,
     clipped_surrogate,
-    group_advantages,
     kl_penalty,
     policy_loss,
-    zero_std_groups,
 )
+from deepseek_rl.config import AlgorithmConfig
 
 
 def test_group_advantages_hand_computed():

@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from deepseek_rl.char_tokenizer import build_char_tokenizer
 from deepseek_rl.config import ModelConfig, RolloutConfig
-from deepseek_rl.kv_decode import DynamicDecoder, StaticDecoder, supports_static_decode
-from deepseek_rl.models import load_model
-from deepseek_rl.rollout import RowUniforms, StopStrings, sample_completions
+from deepseek_rl.models.char_tokenizer import build_char_tokenizer
+from deepseek_rl.models.loading import load_model
+from deepseek_rl.rollout.kv_decode import DynamicDecoder, StaticDecoder, supports_static_decode
+from deepseek_rl.rollout.sampler import RowUniforms, StopStrings, sample_completions
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
@@ -47,7 +47,7 @@ def test_static_and_generic_paths_sample_the_same_completions(monkeypatch):
         )  # fmt: skip
 
     static = sample()
-    monkeypatch.setattr("deepseek_rl.rollout.make_decoder", DynamicDecoder)
+    monkeypatch.setattr("deepseek_rl.rollout.sampler.make_decoder", DynamicDecoder)
     generic = sample()
     for a, b in zip(static, generic, strict=True):
         assert torch.equal(a, b)

@@ -10,9 +10,9 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from deepseek_rl.config import ConfigError, load_recipe
-from deepseek_rl.config_lora import LoraConfig
-from deepseek_rl.lora import AdapterDisabledReference, merged_state_dict
-from deepseek_rl.models import load_model, load_tokenizer
+from deepseek_rl.config.lora import LoraConfig
+from deepseek_rl.models.loading import load_model, load_tokenizer
+from deepseek_rl.models.lora import AdapterDisabledReference, merged_state_dict
 
 from .conftest import run_cli
 

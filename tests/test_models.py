@@ -3,9 +3,9 @@
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from deepseek_rl.char_tokenizer import build_char_tokenizer
 from deepseek_rl.config import ModelConfig
-from deepseek_rl.models import eos_token_ids, load_model, load_tokenizer
+from deepseek_rl.models.char_tokenizer import build_char_tokenizer
+from deepseek_rl.models.loading import eos_token_ids, load_model, load_tokenizer
 
 
 def test_char_tokenizer_round_trip(tmp_path):

@@ -10,8 +10,16 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from deepseek_rl import observability, sweep
-from deepseek_rl.alarms import (
+from deepseek_rl.batch import RolloutBatch, ScoredBatch
+from deepseek_rl.config import DataConfig, load_recipe
+from deepseek_rl.data.sources import load_rows
+from deepseek_rl.errors import DataError
+from deepseek_rl.infra import sweep
+from deepseek_rl.infra.distributed import release_accelerator
+from deepseek_rl.infra.sweep import HydraJob, job_logger, run_name
+from deepseek_rl.infra.tracking import RunTracker, config_hash, summarize
+from deepseek_rl.stages import observability
+from deepseek_rl.stages.alarms import (
     AlarmMonitor,
     completion_dominance,
     default_detectors,
@@ -19,11 +27,7 @@ from deepseek_rl.alarms import (
     length_without_accuracy,
     repetition_rising,
 )
-from deepseek_rl.batch import RolloutBatch, ScoredBatch
-from deepseek_rl.config import DataConfig, load_recipe
-from deepseek_rl.data import DataError, load_rows
-from deepseek_rl.distributed import release_accelerator
-from deepseek_rl.observability import (
+from deepseek_rl.stages.observability import (
     RolloutObserver,
     dominant_groups,
     group_rows,
@@ -31,8 +35,6 @@ from deepseek_rl.observability import (
     repeated_ngram_share,
     source_metrics,
 )
-from deepseek_rl.sweep import HydraJob, job_logger, run_name
-from deepseek_rl.tracking import RunTracker, config_hash, summarize
 
 ACC, FMT = "reward/answer_match/mean", "reward/format/mean"
 
@@ -200,7 +202,7 @@ def accelerator():
 def test_observer_metrics_tables_and_alarms(accelerator, tmp_path: Path, capsys):
     cfg = load_recipe("smoke", ["logger=none", "data.source_column=source", "logger.rollout_table_every=3"])
     tracker = RunTracker(cfg.logger, tmp_path, {}, enabled=True)
-    observer = RolloutObserver(cfg, ["answer_match", "format"], tracker)
+    observer = RolloutObserver(cfg.logger, cfg.eval, cfg.data.source_column, ["answer_match", "format"], tracker)
     metrics = observer.metrics(accelerator, BATCH)
     assert metrics["completions/dominant_groups"] == 0.5
     assert metrics["completion_length/correct"] == pytest.approx((2 + 2 + 2 + 1) / 4)

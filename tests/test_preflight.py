@@ -9,9 +9,9 @@ import torch
 from transformers import AutoModelForCausalLM, Qwen2Config
 
 from deepseek_rl.config import ConfigError, load_recipe
-from deepseek_rl.memory import GB, Launch, per_token_layer_activations
 from deepseek_rl.paths import REPO_DIR
-from deepseek_rl.preflight import check, launch_from_env, launch_from_file, lora_shape, model_shape
+from deepseek_rl.preflight.check import check, launch_from_env, launch_from_file, lora_shape, model_shape
+from deepseek_rl.preflight.memory import GB, Launch, per_token_layer_activations
 
 from .conftest import run_cli
 
@@ -124,7 +124,7 @@ def test_lora_recipe_fits_24gb_and_counts_adapters_like_peft(r1_path):
     assert lora_shape(shape, r=32).trainable == shape.trainable
     assert report.estimate.static[3].formula == "none (LoRA: the base with adapters off)"
     tiny = load_recipe("smoke", ["model.arch=qwen2", "model.num_kv_heads=2", "model.lora.r=4"])
-    from deepseek_rl.models import load_model, load_tokenizer
+    from deepseek_rl.models.loading import load_model, load_tokenizer
 
     policy = load_model(tiny.model, load_tokenizer(tiny.model), trainable=True)
     assert model_shape(tiny).trainable == sum(p.numel() for p in policy.parameters() if p.requires_grad)
@@ -191,8 +191,8 @@ def test_launch_configs_are_read_like_accelerate():
 
 def test_train_runs_the_preflight_first(monkeypatch, r1_path, tmp_path: Path):
     """With a device whose memory is known (here: a pretend 8 GB GPU), train stops before loading anything."""
-    import deepseek_rl.preflight as preflight
-    from deepseek_rl.train import train
+    import deepseek_rl.preflight.check as preflight
+    from deepseek_rl.stages.grpo import train
 
     monkeypatch.setattr(preflight, "detected_device_memory", lambda: 8 * GB)
     cfg = load_recipe("gsm8k_grpo_r1_distill", [f"model.path={r1_path}", "logger=none"])

@@ -2,7 +2,7 @@
 
 import json
 
-from deepseek_rl.reference_run import METRICS, rft_markdown, summary_markdown
+from deepseek_rl.tools.reference_run import METRICS, rft_markdown, summary_markdown
 
 
 def _metrics(value: float) -> dict[str, float]:

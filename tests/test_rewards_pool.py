@@ -108,8 +108,8 @@ def test_in_process_scoring_and_math_verify_off_the_main_thread():
 
 
 def test_reward_set_metrics_count_failures_per_step():
+    from deepseek_rl.algo.reward_set import RewardSet
     from deepseek_rl.config import RewardConfig
-    from deepseek_rl.scoring import RewardSet
 
     cfg = RewardConfig(
         weights={"format": 1.0, f"{HERE}:raises": 0.5, f"{HERE}:sleeps": 0.5},

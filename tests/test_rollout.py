@@ -7,11 +7,11 @@ import torch
 from torch import nn
 from transformers import LlamaConfig
 
-from deepseek_rl.char_tokenizer import build_char_tokenizer
+from deepseek_rl.algo.logprobs import completion_logprobs, position_ids_from_mask
 from deepseek_rl.config import ModelConfig, RolloutConfig
-from deepseek_rl.logprobs import completion_logprobs, position_ids_from_mask
-from deepseek_rl.models import load_model
-from deepseek_rl.rollout import RowUniforms, StopStrings, filter_logits, sample_completions, sample_tokens
+from deepseek_rl.models.char_tokenizer import build_char_tokenizer
+from deepseek_rl.models.loading import load_model
+from deepseek_rl.rollout.sampler import RowUniforms, StopStrings, filter_logits, sample_completions, sample_tokens
 
 
 def test_filter_logits_top_k_and_top_p():
@@ -191,7 +191,7 @@ def test_reward_columns_pass_unpadded_completion_ids():
 
 @pytest.mark.parametrize("temperature,dtype", [(1.0, torch.float32), (1.0, torch.float64), (0.7, torch.float64)])
 def test_token_logprobs_match_log_softmax_with_gradients(temperature, dtype):
-    from deepseek_rl.logprobs import TokenLogprobs
+    from deepseek_rl.algo.logprobs import TokenLogprobs
 
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(37, 50, generator=g, dtype=dtype)  # 37 rows: several blocks of 16

@@ -14,7 +14,7 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 
 from deepseek_rl.config import load_recipe
-from deepseek_rl.distributed import release_accelerator
+from deepseek_rl.infra.distributed import release_accelerator
 from deepseek_rl.paths import recipes_dir
 
 from .conftest import run_cli

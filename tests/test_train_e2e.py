@@ -11,7 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from deepseek_rl.config import load_recipe
-from deepseek_rl.models import load_model, load_tokenizer
+from deepseek_rl.models.loading import load_model, load_tokenizer
 
 from .conftest import run_cli
 

@@ -7,12 +7,12 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 
+from deepseek_rl.algo.update import UpdateSettings, update_policy
 from deepseek_rl.batch import LossInputs
-from deepseek_rl.char_tokenizer import build_char_tokenizer
-from deepseek_rl.config import AlgorithmConfig, Config, ModelConfig, TrainerConfig
-from deepseek_rl.models import load_model
-from deepseek_rl.train import lr_schedule
-from deepseek_rl.update import update_policy
+from deepseek_rl.config import AlgorithmConfig, Config, ModelConfig, TrainerConfig, grpo_plan
+from deepseek_rl.infra.optim import lr_schedule
+from deepseek_rl.models.char_tokenizer import build_char_tokenizer
+from deepseek_rl.models.loading import load_model
 
 
 def _fresh_accelerator(gradient_accumulation_steps: int) -> Accelerator:
@@ -48,13 +48,14 @@ def test_accumulated_micro_batches_equal_one_batch(loss_type):
         # plain SGD: the step is the gradient itself (Adam would amplify rounding in near-zero gradients)
         opt = torch.optim.SGD(model.parameters(), lr=cfg.algorithm.lr)
         model, opt = acc.prepare(model, opt)
-        sums = update_policy(acc, model, opt, lr_schedule(opt, cfg.optimizer, 10), inputs, cfg)
-        assert sums["tokens"].item() == inputs.loss_mask.sum().item()
+        settings = UpdateSettings(cfg.algorithm, grpo_plan(8, micro, 2, 1, 10, 1), 1.0, 5, 1.0)
+        sums = update_policy(acc, model, opt, lr_schedule(opt, cfg.optimizer, 10, 0), inputs, settings)
+        assert sums.tokens.item() == inputs.loss_mask.sum().item()
         params.append(
             (
                 torch.cat([p.detach().flatten() for p in model.parameters()]),
-                sums["loss"].item(),
-                sums["grad_norm"].item(),
+                sums.loss.item(),
+                sums.grad_norm.item(),
             )
         )
     (p1, loss1, norm1), (p4, loss4, norm4) = params

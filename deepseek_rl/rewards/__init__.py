@@ -21,6 +21,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
+from deepseek_rl.errors import ConfigError
 from deepseek_rl.rewards.basic import (
     answer_match,
     format_lenient,
@@ -60,8 +61,6 @@ INLINE = frozenset(
 
 def resolve_reward(name: str) -> RewardFunction:
     """The reward called `name` in the table, or the function at import path "module:function"."""
-    from deepseek_rl.config import ConfigError
-
     if name in REWARDS:
         return REWARDS[name]
     if ":" in name:
@@ -86,8 +85,6 @@ def check_reward_args(name: str, func: RewardFunction, args: dict[str, Any]) -> 
 
     Table rewards are checked by name (they take **kwargs only for the dataset columns); a user's function that
     takes **kwargs may accept anything."""
-    from deepseek_rl.config import ConfigError
-
     parameters = inspect.signature(func).parameters
     named = [p for p, v in parameters.items() if v.kind in (v.POSITIONAL_OR_KEYWORD, v.KEYWORD_ONLY)][1:]
     open_ended = name not in REWARDS and any(v.kind == v.VAR_KEYWORD for v in parameters.values())

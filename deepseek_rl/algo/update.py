@@ -1,0 +1,154 @@
+"""One policy update from scored rollouts: loss inputs, old/reference log-probs, micro-batched backward, step.
+
+Old log-probs are computed (without grad, before the first pass) only when num_iterations > 1; with a single
+pass the sampling policy is the current one and the ratio is exactly 1. Reference log-probs exist only when
+kl_coef > 0. Gradients accumulate over the micro-batches of the step with the normaliser of the whole step
+(see losses.py), so the accumulated gradient equals the gradient of one big batch. Each pass over the batch is one
+optimizer step and one LR-scheduler step (the schedule is sized by max_steps x num_iterations).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+from accelerate import Accelerator
+from torch import Tensor, nn
+
+from deepseek_rl.algo.logprobs import completion_logprobs
+from deepseek_rl.algo.losses import StepNormaliser, backward_scale, policy_loss
+from deepseek_rl.batch import LossInputs, ScoredBatch
+from deepseek_rl.config.plan import BatchPlan
+from deepseek_rl.config.schema import AlgorithmConfig
+
+
+@dataclass(frozen=True)
+class UpdateSettings:
+    """What the update reads from the config, fixed for the run."""
+
+    algorithm: AlgorithmConfig
+    plan: BatchPlan
+    temperature: float  # the sampling temperature: log-probs are those of the distribution that was sampled
+    max_completion_length: int  # dr_grpo's normaliser
+    max_grad_norm: float | None
+
+
+@dataclass
+class UpdateSums:
+    """Sums over the micro-batches of the last pass on this rank (they add up over ranks), and the grad norm."""
+
+    loss: Tensor  # this rank's share of the step loss
+    tokens: Tensor  # loss tokens
+    clipped_low: Tensor  # loss tokens where the low clip is active
+    clipped_high: Tensor
+    kl_sum: Tensor  # per-token KL summed over loss tokens
+    entropy_sum: Tensor
+    ratio_sum: Tensor
+    grad_norm: Tensor  # the last optimizer step's (pre-clip) gradient norm, NaN without clipping
+
+
+def build_loss_inputs(scored: ScoredBatch, mask_truncated: bool) -> LossInputs:
+    rollout = scored.rollout
+    loss_mask = rollout.completion_mask.float() * scored.loss_weight.unsqueeze(1)  # [N, C]
+    if mask_truncated:
+        loss_mask = loss_mask * (~rollout.truncated).float().unsqueeze(1)
+    return LossInputs(
+        input_ids=rollout.input_ids,
+        attention_mask=rollout.attention_mask,
+        loss_mask=loss_mask,
+        advantages=scored.advantages.to(loss_mask.device),
+        old_logprobs=None,
+        ref_logprobs=None,
+    )
+
+
+@torch.no_grad()
+def batched_logprobs(
+    model: nn.Module, inputs: LossInputs, micro_batch_size: int, temperature: float, chunk: int
+) -> Tensor:
+    """Log-probs [N, C] of the completions under `model`, one micro-batch at a time, without grad."""
+    parts = []
+    for start in range(0, len(inputs), micro_batch_size):
+        mb = inputs.rows(start, start + micro_batch_size)
+        logp, _ = completion_logprobs(model, mb.input_ids, mb.attention_mask, mb.completion_length, temperature, chunk)
+        parts.append(logp)
+    return torch.cat(parts)
+
+
+def add_old_and_ref_logprobs(
+    policy: nn.Module, reference: nn.Module | None, inputs: LossInputs, settings: UpdateSettings
+) -> LossInputs:
+    alg, micro, temp = settings.algorithm, settings.plan.micro_batch_size, settings.temperature
+    old = batched_logprobs(policy, inputs, micro, temp, alg.logprob_chunk_size) if alg.num_iterations > 1 else None
+    ref = batched_logprobs(reference, inputs, micro, temp, alg.logprob_chunk_size) if reference is not None else None
+    return inputs.with_logprobs(old, ref)
+
+
+def step_normaliser(accelerator: Accelerator, inputs: LossInputs, settings: UpdateSettings) -> StepNormaliser:
+    tokens = accelerator.reduce(inputs.loss_mask.sum().detach(), reduction="sum")
+    return StepNormaliser(
+        sequences_rank=len(inputs),
+        micro_batches=settings.plan.micro_batches,
+        tokens_global=float(tokens),
+        max_completion_length=settings.max_completion_length,
+    )
+
+
+def update_policy(
+    accelerator: Accelerator,
+    policy: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    inputs: LossInputs,
+    settings: UpdateSettings,
+) -> UpdateSums:
+    """num_iterations optimizer steps over the batch; returns the last pass's sums (for metrics) and grad norm."""
+    alg, micro = settings.algorithm, settings.plan.micro_batch_size
+    norm = step_normaliser(accelerator, inputs, settings)
+    # accelerate divides the loss by the accumulation steps; the normaliser already covers the whole step
+    scale = backward_scale(alg.loss_type, accelerator.num_processes) * accelerator.gradient_accumulation_steps
+    sums: dict[str, Tensor] = {}
+    grad_norm = torch.tensor(float("nan"))
+    for _ in range(alg.num_iterations):
+        sums = {}
+        for start in range(0, len(inputs), micro):
+            mb = inputs.rows(start, start + micro)
+            with accelerator.accumulate(policy):
+                logprobs, entropy = completion_logprobs(
+                    policy,
+                    mb.input_ids,
+                    mb.attention_mask,
+                    mb.completion_length,
+                    settings.temperature,
+                    alg.logprob_chunk_size,
+                    with_entropy=True,
+                    entropy_grad=alg.entropy_coef != 0,
+                )
+                terms = policy_loss(
+                    logprobs, mb.old_logprobs, mb.ref_logprobs, entropy, mb.advantages, mb.loss_mask, alg, norm
+                )
+                accelerator.backward(terms.loss * scale)
+                grad_norm = optimizer_step(accelerator, policy, optimizer, scheduler, settings.max_grad_norm, grad_norm)
+            for key, value in vars(terms).items():
+                sums[key] = sums.get(key, 0.0) + value.detach()
+    grad = torch.as_tensor(grad_norm if grad_norm is not None else float("nan")).detach().float()
+    return UpdateSums(grad_norm=grad, **{f.name: sums[f.name] for f in fields(UpdateSums) if f.name != "grad_norm"})
+
+
+def optimizer_step(
+    accelerator: Accelerator,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    max_grad_norm: float | None,
+    grad_norm: Tensor,
+) -> Tensor:
+    """Inside `accelerator.accumulate`: at the end of an accumulation, clip and step optimizer and scheduler (the
+    optimizer wrapper skips the step on other micro-batches). Returns the new grad norm, or the previous one."""
+    if accelerator.sync_gradients and max_grad_norm is not None:
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    if accelerator.sync_gradients:
+        scheduler.step()
+    optimizer.zero_grad()
+    return grad_norm

@@ -1,0 +1,68 @@
+"""The `deepseek-rl` command: one subcommand per job.
+
+deepseek-rl train [--config-name RECIPE] [key=value ...]   GRPO training (Hydra; default recipe: `default`)
+deepseek-rl eval --model DIR --data TASK|FILE --reward NAME  evaluate a model (see cli/evaluate.py)
+deepseek-rl score --reward NAME[,NAME...] --input rows.jsonl  score a JSONL file offline (see cli/score.py)
+deepseek-rl check --config-name RECIPE [--launch-config F]     preflight: batch, parameters, memory (see cli/check.py)
+deepseek-rl sweeps DIR [--metric reward] [--png out.png]      tabulate the runs of a sweep (see cli/sweeps.py)
+"""
+
+from __future__ import annotations
+
+import sys
+
+USAGE = """usage: deepseek-rl <command> [args]
+
+commands:
+  train   run a recipe from recipes/: deepseek-rl train [--config-name RECIPE] [key=value ...]
+          (Hydra options work too: -m for sweeps, --cfg job to print the composed config)
+  eval    evaluate a model directory: deepseek-rl eval --model DIR --data addition|rows.jsonl --reward NAME
+          [--samples 8] [--num-prompts 500] [--output samples.jsonl] (--help for more)
+  score   score a JSONL file with rewards: deepseek-rl score --reward NAME[,NAME...] --input rows.jsonl
+          [--completion-key completion] [--output scored.jsonl] (--help for more)
+  check   preflight a recipe without loading weights: deepseek-rl check --config-name RECIPE
+          [--launch-config launch/zero3.yaml] [--num-processes N] [--mixed-precision bf16] [--device-memory-gb 80]
+          [key=value ...] (--help for more)
+  sweeps  tabulate the runs under a sweep directory: deepseek-rl sweeps DIR [--metric reward] [--mode max|min]
+          [--png sweep.png] (--help for more)
+"""
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return
+    command, rest = argv[0], argv[1:]
+    if command == "train":
+        from deepseek_rl.cli import train
+
+        sys.argv = [f"{sys.argv[0]} train", *rest]  # Hydra parses sys.argv
+        train.main()
+        return
+    if command == "eval":
+        from deepseek_rl.cli import evaluate
+
+        evaluate.main(rest)
+        return
+    if command == "score":
+        from deepseek_rl.cli import score
+
+        score.main(rest)
+        return
+    if command == "check":
+        from deepseek_rl.cli import check
+
+        check.main(rest)
+        return
+    if command == "sweeps":
+        from deepseek_rl.cli import sweeps
+
+        sweeps.main(rest)
+        return
+    print(f"deepseek-rl: unknown command '{command}'\n\n{USAGE}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

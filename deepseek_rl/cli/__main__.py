@@ -1,0 +1,3 @@
+from deepseek_rl.cli import main
+
+main()

@@ -1,0 +1,48 @@
+"""`deepseek-rl train`: compose a recipe with Hydra, validate it, run its stages.
+
+    deepseek-rl train [--config-name RECIPE] [key=value ...]
+    accelerate launch --config_file launch/zero2.yaml -m deepseek_rl.train --config-name RECIPE
+
+A configuration, data or launch error ends in one line on stderr and exit status 2; a preempted run (SIGTERM) in
+one line and exit status 75 after its checkpoint was written.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from deepseek_rl.config.schema import Config
+from deepseek_rl.errors import ConfigError, DataError, LaunchError
+from deepseek_rl.infra.distributed import release_accelerator
+from deepseek_rl.infra.preemption import PREEMPTED_EXIT, Preempted
+from deepseek_rl.infra.sweep import current_job, job_logger
+from deepseek_rl.paths import recipes_dir
+from deepseek_rl.stages.pipeline import run_stages
+
+
+def run(dcfg: DictConfig) -> Path:
+    """Validate the composed recipe and run its stages (GRPO alone by default)."""
+    try:
+        cfg: Config = OmegaConf.to_object(dcfg)
+        cfg.logger = job_logger(cfg.logger, current_job())  # a multirun job logs to its sweep's wandb group
+        output_dir = Path(cfg.trainer.output_dir or HydraConfig.get().runtime.output_dir)
+        run_stages(cfg, output_dir)
+        return output_dir
+    except (ConfigError, DataError, LaunchError) as err:
+        print(f"deepseek-rl: configuration error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except Preempted as stop:
+        print(f"deepseek-rl: {stop}; resume with trainer.resume=auto", file=sys.stderr)
+        sys.exit(PREEMPTED_EXIT)
+    finally:
+        release_accelerator()  # the next job of a multirun (same process) starts from a clean accelerate state
+
+
+@hydra.main(config_path=str(recipes_dir()), config_name="default", version_base="1.3")
+def main(dcfg: DictConfig) -> None:
+    run(dcfg)

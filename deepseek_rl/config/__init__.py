@@ -1,0 +1,49 @@
+"""Configuration: typed dataclasses per recipe group (schema.py, data.py, stages.py, lora.py), their checks
+(checks.py), the batch plan derived once per stage (plan.py), and Hydra registration (store.py).
+
+`from deepseek_rl.config import Config, load_recipe` is the public surface; modules inside this package import
+each other by their own paths, never through this file.
+"""
+
+from deepseek_rl.config.data import DataConfig
+from deepseek_rl.config.lora import LoraConfig
+from deepseek_rl.config.plan import BatchPlan, finetune_plan, grpo_plan
+from deepseek_rl.config.schema import (
+    STAGES,
+    AlgorithmConfig,
+    Config,
+    LoggerConfig,
+    ModelConfig,
+    OptimizerConfig,
+    RewardConfig,
+    RolloutConfig,
+    TrainerConfig,
+    model_context_length,
+)
+from deepseek_rl.config.stages import EvalConfig, RFTConfig, SFTConfig
+from deepseek_rl.config.store import load_recipe, register_configs
+from deepseek_rl.errors import ConfigError
+
+__all__ = [
+    "STAGES",
+    "AlgorithmConfig",
+    "BatchPlan",
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "EvalConfig",
+    "LoggerConfig",
+    "LoraConfig",
+    "ModelConfig",
+    "OptimizerConfig",
+    "RFTConfig",
+    "RewardConfig",
+    "RolloutConfig",
+    "SFTConfig",
+    "TrainerConfig",
+    "finetune_plan",
+    "grpo_plan",
+    "load_recipe",
+    "model_context_length",
+    "register_configs",
+]

@@ -1,0 +1,311 @@
+"""Typed configuration: one dataclass per recipe group, registered in Hydra's ConfigStore.
+
+Recipes in `recipes/` compose these groups (model, data, rollout, reward, algorithm, optimizer, trainer, logger).
+Hydra checks key names and types while composing; `__post_init__` checks values, and `Config.__post_init__`
+checks how the groups fit together. Every error is a `ConfigError` that names the key and says how to fix it, and
+all of it runs before any model is loaded. Below the entry point code receives these dataclasses, never a DictConfig.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from deepseek_rl.config.checks import one_of, require
+from deepseek_rl.config.data import DataConfig
+from deepseek_rl.config.lora import LoraConfig
+from deepseek_rl.config.plan import BatchPlan, grpo_plan
+from deepseek_rl.config.stages import EvalConfig, RFTConfig, SFTConfig
+
+
+@dataclass
+class ModelConfig:
+    # A local Hugging Face model directory or a Hub id (owner/name; needs network or the local HF cache).
+    # None: build a tiny randomly initialised model from the fields below.
+    path: str | None = None
+    # "char" (built-in character tokenizer), a local tokenizer directory or a Hub id. None: the tokenizer of `path`.
+    tokenizer: str | None = "char"
+    # Tiny-model architecture (only used when path is None).
+    arch: str = "llama"
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 4
+    intermediate_size: int = 256
+    max_position_embeddings: int = 256
+    tie_word_embeddings: bool = True
+    # Parameter dtype of the policy (and reference model).
+    dtype: str = "float32"
+    attn_implementation: str = "sdpa"
+    # Recompute each decoder layer's activations in the backward pass (keeps only layer inputs: far less memory).
+    gradient_checkpointing: bool = False
+    # PEFT LoRA adapters instead of full fine-tuning (model.lora.r > 0 turns it on; see docs/recipes.md).
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+    def __post_init__(self) -> None:
+        one_of("model.arch", self.arch, ("llama", "qwen2"))
+        one_of("model.dtype", self.dtype, ("float32", "bfloat16", "float16"))
+        require(
+            self.path is not None or self.tokenizer is not None,
+            "model.tokenizer=null needs model.path: a tiny model has no tokenizer of its own; "
+            "set model.tokenizer=char or a tokenizer directory",
+        )
+        if self.path is None:
+            require(
+                self.hidden_size % self.num_heads == 0,
+                f"model.hidden_size={self.hidden_size} is not divisible by model.num_heads={self.num_heads}",
+            )
+            require(
+                self.num_heads % self.num_kv_heads == 0,
+                f"model.num_heads={self.num_heads} is not divisible by model.num_kv_heads={self.num_kv_heads}",
+            )
+
+
+@dataclass
+class RolloutConfig:
+    # Prompts longer than this (in tokens) are rejected with an error naming the row.
+    max_prompt_length: int = 64
+    max_completion_length: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    # 0 disables top-k.
+    top_k: int = 0
+    # Generation of a completion also stops after any of these strings (besides EOS).
+    stop_strings: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        require(self.max_prompt_length >= 1, f"rollout.max_prompt_length={self.max_prompt_length} must be >= 1")
+        require(
+            self.max_completion_length >= 1, f"rollout.max_completion_length={self.max_completion_length} must be >= 1"
+        )
+        require(self.temperature >= 0, f"rollout.temperature={self.temperature} must be >= 0 (0: greedy)")
+        require(0 < self.top_p <= 1, f"rollout.top_p={self.top_p} must be in (0, 1]")
+        require(self.top_k >= 0, f"rollout.top_k={self.top_k} must be >= 0 (0 disables it)")
+
+
+@dataclass
+class RewardConfig:
+    # Reward name -> weight in the total reward. Names come from the reward table (deepseek_rl.rewards.REWARDS)
+    # or are "module:function" import paths to your own `reward(completions, **columns)`.
+    # null: {answer_match: 1.0}.
+    weights: dict[str, float] | None = None
+    # Extra keyword arguments per reward name, e.g. {soft_overlong: {buffer_length: 32}}.
+    args: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Worker processes that score the non-text rewards (math, code, your own), one sample per task.
+    # null: the cores of this machine shared among its ranks; 0: score in the trainer process, without timeouts.
+    num_workers: int | None = None
+    # Seconds one reward may spend on one sample in a worker; then the worker is killed and replaced.
+    # A reward with a `timeout` argument of its own (code, binary_code) gets at least that plus 2 s.
+    timeout: float = 10.0
+    # Score of a sample whose reward timed out or raised (counted in reward/<name>/timeouts and /errors):
+    # 0.0, or null for "cannot be scored" (then it counts 0 in the total and is left out of the reward's mean).
+    on_failure: float | None = 0.0
+
+    def __post_init__(self) -> None:
+        from deepseek_rl.rewards import check_reward_args, resolve_reward
+
+        if self.weights is None:
+            self.weights = {"answer_match": 1.0}
+        require(
+            len(self.weights) > 0,
+            "reward.weights is empty: give at least one reward, e.g. reward.weights={answer_match: 1.0}",
+        )
+        for name in self.weights:
+            resolve_reward(name)  # raises ConfigError naming the reward
+        for name in self.args:
+            require(name in self.weights, f"reward.args.{name} is set but '{name}' is not in reward.weights")
+            check_reward_args(name, resolve_reward(name), self.args[name])
+        require(
+            self.num_workers is None or self.num_workers >= 0,
+            f"reward.num_workers={self.num_workers} must be >= 0 (0: in the trainer process; null: one per core)",
+        )
+        require(self.timeout > 0, f"reward.timeout={self.timeout} must be > 0 seconds")
+
+
+@dataclass
+class AlgorithmConfig:
+    # G: completions sampled per prompt; advantages are computed within each group of G.
+    num_generations: int = 8
+    # Peak learning rate of the policy optimizer (the step size is part of the RL algorithm's recipe).
+    lr: float = 3e-5
+    # How per-token losses become one number: grpo | bnpo | dr_grpo | dapo (see docs/algorithms.md).
+    loss_type: str = "dapo"
+    # Advantage scaling: group (divide by the group's std), batch (by the batch std), none (Dr. GRPO).
+    scale_rewards: str = "group"
+    adv_eps: float = 1e-4
+    # Clipped surrogate: ratio clipped to [1 - clip_eps_low, 1 + clip_eps_high].
+    clip_eps_low: float = 0.2
+    clip_eps_high: float = 0.2
+    # Dual clip: cap on the ratio's contribution when the advantage is negative (null: off).
+    dual_clip: float | None = None
+    # token: per-token ratios (GRPO); sequence / sequence_token: GSPO's sequence-level ratio.
+    importance_sampling: str = "token"
+    # KL penalty to a frozen reference model; the reference model is built only when this is non-zero.
+    kl_coef: float = 0.0
+    kl_estimator: str = "k3"
+    # Optimisation passes over each rollout batch (mu). With 1 the ratio is exactly 1.
+    num_iterations: int = 1
+    entropy_coef: float = 0.0
+    # Mask completions cut at max_completion_length out of the loss (DAPO's overlong filtering).
+    mask_truncated: bool = False
+    # DAPO dynamic sampling: drop groups with zero reward variance and sample more prompts, at most
+    # max_sampling_rounds extra generation rounds per step.
+    dynamic_sampling: bool = False
+    max_sampling_rounds: int = 3
+    # Rows of the batch whose log-probs are computed at once from the logits (bounds fp32 memory).
+    logprob_chunk_size: int = 4
+
+    def __post_init__(self) -> None:
+        require(
+            self.num_generations >= 2,
+            f"algorithm.num_generations={self.num_generations}: GRPO needs at least 2 completions per prompt for a "
+            "group baseline; set algorithm.num_generations to 2 or more (8 or 16 are typical)",
+        )
+        require(self.lr > 0, f"algorithm.lr={self.lr} must be > 0")
+        one_of("algorithm.loss_type", self.loss_type, ("grpo", "bnpo", "dr_grpo", "dapo"))
+        one_of("algorithm.scale_rewards", self.scale_rewards, ("group", "batch", "none"))
+        one_of("algorithm.importance_sampling", self.importance_sampling, ("token", "sequence", "sequence_token"))
+        one_of("algorithm.kl_estimator", self.kl_estimator, ("k1", "k2", "k3"))
+        require(self.kl_coef >= 0, f"algorithm.kl_coef={self.kl_coef} must be >= 0")
+        require(self.clip_eps_low >= 0 and self.clip_eps_high >= 0, "algorithm.clip_eps_low/high must be >= 0")
+        require(
+            self.dual_clip is None or self.dual_clip > 1, f"algorithm.dual_clip={self.dual_clip} must be > 1 or null"
+        )
+        require(self.num_iterations >= 1, f"algorithm.num_iterations={self.num_iterations} must be >= 1")
+        require(self.max_sampling_rounds >= 0, f"algorithm.max_sampling_rounds={self.max_sampling_rounds} must be >= 0")
+        require(self.logprob_chunk_size >= 1, f"algorithm.logprob_chunk_size={self.logprob_chunk_size} must be >= 1")
+
+
+@dataclass
+class OptimizerConfig:
+    # AdamW; the learning rate is algorithm.lr.
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    # constant | linear | cosine decay after warmup.
+    schedule: str = "constant"
+    # Gradient-norm clipping (null: off).
+    max_grad_norm: float | None = 1.0
+
+    def __post_init__(self) -> None:
+        require(len(self.betas) == 2, f"optimizer.betas={self.betas} must be two numbers, e.g. [0.9, 0.99]")
+        one_of("optimizer.schedule", self.schedule, ("constant", "linear", "cosine"))
+        require(self.warmup_steps >= 0, f"optimizer.warmup_steps={self.warmup_steps} must be >= 0")
+
+
+@dataclass
+class TrainerConfig:
+    # Completions per optimizer step across all ranks: (prompts per step) x num_generations.
+    batch_size: int = 64
+    # Completions per forward/backward on one rank; the step accumulates gradients over micro-batches.
+    micro_batch_size: int = 16
+    max_steps: int = 20
+    seed: int = 0
+    # null: Hydra's run directory.
+    output_dir: str | None = None
+    # Write a checkpoint every N steps (0: only the final export).
+    save_every: int = 0
+    keep_last: int = 2
+    # never | auto (newest complete checkpoint in output_dir) | a checkpoint directory.
+    resume: str = "never"
+    # Save the final policy in Hugging Face format to <output_dir>/final.
+    save_final: bool = True
+    # The preflight check before any model loads (deepseek_rl/preflight.py): error (stop when the memory estimate
+    # exceeds the detected device memory, or the precision cannot train) | warn (print and go on) | off.
+    preflight: str = "error"
+
+    def __post_init__(self) -> None:
+        one_of("trainer.preflight", self.preflight, ("error", "warn", "off"))
+        require(self.batch_size >= 1, f"trainer.batch_size={self.batch_size} must be >= 1")
+        require(self.micro_batch_size >= 1, f"trainer.micro_batch_size={self.micro_batch_size} must be >= 1")
+        require(self.max_steps >= 1, f"trainer.max_steps={self.max_steps} must be >= 1")
+        require(self.save_every >= 0, f"trainer.save_every={self.save_every} must be >= 0")
+
+
+@dataclass
+class LoggerConfig:
+    # wandb | none (metrics.jsonl in the run directory is always written).
+    kind: str = "wandb"
+    project: str = "deepseek-rl"
+    entity: str | None = None
+    group: str | None = None
+    name: str | None = None
+    # auto: online when an API key is configured, offline otherwise.
+    mode: str = "auto"
+    tags: list[str] = field(default_factory=list)
+    # The run's Hydra overrides ("key=value"); filled in by `deepseek-rl train`, logged in the wandb run config and
+    # summary.json. In a multirun, group and name default to the sweep and the swept values (docs/sweeps.md).
+    overrides: list[str] = field(default_factory=list)
+    # Every N GRPO steps (and at step 1), a table of sampled groups (prompt, G completions, reward terms, advantage,
+    # length, truncated) to wandb and <run>/rollouts/{jsonl,parquet}/step_<N>.* (0: never).
+    rollout_table_every: int = 10
+    # Groups (one prompt with its G completions) per rollout table, the first ones of rank 0's batch.
+    rollout_table_groups: int = 4
+
+    def __post_init__(self) -> None:
+        one_of("logger.kind", self.kind, ("wandb", "none"))
+        one_of("logger.mode", self.mode, ("auto", "online", "offline", "disabled"))
+        require(self.rollout_table_every >= 0, f"logger.rollout_table_every={self.rollout_table_every} must be >= 0")
+        require(self.rollout_table_groups >= 1, f"logger.rollout_table_groups={self.rollout_table_groups} must be >= 1")
+
+
+STAGES = ("sft", "grpo", "rft", "eval")
+
+
+@dataclass
+class Config:
+    # The stages to run, in order, each starting from the previous one's checkpoint: sft, grpo, rft, eval.
+    stages: list[str] = field(default_factory=lambda: ["grpo"])
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    rft: RFTConfig = field(default_factory=RFTConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        require(len(self.stages) > 0, "stages is empty: give at least one of sft, grpo, rft, eval")
+        for stage in self.stages:
+            one_of("stages", stage, STAGES)
+        self.grpo_plan(world_size=1)
+        for stage in ("sft", "rft"):
+            if stage in self.stages:
+                getattr(self, stage).plan(world_size=1)
+        self.check_lengths()
+        require(
+            "grpo" not in self.stages or self.rollout.temperature > 0,
+            "rollout.temperature=0 is greedy decoding; GRPO needs sampled groups: set rollout.temperature > 0",
+        )
+
+    def grpo_plan(self, world_size: int) -> BatchPlan:
+        """The GRPO step's batch plan on `world_size` ranks (ConfigError when the batch does not divide)."""
+        t, alg = self.trainer, self.algorithm
+        return grpo_plan(
+            t.batch_size, t.micro_batch_size, alg.num_generations, alg.num_iterations, t.max_steps, world_size
+        )
+
+    def check_lengths(self) -> None:
+        """Prompt + completion must fit the model's context."""
+        context = model_context_length(self.model)
+        total = self.rollout.max_prompt_length + self.rollout.max_completion_length
+        require(
+            total <= context,
+            f"rollout.max_prompt_length + rollout.max_completion_length = {total} does not fit the model's context "
+            f"of {context} tokens (max_position_embeddings): shorten them"
+            + (", or raise model.max_position_embeddings" if self.model.path is None else ""),
+        )
+
+
+def model_context_length(model: ModelConfig) -> int:
+    """The model's max_position_embeddings, read from config.json (local or Hub) without loading weights."""
+    if model.path is None:
+        return model.max_position_embeddings
+    from deepseek_rl.hub import load_model_config
+
+    return int(getattr(load_model_config(model.path), "max_position_embeddings", 2048))

@@ -1,0 +1,31 @@
+"""Hydra registration of the schema, and composing a recipe from Python (tests, `deepseek-rl check`)."""
+
+from __future__ import annotations
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
+
+from deepseek_rl.config.schema import Config
+from deepseek_rl.paths import recipes_dir, shared_dir
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    schema = OmegaConf.structured(Config)
+    schema.reward.weights = None  # a recipe's reward weights replace the default instead of merging into it
+    cs.store(name="deepseek_rl_schema", node=schema)
+    OmegaConf.register_new_resolver("shared", lambda sub="": str(shared_dir() / sub), replace=True)
+
+
+def load_recipe(name: str, overrides: list[str] | None = None) -> Config:
+    """Compose a recipe from `recipes/` with Hydra overrides and validate it (without running anything)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(recipes_dir()), version_base="1.3"):
+        composed = compose(config_name=name, overrides=list(overrides or []))
+    return OmegaConf.to_object(composed)
+
+
+register_configs()

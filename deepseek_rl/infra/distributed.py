@@ -1,0 +1,163 @@
+"""The distributed surface: building the Accelerator, the reference model, generation under ZeRO-3, agreement.
+
+`accelerate launch` picks the backend (one process, DDP, DeepSpeed ZeRO-2/3, FSDP2) from its config file; the
+training code is the same for all. Two CPU traps are handled here (see docs/distributed.md): DDP on CPU needs
+ACCELERATE_USE_CPU, or accelerate silently runs unsynchronised copies; DeepSpeed on CPU needs a gloo process group.
+Gradient accumulation is owned by deepseek-rl (micro-batches per step follow from trainer.batch_size and
+trainer.micro_batch_size), and DeepSpeed's micro-batch size and gradient clipping are set from the same config.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
+from accelerate.utils import DistributedType, InitProcessGroupKwargs, broadcast_object_list
+from torch import nn
+
+from deepseek_rl.config.plan import BatchPlan
+from deepseek_rl.errors import LaunchError
+from deepseek_rl.models.loading import gathered
+
+__all__ = ["LaunchError", "make_accelerator", "release_accelerator"]
+
+
+def launched_world_size() -> int:
+    """The number of processes the launcher started (known before the Accelerator exists)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def make_accelerator(plan: BatchPlan, max_grad_norm: float | None) -> Accelerator:
+    """The Accelerator of one stage: gradient accumulation over the plan's micro-batches, DeepSpeed's batch sizes
+    and clipping set to match (a stage after another in the same process gets a fresh accelerate state)."""
+    world = launched_world_size()
+    gradient_accumulation_steps = plan.micro_batches
+    release_accelerator(keep_process_group=True)
+    distributed_cpu = world > 1 and not torch.cuda.is_available()
+    if distributed_cpu and os.environ.get("ACCELERATE_USE_DEEPSPEED") != "true":
+        os.environ.setdefault("ACCELERATE_USE_CPU", "true")  # DDP over gloo
+    os.environ.pop("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", None)  # ours follows from the batch sizes
+    handlers = [InitProcessGroupKwargs(backend="gloo")] if distributed_cpu else []
+    accelerator = Accelerator(gradient_accumulation_steps=gradient_accumulation_steps, kwargs_handlers=handlers)
+    if accelerator.num_processes != world or (world > 1 and accelerator.distributed_type == DistributedType.NO):
+        raise LaunchError(
+            f"the launcher started {world} processes but accelerate runs them as {accelerator.distributed_type} with "
+            f"world size {accelerator.num_processes}: they would train unsynchronised. Use a config from launch/."
+        )
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        ds = accelerator.state.deepspeed_plugin.deepspeed_config
+        ds["train_micro_batch_size_per_gpu"] = plan.micro_batch_size
+        ds["gradient_accumulation_steps"] = gradient_accumulation_steps
+        ds["train_batch_size"] = plan.micro_batch_size * gradient_accumulation_steps * world
+        ds["gradient_clipping"] = max_grad_norm if max_grad_norm is not None else 0.0
+    return accelerator
+
+
+def is_zero3(accelerator: Accelerator) -> bool:
+    return (
+        accelerator.distributed_type == DistributedType.DEEPSPEED and accelerator.state.deepspeed_plugin.zero_stage == 3
+    )
+
+
+def prepare_reference(accelerator: Accelerator, reference: nn.Module) -> nn.Module:
+    """The frozen reference model on the training backend, without optimizer state.
+
+    Under DeepSpeed it becomes an inference engine: partitioned like the policy under ZeRO-3, replicated otherwise.
+    """
+    reference.eval().requires_grad_(False)
+    if accelerator.distributed_type != DistributedType.DEEPSPEED:
+        return reference.to(accelerator.device)
+    import deepspeed
+
+    ds = copy.deepcopy(accelerator.state.deepspeed_plugin.deepspeed_config)
+    for key in ("optimizer", "scheduler"):
+        ds.pop(key, None)
+    if ds["zero_optimization"]["stage"] != 3:
+        ds["zero_optimization"] = {"stage": 0}
+    engine, *_ = deepspeed.initialize(model=reference, config=ds)
+    engine.eval()
+    return engine
+
+
+@contextmanager
+def generation_model(accelerator: Accelerator, model: nn.Module) -> Iterator[nn.Module]:
+    """The bare policy for sampling. Under ZeRO-3 its parameters are gathered once for the whole rollout phase,
+    and ZeRO-3's per-module forward hooks are lifted meanwhile (with the parameters already whole they only add
+    Python overhead to every decoded token), then put back for training."""
+    unwrapped = accelerator.unwrap_model(model)
+    if not is_zero3(accelerator):
+        yield unwrapped
+        return
+    import deepspeed
+
+    offload = getattr(getattr(model, "optimizer", None), "parameter_offload", None)
+    can_lift = hasattr(offload, "_remove_module_hooks") and hasattr(offload, "setup_zero_stage3_hooks")
+    with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
+        if can_lift:
+            offload._remove_module_hooks()
+        try:
+            yield unwrapped
+        finally:
+            if can_lift:
+                offload.setup_zero_stage3_hooks()
+
+
+def parameter_digest(model: nn.Module) -> tuple[str, int]:
+    """sha256 of the full parameters in name order (gathered one at a time under ZeRO-3), and this rank's share
+    of the elements (smaller than the model under ZeRO-3: evidence that it is really partitioned)."""
+    digest, local = hashlib.sha256(), 0
+    for _, param in sorted(model.named_parameters()):
+        local += param.ds_tensor.numel() if hasattr(param, "ds_tensor") else param.numel()
+        with gathered(param):
+            digest.update(param.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest(), local
+
+
+def write_rank_report(accelerator: Accelerator, model: nn.Module, directory: Path) -> None:
+    """`<directory>/rank-<r>.json` per rank: what each rank saw, so a run can be checked for agreement."""
+    digest, local = parameter_digest(accelerator.unwrap_model(model))
+    report = {
+        "rank": accelerator.process_index,
+        "world_size": accelerator.num_processes,
+        "distributed_type": str(accelerator.distributed_type),
+        "parameter_sha256": digest,
+        "local_parameter_elements": local,
+    }
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"rank-{accelerator.process_index}.json").write_text(json.dumps(report))
+
+
+def release_accelerator(keep_process_group: bool = False) -> None:
+    """Forget the finished run's accelerate state, so that the next run in this process builds its own: clear
+    accelerate's singletons (AcceleratorState, GradientState), which a new Accelerator would otherwise inherit.
+    Between the stages of one pipeline the process group stays (`keep_process_group`); after the last stage (or
+    between the jobs of a Hydra multirun) it is destroyed with the PartialState."""
+    if not keep_process_group and torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    AcceleratorState._reset_state(reset_partial_state=not keep_process_group)
+    GradientState._reset_state()
+
+
+def broadcast_value(accelerator: Accelerator, value: Any) -> Any:
+    """Rank 0's value on every rank (e.g. the run directory, which Hydra names by the clock on each rank)."""
+    if accelerator.num_processes == 1:
+        return value
+    box = [value]
+    broadcast_object_list(box, from_process=0)
+    return box[0]
+
+
+def any_rank(accelerator: Accelerator, flag: bool) -> bool:
+    """True on every rank if it is true on any (e.g. a preemption signal that reached one rank first)."""
+    if accelerator.num_processes == 1:
+        return flag
+    return bool(accelerator.reduce(torch.tensor(float(flag), device=accelerator.device), reduction="sum").item() > 0)

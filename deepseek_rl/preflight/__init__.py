@@ -1,0 +1,2 @@
+"""The preflight check: will a recipe fit this launch and hardware, answered before any weight loads (check.py),
+with its memory model (memory.py) and printed report (report.py)."""

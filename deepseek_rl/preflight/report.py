@@ -1,0 +1,94 @@
+"""The preflight check's printed report: model, launch, how the batch divides, tokens per step, memory table."""
+
+from __future__ import annotations
+
+from deepseek_rl.config.schema import Config
+from deepseek_rl.preflight.memory import GB, HEADROOM, Launch, MemoryEstimate, ModelShape, Term
+
+BACKENDS = {"single": "one process", "ddp": "DDP", "fsdp": "FSDP"}
+
+
+def launch_text(launch: Launch) -> str:
+    kind = BACKENDS.get(launch.backend, f"DeepSpeed ZeRO-{launch.zero_stage}")
+    offload = [w for w, on in (("optimizer", launch.offload_optimizer), ("parameters", launch.offload_params)) if on]
+    extra = f", {' and '.join(offload)} offloaded to CPU" if offload else ""
+    precision = "fp32" if launch.mixed_precision == "no" else f"{launch.mixed_precision} mixed precision"
+    source = "" if launch.source == kind else f"{launch.source}: "
+    return f"{source}{kind}, {precision}{extra}, {launch.world_size} process(es)"
+
+
+def batch_lines(cfg: Config, world: int) -> list[str]:
+    t, g = cfg.trainer, cfg.algorithm.num_generations
+    prompts = t.batch_size // g
+    per_rank = t.batch_size / world
+    micro = per_rank / t.micro_batch_size
+    lines = [
+        f"  batch     {t.batch_size} completions per step = {prompts} prompts x G={g} (a group stays on one rank)",
+        f"            {world} rank(s): {prompts / world:g} prompts = {per_rank:g} completions per rank, "
+        f"{micro:g} micro-batch(es) of {t.micro_batch_size} (gradient accumulation steps: {micro:g})",
+    ]
+    if cfg.algorithm.dynamic_sampling:
+        lines.append(f"            dynamic sampling: up to {cfg.algorithm.max_sampling_rounds} extra generation rounds")
+    return lines
+
+
+def token_lines(cfg: Config) -> list[str]:
+    b, p, c = cfg.trainer.batch_size, cfg.rollout.max_prompt_length, cfg.rollout.max_completion_length
+    rounds = 1 + (cfg.algorithm.max_sampling_rounds if cfg.algorithm.dynamic_sampling else 0)
+    more = f" (up to x{rounds} with dynamic sampling)" if rounds > 1 else ""
+    return [
+        f"  tokens    per step: generated <= {b * c:,} ({b} x {c:,}){more}; "
+        f"trained <= {b * (p + c):,} ({b} x ({p:,} + {c:,}), padded)"
+    ]
+
+
+def model_lines(cfg: Config, shape: ModelShape) -> list[str]:
+    source = cfg.model.path or f"tiny {cfg.model.arch} (tokenizer {cfg.model.tokenizer})"
+    trainable = (
+        f"{shape.trainable:,} trainable (LoRA r={cfg.model.lora.r})"
+        if shape.lora
+        else "all trainable (full fine-tuning)"
+    )
+    return [
+        f"  model     {source}: {shape.parameters:,} parameters ({shape.parameters / 1e9:.2f} B), {trainable}",
+        f"            {shape.layers} layers, hidden {shape.hidden}, MLP {shape.intermediate}, {shape.heads} heads / "
+        f"{shape.kv_heads} KV heads x {shape.head_dim}, vocabulary {shape.vocab:,}; dtype {cfg.model.dtype}, "
+        f"gradient checkpointing {'on' if cfg.model.gradient_checkpointing else 'off'}",
+    ]
+
+
+def term_line(term: Term) -> str:
+    return f"    {term.name:<36} {term.bytes / GB:9.2f}   {term.formula}"
+
+
+def memory_lines(est: MemoryEstimate, device_memory: float | None) -> list[str]:
+    lines = ["", "  memory per device (GB = 1e9 bytes)"]
+    lines += [term_line(t) for t in est.static]
+    lines.append(f"    {'= static':<36} {est.static_bytes / GB:9.2f}")
+    for phase, terms in (("rollout", est.rollout), ("evaluation", est.evaluation), ("training", est.training)):
+        if terms:
+            lines += [term_line(t) for t in terms]
+            lines.append(f"    {'= ' + phase + ' peak':<36} {est.total(phase) / GB:9.2f}   static + the lines above")
+    phase, peak = est.peak()
+    if device_memory:
+        budget = device_memory * HEADROOM
+        lines.append(
+            f"    {'device budget':<36} {budget / GB:9.2f}   {device_memory / GB:.1f} GB x {HEADROOM} (the rest: "
+            f"CUDA context, NCCL, fragmentation); peak {peak / GB:.1f} GB in the {phase} phase"
+        )
+    else:
+        lines.append(f"    peak {peak / GB:.1f} GB in the {phase} phase; no device memory given or detected")
+    return lines
+
+
+def describe(
+    cfg: Config, launch: Launch, shape: ModelShape, est: MemoryEstimate, device_memory: float | None, name: str
+) -> list[str]:
+    header = f"deepseek-rl check{': ' + name if name else ''}"
+    return (
+        [header, f"  launch    {launch_text(launch)}"]
+        + model_lines(cfg, shape)
+        + batch_lines(cfg, launch.world_size)
+        + token_lines(cfg)
+        + memory_lines(est, device_memory)
+    )

@@ -1,0 +1,109 @@
+"""Rollout engines: what the stages call to sample completions, whichever engine does the sampling.
+
+The contract (every engine keeps it): `generate` returns G completions per prompt, groups contiguous, sampled with
+`rollout.*` (temperature, top-p, top-k, max_completion_length, EOS and stop strings); the completion token ids are
+the ones the engine sampled (the trainer scores exactly those, never a re-tokenization of the text); the sampling
+noise of row i of a step's global batch is a function of (seed, i), so 1 or N ranks and a resumed run sample alike.
+
+A stage opens a `session()` around each rollout phase: the built-in engine gathers ZeRO-3 parameters there once for
+all the phase's decoding; an engine with its own copy of the weights (vLLM) wakes up and loads the policy's
+weights there if `policy_updated()` was called since it last did.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from accelerate import Accelerator
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from deepseek_rl.batch import PromptBatch, RolloutBatch
+from deepseek_rl.config.schema import RolloutConfig
+from deepseek_rl.data.prompts import PromptSet
+from deepseek_rl.infra.distributed import generation_model
+from deepseek_rl.rollout.sampler import RowUniforms, generate_rollouts
+
+
+class RolloutEngine:
+    """The interface; `complete` (evaluation, rejection sampling) is built on `generate`."""
+
+    tokenizer: PreTrainedTokenizerBase
+
+    @contextmanager
+    def session(self) -> Iterator[None]:
+        yield
+
+    def generate(
+        self, prompts: PromptBatch, group_size: int, cfg: RolloutConfig, seed: int, first_row: int, total_rows: int
+    ) -> RolloutBatch:
+        """B prompts -> B * G completions; `first_row` is this batch's first row in a global batch of `total_rows`,
+        whose sampling noise is seeded by `seed`. Call inside `session()`."""
+        raise NotImplementedError
+
+    def policy_updated(self) -> None:
+        """The policy's weights changed (an optimizer step): an engine with its own copy reloads them."""
+
+    def close(self) -> None:
+        """Release what the engine holds (processes, device memory)."""
+
+    def complete(
+        self, prompts: PromptSet, count: int, n: int, cfg: RolloutConfig, seed: int, batch_size: int, first: int = 0
+    ) -> Iterator[RolloutBatch]:
+        """n completions for each of the prompts [first, first + count), as RolloutBatches of whole groups (at most
+        `batch_size` completions each), in order. Batches start at multiples of batch_size // n counted from prompt
+        0, and their noise is seeded by (seed, that start), so a range split at those multiples over several ranks
+        samples what one process would. Opens its own session."""
+        per_batch = max(1, batch_size // n)
+        stop = min(first + count, len(prompts))
+        with self.session():
+            for start in range(first, stop, per_batch):
+                indices = list(range(start, min(start + per_batch, stop)))
+                batch = prompts.batch(indices, self.tokenizer.pad_token_id)
+                rows = len(indices) * n
+                yield self.generate(batch, n, cfg, seed * 7919 + start, 0, rows)
+
+
+class BuiltinEngine(RolloutEngine):
+    """The KV-cached sampler of rollout/sampler.py on the policy itself (no copy of the weights, nothing to sync).
+
+    With an accelerator the policy is the prepared (wrapped) model: the session gathers ZeRO-3 parameters once.
+    Without one, `model` is a plain model (evaluation of a checkpoint)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: PreTrainedTokenizerBase,
+        eos_ids: list[int],
+        accelerator: Accelerator | None = None,
+    ):
+        self.model, self.tokenizer, self.eos_ids, self.accelerator = model, tokenizer, eos_ids, accelerator
+        self._bare: nn.Module | None = None
+
+    @contextmanager
+    def session(self) -> Iterator[None]:
+        if self._bare is not None:  # nested (a held-out evaluation inside a stage's session)
+            yield
+            return
+        if self.accelerator is None:
+            self._bare = self.model
+            try:
+                yield
+            finally:
+                self._bare = None
+            return
+        with generation_model(self.accelerator, self.model) as bare:
+            self._bare = bare
+            try:
+                yield
+            finally:
+                self._bare = None
+
+    def generate(
+        self, prompts: PromptBatch, group_size: int, cfg: RolloutConfig, seed: int, first_row: int, total_rows: int
+    ) -> RolloutBatch:
+        if self._bare is None:
+            raise RuntimeError("BuiltinEngine.generate outside session()")
+        uniforms = RowUniforms(seed, total_rows, first_row, len(prompts) * group_size)
+        return generate_rollouts(self._bare, self.tokenizer, prompts, cfg, group_size, self.eos_ids, uniforms)

@@ -1,0 +1,153 @@
+"""The built-in engine's sampler: G sampled completions per prompt from a batched, KV-cached decode loop.
+
+Each prompt is left-padded and prefilled once; its KV cache is repeated for its G completions (groups contiguous,
+so a group never leaves its rank). The loop then feeds one token per row per step through a preallocated KV cache
+(kv_decode.py); a row ends at an EOS token or a stop string, and the loop stops as soon as every row has ended.
+
+Sampling is by inverse CDF from one uniform number per row and token. The uniforms of a whole step are drawn for
+all rows of all ranks from one seeded generator, and each rank reads its own rows: a completion depends only on
+(seed, step, its row in the global batch) and the policy, so runs on 1 or N ranks, or a resumed run, sample alike.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from transformers import PreTrainedTokenizerBase
+
+from deepseek_rl.batch import PromptBatch, RolloutBatch
+from deepseek_rl.config import RolloutConfig
+from deepseek_rl.rollout.kv_decode import make_decoder
+
+
+def filter_logits(logits: Tensor, top_k: int = 0, top_p: float = 1.0) -> Tensor:
+    """Top-k then nucleus (top-p) filtering: logits [N, V] -> [N, V] with dropped tokens at -inf."""
+    if top_k > 0 and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        # drop a token when the tokens ranked above it already hold top_p of the mass (the first always stays)
+        drop_sorted = (probs.cumsum(dim=-1) - probs) >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def sample_tokens(logits: Tensor, cfg: RolloutConfig, uniforms: Tensor) -> Tensor:
+    """One token per row by inverse CDF: logits [N, V], uniforms [N] in [0, 1) -> [N] long (temperature 0: argmax)."""
+    if cfg.temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = filter_logits(logits.float() / cfg.temperature, cfg.top_k, cfg.top_p)
+    # unnormalised CDF of exp(logits - max), built in place (one temporary); the threshold scales with its total
+    cdf = (logits - logits.max(dim=-1, keepdim=True).values).exp_().cumsum_(dim=-1)  # [N, V]
+    token = torch.searchsorted(cdf, (uniforms.to(cdf.device) * cdf[:, -1]).unsqueeze(1), right=True).squeeze(1)
+    return token.clamp(max=cdf.shape[-1] - 1)
+
+
+class RowUniforms:
+    """Per decode step, uniforms for all `total_rows` rows of the global batch; yields rows [start, start + n)."""
+
+    def __init__(self, seed: int, total_rows: int, start: int, n: int):
+        self.generator = torch.Generator().manual_seed(seed)
+        self.total_rows, self.start, self.n = total_rows, start, n
+
+    def next(self) -> Tensor:  # [n]
+        return torch.rand(self.total_rows, generator=self.generator)[self.start : self.start + self.n]
+
+
+class StopStrings:
+    """Detects stop strings in the decoded tail of each row (a stop string may span several tokens)."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, stop_strings: list[str]):
+        self.tokenizer = tokenizer
+        self.stop_strings = list(stop_strings)
+        self.window = max((len(s) for s in self.stop_strings), default=0) + 2
+
+    def __call__(self, tokens: Tensor, rows: Tensor) -> Tensor:
+        """tokens [N, t] the last t generated (t <= window), rows [N] bool to check -> [N] bool (row just produced a
+        stop string)."""
+        hit = torch.zeros_like(rows)
+        if not self.stop_strings:
+            return hit
+        for i in rows.nonzero().flatten().tolist():
+            tail = self.tokenizer.decode(tokens[i, -self.window :])
+            hit[i] = any(s in tail for s in self.stop_strings)
+        return hit
+
+
+@torch.no_grad()
+def sample_completions(
+    model: nn.Module,
+    prompt_ids: Tensor,
+    prompt_mask: Tensor,
+    group_size: int,
+    cfg: RolloutConfig,
+    eos_ids: list[int],
+    pad_id: int,
+    stop: StopStrings,
+    uniforms: RowUniforms,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """B prompts [B, P] -> G completions each: completion_ids [B * G, C], completion_mask [B * G, C], truncated."""
+    decoder = make_decoder(model)
+    logits = decoder.prefill(prompt_ids, prompt_mask, group_size, cfg.max_completion_length)  # [N, V]
+    n, device = logits.shape[0], logits.device
+    eos = torch.tensor(eos_ids, device=device)
+    tokens: list[Tensor] = []
+    masks: list[Tensor] = []
+    done = torch.zeros(n, dtype=torch.bool, device=device)
+    for _ in range(cfg.max_completion_length):
+        token = sample_tokens(logits, cfg, uniforms.next())
+        token = torch.where(done, torch.full_like(token, pad_id), token)
+        masks.append((~done).long())
+        tokens.append(token)
+        ended = ~done & torch.isin(token, eos)
+        if stop.stop_strings:
+            ended |= stop(torch.stack(tokens[-stop.window :], dim=1), ~done & ~ended)  # only the tail is read
+        done |= ended
+        if bool(done.all()) or len(tokens) == cfg.max_completion_length:
+            break
+        logits = decoder.step(token)
+    return torch.stack(tokens, dim=1), torch.stack(masks, dim=1), ~done
+
+
+def generate_rollouts(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: PromptBatch,
+    cfg: RolloutConfig,
+    group_size: int,
+    eos_ids: list[int],
+    uniforms: RowUniforms,
+) -> RolloutBatch:
+    """B prompts -> B * G completions with their masks, truncation flags and decoded text."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    completion_ids, completion_mask, truncated = sample_completions(
+        model,
+        prompts.input_ids.to(device),
+        prompts.attention_mask.to(device),
+        group_size,
+        cfg,
+        eos_ids,
+        tokenizer.pad_token_id,
+        StopStrings(tokenizer, cfg.stop_strings),
+        uniforms,
+    )
+    model.train(was_training)
+    texts = tokenizer.batch_decode(
+        [ids[mask.bool()] for ids, mask in zip(completion_ids, completion_mask, strict=True)], skip_special_tokens=True
+    )
+    return RolloutBatch(
+        prompt_ids=prompts.input_ids.to(device).repeat_interleave(group_size, dim=0),  # [N, P]
+        prompt_mask=prompts.attention_mask.to(device).repeat_interleave(group_size, dim=0),
+        completion_ids=completion_ids,
+        completion_mask=completion_mask,
+        truncated=truncated,
+        completions=texts,
+        prompts=[text for text in prompts.texts for _ in range(group_size)],
+        columns={k: [v for v in values for _ in range(group_size)] for k, values in prompts.columns.items()},
+        group_size=group_size,
+    )

@@ -1,0 +1,119 @@
+"""The rollout phase of a GRPO step: this rank's prompts -> sampled groups -> rewards -> advantages.
+
+With DAPO's dynamic sampling, groups whose rewards all agree (zero variance: no learning signal) are dropped and
+more prompts are sampled, round after round, until the rank has its B informative groups or the budget of extra
+rounds (`algorithm.max_sampling_rounds`) is spent. Slots still empty then hold dropped groups with loss weight 0,
+so shapes stay fixed across ranks and steps while those groups add nothing to the loss or its normaliser.
+Round 0 uses the step's own prompts; round k draws from a stream seeded by (seed, step, k), and the sampling noise
+is derived the same way, so a step is reproducible (resume, or 1 vs N ranks).
+
+Advantages are computed once the batch is final; with `scale_rewards=batch` the std is that of the whole global
+batch (every rank's rewards gathered), as in TRL, so N ranks compute the advantages one process would.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from deepseek_rl.algo.advantages import group_advantages, zero_std_groups
+from deepseek_rl.algo.reward_set import RewardSet
+from deepseek_rl.batch import RolloutBatch, ScoredBatch
+from deepseek_rl.config.plan import BatchPlan
+from deepseek_rl.config.schema import AlgorithmConfig, RolloutConfig
+from deepseek_rl.data.prompts import PromptSet, rank_indices, step_indices
+from deepseek_rl.rollout.engine import RolloutEngine
+
+
+def derived_seed(seed: int, step: int, round_: int = 0) -> int:
+    return (seed * 1_000_003 + step) * 101 + round_
+
+
+def score_rollouts(rollout: RolloutBatch, rewards: RewardSet) -> ScoredBatch:
+    """Rewards [N, F] and [N] for a rollout batch; advantages are filled in once the batch is final."""
+    terms = rewards.score(rollout.completions, rollout.reward_columns())  # [N, F]
+    total = rewards.total(terms)  # [N]
+    return ScoredBatch(
+        rollout=rollout,
+        reward_names=rewards.names,
+        reward_terms=terms,
+        rewards=total,
+        advantages=torch.zeros_like(total),
+        loss_weight=torch.ones_like(total),
+    )
+
+
+@dataclass
+class RolloutCollector:
+    """What the rollout phase needs, fixed for the run. `gather` collects a tensor from every rank (identity on
+    one process), for the batch std."""
+
+    plan: BatchPlan
+    rank: int
+    seed: int
+    rollout: RolloutConfig
+    algorithm: AlgorithmConfig
+    prompts: PromptSet
+    rewards: RewardSet
+    pad_id: int
+    gather: Callable[[Tensor], Tensor]
+
+    def sample_round(self, engine: RolloutEngine, step: int, round_: int, times: dict[str, float]) -> ScoredBatch:
+        """One generation round on this rank; adds its generation and reward seconds to `times`."""
+        plan, start = self.plan, time.perf_counter()
+        if round_ == 0:
+            indices = step_indices(len(self.prompts), plan.prompts_per_step, step, self.seed)
+        else:
+            indices = step_indices(len(self.prompts), plan.prompts_per_step, 0, derived_seed(self.seed, step, round_))
+        batch = self.prompts.batch(rank_indices(indices, self.rank, plan.world_size), self.pad_id)
+        seed = derived_seed(self.seed, step, round_)
+        rollout = engine.generate(
+            batch, plan.group_size, self.rollout, seed, plan.first_row(self.rank), plan.rows_per_step
+        )
+        generated = time.perf_counter()
+        scored = score_rollouts(rollout, self.rewards)
+        times["time/generation"] += generated - start
+        times["time/reward"] += time.perf_counter() - generated
+        return scored
+
+    def collect(self, engine: RolloutEngine, step: int) -> tuple[ScoredBatch, dict[str, float]]:
+        """This rank's scored groups for the step with their advantages, and sampling statistics for the metrics.
+        Call inside `engine.session()`."""
+        g = self.plan.group_size
+        stats = {"time/generation": 0.0, "time/reward": 0.0}
+        scored = self.sample_round(engine, step, 0, stats)
+        stats["zero_std_groups"] = zero_std_groups(scored.rewards, g).float().mean().item()
+        if self.algorithm.dynamic_sampling:
+            scored = self.refill(engine, step, scored, stats)
+        alg = self.algorithm
+        batch_std = self.gather(scored.rewards).std() if alg.scale_rewards == "batch" else None
+        scored.advantages = group_advantages(scored.rewards, g, alg.scale_rewards, alg.adv_eps, batch_std)
+        return scored, stats
+
+    def refill(self, engine: RolloutEngine, step: int, scored: ScoredBatch, stats: dict[str, float]) -> ScoredBatch:
+        """Dynamic sampling: replace zero-variance groups by informative ones from more rounds (module docstring)."""
+        g = self.plan.group_size
+        wanted = len(scored) // g
+        kept, dropped, round_ = [], [], 0
+        while True:
+            flat = zero_std_groups(scored.rewards, g)  # [B]
+            kept.append(scored.select_groups((~flat).nonzero().flatten()))
+            dropped.append(scored.select_groups(flat.nonzero().flatten()))
+            have = sum(len(k) for k in kept) // g
+            if have >= wanted or round_ == self.algorithm.max_sampling_rounds:
+                break
+            round_ += 1
+            scored = self.sample_round(engine, step, round_, stats)
+        batch = ScoredBatch.concat(kept).select_groups(torch.arange(min(have, wanted)))
+        if have < wanted:  # budget spent: fill with dropped groups that do not train
+            filler = ScoredBatch.concat(dropped).select_groups(torch.arange(wanted - have))
+            filler.loss_weight = torch.zeros_like(filler.loss_weight)
+            batch = ScoredBatch.concat([batch, filler])
+        stats["dynamic_sampling/rounds"] = float(round_ + 1)
+        stats["dynamic_sampling/groups_dropped"] = float(sum(len(d) for d in dropped) // g)
+        stats["dynamic_sampling/unfilled_groups"] = float(max(wanted - have, 0))
+        return batch

@@ -1,0 +1,253 @@
+"""The GRPO stage: one explicit loop in three phases, setup -> step -> finish.
+
+    deepseek-rl train --config-name smoke trainer.max_steps=10
+    accelerate launch --config_file launch/zero2.yaml -m deepseek_rl.train --config-name smoke
+
+setup    everything fixed for the run, in one `GRPORun`: the batch plan, the accelerator, policy (and a frozen
+         reference only when kl_coef > 0), optimizer and LR schedule sized in optimizer steps, the rollout engine,
+         the reward set, the tracker; a checkpoint is restored when resuming.
+step     on every rank: sample G completions for each of this rank's prompts (groups stay on the rank) and score
+         them -> group-relative advantages -> old / reference log-probs if the algorithm needs them -> micro-batched
+         clipped-surrogate update (num_iterations optimizer steps) -> the engine is told the weights changed ->
+         statistics reduced across ranks, logged by rank 0.
+finish   rank reports, the final policy in Hugging Face format, summary.json.
+A checkpoint is written every `trainer.save_every` steps; SIGTERM (preemption) finishes the current step, writes a
+checkpoint and raises `Preempted`; `trainer.resume=auto` continues from the newest checkpoint.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm import tqdm
+
+from deepseek_rl.algo.reward_set import RewardSet
+from deepseek_rl.algo.update import UpdateSettings, add_old_and_ref_logprobs, build_loss_inputs, update_policy
+from deepseek_rl.config.plan import BatchPlan
+from deepseek_rl.config.schema import Config
+from deepseek_rl.data.prompts import build_prompt_set
+from deepseek_rl.infra.checkpoint import (
+    TrainerState,
+    export_hf,
+    find_resume_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from deepseek_rl.infra.distributed import (
+    any_rank,
+    broadcast_value,
+    launched_world_size,
+    make_accelerator,
+    prepare_reference,
+    write_rank_report,
+)
+from deepseek_rl.infra.optim import build_optimizer, lr_schedule
+from deepseek_rl.infra.preemption import Preempted, Preemption
+from deepseek_rl.infra.tracking import RunTracker
+from deepseek_rl.models.loading import eos_token_ids, load_model, load_tokenizer
+from deepseek_rl.models.lora import AdapterDisabledReference
+from deepseek_rl.preflight.check import preflight_before_training
+from deepseek_rl.rollout.engine import BuiltinEngine, RolloutEngine
+from deepseek_rl.stages.collect import RolloutCollector
+from deepseek_rl.stages.evaluate import HeldOutEval, shard_of
+from deepseek_rl.stages.metrics import rollout_metrics, update_metrics
+from deepseek_rl.stages.observability import RolloutObserver
+
+
+@dataclass
+class StepStats:
+    """What one step measured, reduced over ranks: the headline numbers and every metric for the tracker."""
+
+    step: int  # training steps completed
+    reward: float  # mean total reward of the step's completions
+    loss: float
+    metrics: dict[str, float] = field(default_factory=dict)  # all of them, for metrics.jsonl and wandb
+
+
+@dataclass
+class GRPORun:
+    """Everything the loop needs, built once by `setup`."""
+
+    cfg: Config
+    plan: BatchPlan
+    output_dir: Path
+    accelerator: Accelerator
+    policy: torch.nn.Module
+    reference: torch.nn.Module | None
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    engine: RolloutEngine
+    collector: RolloutCollector
+    rewards: RewardSet
+    update: UpdateSettings
+    tracker: RunTracker
+    observer: RolloutObserver
+    evaluator: HeldOutEval | None
+    state: TrainerState
+    preemption: Preemption
+
+
+def setup(cfg: Config, output_dir: Path) -> GRPORun:
+    """Build the run (config errors surface here before any model loads) and restore a checkpoint if resuming."""
+    plan = cfg.grpo_plan(launched_world_size())
+    preflight_before_training(cfg)  # memory and precision, before any weights load (deepseek-rl check)
+    accelerator = make_accelerator(plan, cfg.optimizer.max_grad_norm)
+    output_dir = Path(broadcast_value(accelerator, str(output_dir)))
+
+    tokenizer = load_tokenizer(cfg.model)
+    prompts = build_prompt_set(cfg.data, tokenizer, cfg.rollout.max_prompt_length)
+    rewards = RewardSet(cfg.reward, context={"max_completion_length": cfg.rollout.max_completion_length})
+    set_seed(cfg.trainer.seed)
+    policy = load_model(cfg.model, tokenizer, seed=cfg.trainer.seed, trainable=True)
+    # a second copy from the same weights (deepcopy would not work on a ZeRO-3 partitioned model); for a LoRA
+    # policy, the policy itself with its adapters disabled
+    reference = None
+    if cfg.algorithm.kl_coef > 0 and cfg.model.lora.enabled:
+        reference = AdapterDisabledReference(policy)
+    elif cfg.algorithm.kl_coef > 0:
+        reference = prepare_reference(accelerator, load_model(cfg.model, tokenizer, seed=cfg.trainer.seed))
+    eos_ids = eos_token_ids(tokenizer, policy)
+    optimizer = build_optimizer(policy, cfg.algorithm.lr, cfg.optimizer)
+    policy, optimizer = accelerator.prepare(policy, optimizer)
+    passes = plan.passes  # the schedule counts optimizer steps: num_iterations per training step
+    scheduler = lr_schedule(optimizer, cfg.optimizer, plan.optimizer_steps, cfg.optimizer.warmup_steps * passes)
+    accelerator.register_for_checkpointing(scheduler)
+
+    state = TrainerState(step=0)
+    resume_from = find_resume_checkpoint(cfg.trainer.resume, output_dir)
+    if resume_from is not None:
+        state = load_checkpoint(accelerator, resume_from)
+    tracker = RunTracker(cfg.logger, output_dir, asdict(cfg), accelerator.is_main_process, state)
+    engine = BuiltinEngine(policy, tokenizer, eos_ids, accelerator)
+    collector = RolloutCollector(
+        plan=plan,
+        rank=accelerator.process_index,
+        seed=cfg.trainer.seed,
+        rollout=cfg.rollout,
+        algorithm=cfg.algorithm,
+        prompts=prompts,
+        rewards=rewards,
+        pad_id=tokenizer.pad_token_id,
+        gather=lambda t: accelerator.gather(t.to(accelerator.device)).cpu(),
+    )
+    evaluator = None
+    if cfg.eval.every:
+        settings = cfg.eval.during_training()
+        held_out = build_prompt_set(cfg.data, tokenizer, cfg.rollout.max_prompt_length, split="eval")
+        evaluator = HeldOutEval(
+            held_out.subset(settings.num_prompts), settings, cfg.rollout, cfg.trainer.seed, cfg.reward.args
+        )
+    return GRPORun(
+        cfg=cfg,
+        plan=plan,
+        output_dir=output_dir,
+        accelerator=accelerator,
+        policy=policy,
+        reference=reference,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        engine=engine,
+        collector=collector,
+        rewards=rewards,
+        update=UpdateSettings(
+            cfg.algorithm, plan, cfg.rollout.temperature, cfg.rollout.max_completion_length, cfg.optimizer.max_grad_norm
+        ),
+        tracker=tracker,
+        observer=RolloutObserver(cfg.logger, cfg.eval, cfg.data.source_column, rewards.names, tracker),
+        evaluator=evaluator,
+        state=state,
+        preemption=Preemption(),
+    )
+
+
+def held_out_metrics(run: GRPORun) -> dict[str, float]:
+    if run.evaluator is None:
+        return {}
+    return run.evaluator(run.engine, shard_of(run.accelerator))
+
+
+def step(run: GRPORun, step_index: int) -> StepStats:
+    """One GRPO step: rollouts -> advantages -> log-probs -> update; statistics reduced over ranks."""
+    accelerator, start = run.accelerator, time.perf_counter()
+    with run.engine.session():
+        scored, sampling = run.collector.collect(run.engine, step_index)
+    collected = time.perf_counter()
+    inputs = build_loss_inputs(scored, run.cfg.algorithm.mask_truncated)
+    inputs = add_old_and_ref_logprobs(run.policy, run.reference, inputs, run.update)
+    logprobs_done = time.perf_counter()
+    sums = update_policy(accelerator, run.policy, run.optimizer, run.scheduler, inputs, run.update)
+    run.engine.policy_updated()
+    run.state.step = step_index + 1
+    generation_time = max(sampling["time/generation"], 1e-9)
+    metrics = {
+        **rollout_metrics(accelerator, scored, run.rewards),
+        **update_metrics(accelerator, sums, run.cfg.algorithm.loss_type),
+        **sampling,
+        "lr": run.scheduler.get_last_lr()[0],
+        "time/logprobs": logprobs_done - collected,
+        "time/update": time.perf_counter() - logprobs_done,
+        "time/step": time.perf_counter() - start,
+        "tokens_per_second": float(scored.rollout.completion_mask.sum()) / generation_time,
+        **run.observer.metrics(accelerator, scored),
+    }
+    every, done = run.cfg.eval.every, run.state.step
+    if every and (done % every == 0 or done == run.plan.max_steps):
+        metrics |= held_out_metrics(run)
+    metrics |= run.observer.alarms(done, metrics)
+    run.observer.log_table(done, scored)
+    return StepStats(step=done, reward=metrics["reward"], loss=metrics["loss"], metrics=metrics)
+
+
+def finish(run: GRPORun) -> Path:
+    """After the last step: rank reports, the HF export, summary.json; returns the run directory."""
+    accelerator = run.accelerator
+    write_rank_report(accelerator, run.policy, run.output_dir / "rank_reports")
+    if run.cfg.trainer.save_final:
+        export_hf(accelerator, run.policy, run.engine.tokenizer, run.output_dir / "final")
+    run.tracker.finish(summary=True)
+    close(run)
+    return run.output_dir
+
+
+def close(run: GRPORun) -> None:
+    """Release the workers, the engine and the signal handler (also after a failure or preemption)."""
+    run.rewards.close()
+    run.engine.close()
+    run.preemption.close()
+
+
+def train(cfg: Config, output_dir: Path) -> Path:
+    """Run GRPO as configured; returns the run directory. Raises `Preempted` after a SIGTERM (checkpoint saved)."""
+    run = setup(cfg, output_dir)
+    try:
+        if run.evaluator is not None and run.state.step == 0:
+            run.tracker.log(0, held_out_metrics(run))
+        main = run.accelerator.is_main_process
+        progress = tqdm(
+            range(run.state.step, run.plan.max_steps),
+            desc="grpo",
+            initial=run.state.step,
+            total=run.plan.max_steps,
+            disable=not main,
+            dynamic_ncols=True,
+        )
+        for index in progress:
+            stats = step(run, index)
+            run.tracker.log(stats.step, stats.metrics)
+            progress.set_postfix(reward=f"{stats.reward:.3f}", loss=f"{stats.loss:.4f}")
+            preempted = any_rank(run.accelerator, run.preemption.requested)
+            every = run.cfg.trainer.save_every
+            if preempted or (every and stats.step % every == 0):
+                save_checkpoint(run.accelerator, run.output_dir, run.state, run.cfg.trainer.keep_last)
+            if preempted:
+                run.tracker.finish()
+                raise Preempted("grpo", stats.step)
+    except BaseException:
+        close(run)
+        raise
+    return finish(run)

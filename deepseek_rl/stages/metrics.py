@@ -1,0 +1,55 @@
+"""Step metrics, reduced across ranks before logging (every rank calls these; rank 0 logs)."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+import torch
+from accelerate import Accelerator
+
+from deepseek_rl.algo.advantages import zero_std_groups
+from deepseek_rl.algo.reward_set import RewardSet
+from deepseek_rl.algo.update import UpdateSums
+from deepseek_rl.batch import ScoredBatch
+
+
+def rollout_metrics(accelerator: Accelerator, scored: ScoredBatch, rewards: RewardSet) -> dict[str, float]:
+    """Rewards, lengths and group statistics over the whole global batch."""
+    rollout = scored.rollout
+    device = accelerator.device
+    total = accelerator.gather(scored.rewards.to(device))  # [N_global]
+    terms = accelerator.gather(scored.reward_terms.to(device)).cpu()  # [N_global, F]
+    lengths = accelerator.gather(rollout.completion_lengths.float().to(device))
+    truncated = accelerator.gather(rollout.truncated.float().to(device))
+    zero_std = accelerator.gather(zero_std_groups(scored.rewards, rollout.group_size).float().to(device))
+    failures = accelerator.reduce(rewards.pop_failures().to(device), reduction="sum").cpu()  # [2, F] this step
+    return {
+        "reward": total.mean().item(),
+        "reward_std": total.std().item() if total.numel() > 1 else 0.0,
+        **rewards.metrics(terms, failures),
+        "completion_length/mean": lengths.mean().item(),
+        "completion_length/min": lengths.min().item(),
+        "completion_length/max": lengths.max().item(),
+        "truncated": truncated.mean().item(),
+        "zero_std_groups": zero_std.mean().item(),
+    }
+
+
+def update_metrics(accelerator: Accelerator, sums: UpdateSums, loss_type: str) -> dict[str, float]:
+    """Loss and per-token statistics from the update's sums over micro-batches, summed over ranks."""
+    device = accelerator.device
+    stacked = torch.stack([getattr(sums, f.name).to(device).float().reshape(()) for f in fields(UpdateSums)])
+    reduced = accelerator.reduce(stacked, reduction="sum").tolist()  # one collective for all sums
+    total = {f.name: value for f, value in zip(fields(UpdateSums), reduced, strict=True)}
+    tokens = max(total["tokens"], 1.0)
+    world = accelerator.num_processes
+    return {
+        # dapo's per-rank losses are shares of one global loss; the others are per-rank losses averaged by DDP
+        "loss": total["loss"] if loss_type == "dapo" else total["loss"] / world,
+        "kl": total["kl_sum"] / tokens,
+        "entropy": total["entropy_sum"] / tokens,
+        "ratio": total["ratio_sum"] / tokens,
+        "clip/low": total["clipped_low"] / tokens,
+        "clip/high": total["clipped_high"] / tokens,
+        "grad_norm": total["grad_norm"] / world,
+    }

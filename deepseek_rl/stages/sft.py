@@ -1,0 +1,43 @@
+"""The cold start of the R1 pipeline: supervised fine-tuning on worked traces, stopped early.
+
+The examples come from the train split (data/examples.py: chat `messages`, or prompt and completion columns) and
+train on the shared fine-tuning machinery (finetune.py), under any launch backend. The cold start is deliberately
+stopped early (`sft.stop_accuracy`): every `sft.eval_every` steps one completion per validation problem is sampled at
+temperature 1, and training stops as soon as that accuracy reaches the threshold, so the model is right only part of
+the time and RL has something to learn. With `sft.stop_accuracy: null` the checks are logged and never stop it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from deepseek_rl.config.schema import Config
+from deepseek_rl.data.examples import load_examples
+from deepseek_rl.data.prompts import build_prompt_set
+from deepseek_rl.stages.evaluate import HeldOutEval, shard_of
+from deepseek_rl.stages.finetune import FineTuner, FineTuneSpec
+
+
+def run_sft(cfg: Config, output_dir: Path) -> Path:
+    """Fine-tune on the train split's traces with the early-stop rule; returns the HF export directory."""
+    tuner = FineTuner(cfg, FineTuneSpec.of(cfg, "sft"), output_dir)
+    max_length = cfg.sft.max_length or cfg.rollout.max_prompt_length + cfg.rollout.max_completion_length
+    examples = load_examples(
+        cfg.data, tuner.tokenizer, "train", cfg.sft.messages_column, cfg.sft.completion_column, max_length
+    )
+    check = None
+    if cfg.sft.eval_every:
+        validation = build_prompt_set(cfg.data, tuner.tokenizer, cfg.rollout.max_prompt_length, split="validation")
+        settings = replace(cfg.eval, num_prompts=cfg.sft.num_validation, samples=1, temperature=1.0)
+        evaluator = HeldOutEval(validation.subset(settings.num_prompts), settings, cfg.rollout, 0, cfg.reward.args)
+
+        def check(step: int) -> bool:
+            metrics = evaluator(tuner.engine, shard_of(tuner.accelerator), seed=step)
+            tuner.tracker.log(step, {k.replace("eval/", "validation/"): v for k, v in metrics.items()})
+            return cfg.sft.stop_accuracy is not None and metrics["eval/sampled_accuracy"] >= cfg.sft.stop_accuracy
+
+    steps = tuner.train(examples, check)
+    final = tuner.finish()
+    tuner.accelerator.print(f"deepseek-rl: cold start stopped after {steps} steps; checkpoint in {final}")
+    return final
