@@ -40,6 +40,8 @@ class RolloutBatch:
     prompts: list[str]  # [N] rendered prompt text
     columns: dict[str, list[Any]]  # column name -> [N] values (each prompt's value repeated G times)
     group_size: int  # G
+    # [N, C] float, the engine's log-prob of each sampled token (0 on padding); None when the engine gives none
+    sampling_logprobs: Tensor | None = None
 
     def __len__(self) -> int:
         return self.completion_ids.shape[0]
@@ -75,6 +77,7 @@ class RolloutBatch:
             prompts=[self.prompts[i] for i in keep],
             columns={k: [v[i] for i in keep] for k, v in self.columns.items()},
             group_size=self.group_size,
+            sampling_logprobs=None if self.sampling_logprobs is None else self.sampling_logprobs[rows],
         )
 
     @staticmethod
@@ -99,6 +102,11 @@ class RolloutBatch:
             prompts=[p for b in parts for p in b.prompts],
             columns={k: [v for b in parts for v in b.columns[k]] for k in parts[0].columns},
             group_size=parts[0].group_size,
+            sampling_logprobs=(
+                None
+                if any(b.sampling_logprobs is None for b in parts)
+                else torch.cat([right(b.sampling_logprobs) for b in parts])
+            ),
         )
 
 
@@ -151,6 +159,7 @@ class LossInputs:
     advantages: Tensor  # [M] float
     old_logprobs: Tensor | None  # [M, C] float, policy at sampling time (num_iterations > 1)
     ref_logprobs: Tensor | None  # [M, C] float, frozen reference model (kl_coef > 0)
+    sampling_logprobs: Tensor | None = None  # [M, C] float, the rollout engine's at sampling time (vLLM)
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -172,6 +181,7 @@ class LossInputs:
             advantages=self.advantages[start:stop],
             old_logprobs=cut(self.old_logprobs),
             ref_logprobs=cut(self.ref_logprobs),
+            sampling_logprobs=cut(self.sampling_logprobs),
         )
 
     def with_logprobs(self, old: Tensor | None, ref: Tensor | None) -> LossInputs:

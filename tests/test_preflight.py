@@ -44,8 +44,8 @@ def qwen7b_dir(tmp_path_factory) -> str:
 
 
 def test_hand_calculation_of_docs_preflight(r1_path):
-    """math_dapo_r1_distill on 8 x 80 GB with ZeRO-3 and bf16: every number of docs/preflight.md."""
-    cfg = load_recipe("math_dapo_r1_distill", [f"model.path={r1_path}"])
+    """math_dapo_r1_distill on 8 x 80 GB with ZeRO-3 and bf16, built-in engine: every number of docs/preflight.md."""
+    cfg = load_recipe("math_dapo_r1_distill", [f"model.path={r1_path}", "rollout.engine=builtin"])
     report = check(cfg, ZERO3_BF16_8, 80 * GB)
     est = report.estimate
     assert report.shape.parameters == P_R1 and report.ok
@@ -71,8 +71,29 @@ def test_hand_calculation_of_docs_preflight(r1_path):
         assert shown in text
 
 
+def test_hand_calculation_with_vllm(r1_path):
+    """The same recipe with its vLLM engine (docs/preflight.md, "With vLLM"): vLLM's 0.3 x 80 GB replaces the KV
+    cache and gathered weights of generation; awake, it also sits beside the training phase; asleep it does not."""
+    cfg = load_recipe("math_dapo_r1_distill", [f"model.path={r1_path}"])
+    est = check(cfg, ZERO3_BF16_8, 80 * GB).estimate
+    static, vllm, sync = 3_554_176_000, 0.3 * 80 * GB, 151_936 * 1536 * 2
+    assert [t.bytes for t in est.rollout] == [vllm, sync] and sync == 466_747_392
+    assert est.total("rollout") == pytest.approx(static + vllm + sync)
+    assert round(est.total("rollout") / GB, 2) == 28.02
+    assert round(est.total("evaluation") / GB, 2) == 27.55
+    assert round(est.total("training") / GB, 2) == 64.60  # 40.60 + 24.00
+    asleep = check(
+        load_recipe("math_dapo_r1_distill", [f"model.path={r1_path}", "rollout.vllm.sleep_level=2"]),
+        ZERO3_BF16_8,
+        80 * GB,
+    )
+    assert round(asleep.estimate.total("training") / GB, 2) == 40.60
+    tight = check(cfg, ZERO3_BF16_8, 64 * GB)  # 57.6 GB budget: the awake engine no longer fits the training phase
+    assert not tight.ok and "rollout.vllm.sleep_level=2" in tight.text()
+
+
 def test_seven_b_full_adamw_on_one_80gb_gpu_is_rejected_with_the_reason(qwen7b_dir):
-    overrides = [f"model.path={qwen7b_dir}", "model.dtype=float32", "eval.every=0"]
+    overrides = [f"model.path={qwen7b_dir}", "model.dtype=float32", "eval.every=0", "rollout.engine=builtin"]
     small_steps = ["trainer.batch_size=64", "trainer.micro_batch_size=1"]  # 4 prompts x 16 completions
     cfg = load_recipe("math_dapo_r1_distill", overrides + small_steps)
     report = check(cfg, ONE_GPU_BF16, 80 * GB)
@@ -95,7 +116,7 @@ def test_seven_b_full_adamw_on_one_80gb_gpu_is_rejected_with_the_reason(qwen7b_d
 
 
 def test_known_fit_1_5b_zero3_on_8_gpus_and_other_verdicts(r1_path):
-    cfg = load_recipe("gsm8k_grpo_r1_distill", [f"model.path={r1_path}"])
+    cfg = load_recipe("gsm8k_grpo_r1_distill", [f"model.path={r1_path}", "rollout.engine=builtin"])
     assert check(cfg, ZERO3_BF16_8, 80 * GB).ok
     assert check(cfg, Launch("deepspeed", 8, 2, mixed_precision="bf16"), 80 * GB).ok  # the recipe's ZeRO-2
     # bf16 weights without an fp32 master copy: the learning rate rounds away
@@ -107,9 +128,10 @@ def test_known_fit_1_5b_zero3_on_8_gpus_and_other_verdicts(r1_path):
         ("do not split evenly over 3 ranks (each rank keeps whole groups)", "use a multiple of 48")
     ]
     # a too large evaluation batch and micro-batch, with the values that fit
-    big = load_recipe("math_dapo_r1_distill", [f"model.path={r1_path}", "eval.batch_size=1024"])
+    builtin = [f"model.path={r1_path}", "rollout.engine=builtin"]
+    big = load_recipe("math_dapo_r1_distill", [*builtin, "eval.batch_size=1024"])
     assert [p.fix for p in check(big, ZERO3_BF16_8, 80 * GB).problems] == ["set eval.batch_size=128"]
-    no_ckpt = load_recipe("math_dapo_r1_distill", [f"model.path={r1_path}", "model.gradient_checkpointing=false"])
+    no_ckpt = load_recipe("math_dapo_r1_distill", [*builtin, "model.gradient_checkpointing=false"])
     (problem,) = check(no_ckpt, ZERO3_BF16_8, 80 * GB).problems
     # 28 layers x 36,864 tokens x 108,600 B = 112.1 GB of activations without checkpointing
     assert problem.what.startswith("the training phase needs 145.5 GB (activations 112.1 GB, logits 29.9 GB")
@@ -117,7 +139,9 @@ def test_known_fit_1_5b_zero3_on_8_gpus_and_other_verdicts(r1_path):
 
 
 def test_lora_recipe_fits_24gb_and_counts_adapters_like_peft(r1_path):
-    cfg = load_recipe("math_dapo_r1_distill_lora", [f"model.path={r1_path}", "algorithm.kl_coef=0.04"])
+    cfg = load_recipe(
+        "math_dapo_r1_distill_lora", [f"model.path={r1_path}", "algorithm.kl_coef=0.04", "rollout.engine=builtin"]
+    )
     report = check(cfg, Launch(), 24 * GB)
     shape = report.shape
     assert report.ok and shape.lora and shape.trainable == 28 * 32 * 41_216  # r x (in + out) of 7 projections
@@ -209,10 +233,11 @@ def test_check_command(r1_path, qwen7b_dir, tmp_path: Path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert "DeepSpeed ZeRO-3, bf16 mixed precision, 8 process(es)" in result.stdout
-    assert "64 rows x 9,216 tokens x 28,672 B" in result.stdout and "verdict: OK" in result.stdout
+    assert "rollout: vLLM (weights + KV cache)" in result.stdout and "peak 64.6 GB" in result.stdout
+    assert "verdict: OK" in result.stdout
     result = run_cli(
         "check", "--config-name", "math_dapo_r1_distill", "--mixed-precision", "bf16", "--device-memory-gb", "80",
-        f"model.path={qwen7b_dir}", "model.dtype=float32", cwd=tmp_path,
+        f"model.path={qwen7b_dir}", "model.dtype=float32", "rollout.engine=builtin", cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 1 and "verdict: 1 problem(s)" in result.stdout
     assert "optimizer state 60.9 GB" in result.stdout and "fix: shard with launch/zero3.yaml" in result.stdout

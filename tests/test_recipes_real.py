@@ -27,6 +27,7 @@ RECIPES = [
 # pass@1 and pass@2. top_p=1: sorting a 151k vocabulary for top-p costs ~0.1 s per token on one CPU core.
 CPU_OVERRIDES = [
     "model=tiny_like",
+    "rollout.engine=builtin",  # the recipes select vLLM (GPU); tiny_like's 16-wide heads are below vLLM's CPU minimum
     "logger=none",
     "trainer.max_steps=2",
     "rollout.max_completion_length=16",

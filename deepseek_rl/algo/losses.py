@@ -118,6 +118,24 @@ class LossTerms:
     kl_sum: Tensor  # sum of per-token KL over loss tokens (0 without a reference)
     entropy_sum: Tensor  # sum of per-token entropy over loss tokens
     ratio_sum: Tensor
+    # Against the rollout engine's log-probs (all 0 when the engine gives none), over loss tokens:
+    engine_tokens: Tensor  # tokens compared
+    engine_abs_diff_sum: Tensor  # sum of |log pi_trainer - log pi_engine| at sampling time
+    engine_ratio_sum: Tensor  # sum of pi_trainer / pi_engine
+    engine_ratio_capped: Tensor  # tokens whose ratio exceeds tis_cap
+    engine_ratio_max: Tensor  # the largest ratio (a max, not a sum, over micro-batches and ranks)
+
+
+def engine_ratio(old_logprobs: Tensor, sampling_logprobs: Tensor) -> Tensor:
+    """pi_trainer / pi_engine of each sampled token at sampling time: exp(old - sampling). [M, C] -> [M, C].
+
+    The engine (vLLM) sampled with its own kernels and precision; the trainer's probability of the same token differs
+    a little. Truncated importance sampling weights each token's policy-gradient term by min(ratio, cap).
+
+    >>> engine_ratio(torch.tensor([[-1.0, -2.0]]), torch.tensor([[-1.5, -1.0]])).log()
+    tensor([[ 0.5000, -1.0000]])
+    """
+    return torch.exp(old_logprobs - sampling_logprobs)
 
 
 def policy_loss(
@@ -129,16 +147,22 @@ def policy_loss(
     mask: Tensor,
     cfg: AlgorithmConfig,
     norm: StepNormaliser,
+    sampling_logprobs: Tensor | None = None,
 ) -> LossTerms:
-    """GRPO-family loss of one micro-batch. logprobs/old/ref/entropy/mask [M, C], advantages [M].
+    """GRPO-family loss of one micro-batch. logprobs/old/ref/entropy/mask/sampling_logprobs [M, C], advantages [M].
 
     With `old_logprobs=None` (one pass per batch) the old policy is the current one detached: the ratio is 1.
+    With the engine's `sampling_logprobs` and `cfg.tis_cap`, the policy-gradient term (not the KL or entropy terms)
+    is weighted by the truncated engine ratio min(pi_old / pi_engine, tis_cap), detached.
     """
     old = logprobs.detach() if old_logprobs is None else old_logprobs
     ratio = importance_ratio(logprobs, old, mask, cfg.importance_sampling)
     per_token, clipped_low, clipped_high = clipped_surrogate(
         ratio, advantages, cfg.clip_eps_low, cfg.clip_eps_high, cfg.dual_clip
     )
+    to_engine = None if sampling_logprobs is None else engine_ratio(old.detach(), sampling_logprobs)
+    if to_engine is not None and cfg.tis_cap is not None:
+        per_token = per_token * to_engine.clamp(max=cfg.tis_cap)
     kl = torch.zeros_like(per_token)
     if ref_logprobs is not None:
         kl = kl_penalty(logprobs, ref_logprobs, cfg.kl_estimator)
@@ -156,8 +180,29 @@ def policy_loss(
             kl_sum=(kl.detach() * mask).sum(),
             entropy_sum=(ent * mask).sum(),
             ratio_sum=(ratio.detach() * mask).sum(),
+            **engine_stats(old.detach(), sampling_logprobs, to_engine, mask, cfg.tis_cap),
         )
     return LossTerms(loss=aggregate(per_token, mask, cfg.loss_type, norm), **stats)
+
+
+def engine_stats(
+    old: Tensor, sampling: Tensor | None, to_engine: Tensor | None, mask: Tensor, cap: float | None
+) -> dict[str, Tensor]:
+    """The engine/trainer mismatch over the loss tokens (zeros without engine log-probs)."""
+    if sampling is None or to_engine is None:
+        zero = torch.zeros((), device=mask.device)
+        return dict(
+            engine_tokens=zero, engine_abs_diff_sum=zero, engine_ratio_sum=zero, engine_ratio_capped=zero,
+            engine_ratio_max=zero,
+        )  # fmt: skip
+    on = mask > 0
+    return dict(
+        engine_tokens=on.sum().float(),
+        engine_abs_diff_sum=((old - sampling).abs() * mask).sum(),
+        engine_ratio_sum=(to_engine * mask).sum(),
+        engine_ratio_capped=((to_engine > cap) & on).sum().float() if cap is not None else torch.zeros(()),
+        engine_ratio_max=to_engine[on].max() if on.any() else torch.zeros(()),
+    )
 
 
 def nll_loss(logprobs: Tensor, mask: Tensor, tokens_global: float) -> Tensor:

@@ -44,6 +44,11 @@ class UpdateSums:
     kl_sum: Tensor  # per-token KL summed over loss tokens
     entropy_sum: Tensor
     ratio_sum: Tensor
+    engine_tokens: Tensor  # the engine/trainer mismatch (losses.py `engine_stats`)
+    engine_abs_diff_sum: Tensor
+    engine_ratio_sum: Tensor
+    engine_ratio_capped: Tensor
+    engine_ratio_max: Tensor  # a max, not a sum
     grad_norm: Tensor  # the last optimizer step's (pre-clip) gradient norm, NaN without clipping
 
 
@@ -59,6 +64,7 @@ def build_loss_inputs(scored: ScoredBatch, mask_truncated: bool) -> LossInputs:
         advantages=scored.advantages.to(loss_mask.device),
         old_logprobs=None,
         ref_logprobs=None,
+        sampling_logprobs=rollout.sampling_logprobs,
     )
 
 
@@ -125,12 +131,21 @@ def update_policy(
                     entropy_grad=alg.entropy_coef != 0,
                 )
                 terms = policy_loss(
-                    logprobs, mb.old_logprobs, mb.ref_logprobs, entropy, mb.advantages, mb.loss_mask, alg, norm
+                    logprobs,
+                    mb.old_logprobs,
+                    mb.ref_logprobs,
+                    entropy,
+                    mb.advantages,
+                    mb.loss_mask,
+                    alg,
+                    norm,
+                    mb.sampling_logprobs,
                 )
                 accelerator.backward(terms.loss * scale)
                 grad_norm = optimizer_step(accelerator, policy, optimizer, scheduler, settings.max_grad_norm, grad_norm)
             for key, value in vars(terms).items():
-                sums[key] = sums.get(key, 0.0) + value.detach()
+                combine = torch.maximum if key.endswith("_max") else torch.add
+                sums[key] = value.detach() if key not in sums else combine(sums[key], value.detach())
     grad = torch.as_tensor(grad_norm if grad_norm is not None else float("nan")).detach().float()
     return UpdateSums(grad_norm=grad, **{f.name: sums[f.name] for f in fields(UpdateSums) if f.name != "grad_norm"})
 

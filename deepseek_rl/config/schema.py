@@ -15,6 +15,7 @@ from deepseek_rl.config.checks import one_of, require
 from deepseek_rl.config.data import DataConfig
 from deepseek_rl.config.lora import LoraConfig
 from deepseek_rl.config.plan import BatchPlan, grpo_plan
+from deepseek_rl.config.rollout import RolloutConfig
 from deepseek_rl.config.stages import EvalConfig, RFTConfig, SFTConfig
 
 
@@ -59,28 +60,6 @@ class ModelConfig:
                 self.num_heads % self.num_kv_heads == 0,
                 f"model.num_heads={self.num_heads} is not divisible by model.num_kv_heads={self.num_kv_heads}",
             )
-
-
-@dataclass
-class RolloutConfig:
-    # Prompts longer than this (in tokens) are rejected with an error naming the row.
-    max_prompt_length: int = 64
-    max_completion_length: int = 64
-    temperature: float = 1.0
-    top_p: float = 1.0
-    # 0 disables top-k.
-    top_k: int = 0
-    # Generation of a completion also stops after any of these strings (besides EOS).
-    stop_strings: list[str] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        require(self.max_prompt_length >= 1, f"rollout.max_prompt_length={self.max_prompt_length} must be >= 1")
-        require(
-            self.max_completion_length >= 1, f"rollout.max_completion_length={self.max_completion_length} must be >= 1"
-        )
-        require(self.temperature >= 0, f"rollout.temperature={self.temperature} must be >= 0 (0: greedy)")
-        require(0 < self.top_p <= 1, f"rollout.top_p={self.top_p} must be in (0, 1]")
-        require(self.top_k >= 0, f"rollout.top_k={self.top_k} must be >= 0 (0 disables it)")
 
 
 @dataclass
@@ -146,6 +125,10 @@ class AlgorithmConfig:
     # Optimisation passes over each rollout batch (mu). With 1 the ratio is exactly 1.
     num_iterations: int = 1
     entropy_coef: float = 0.0
+    # Truncated importance sampling against the rollout engine (vLLM): each token's policy-gradient term is weighted
+    # by min(pi_trainer / pi_engine, tis_cap), the trainer's over the engine's probability of the sampled token at
+    # sampling time, which corrects for the engine/trainer mismatch (null: off; needs rollout.engine=vllm).
+    tis_cap: float | None = None
     # Mask completions cut at max_completion_length out of the loss (DAPO's overlong filtering).
     mask_truncated: bool = False
     # DAPO dynamic sampling: drop groups with zero reward variance and sample more prompts, at most
@@ -174,6 +157,7 @@ class AlgorithmConfig:
         require(self.num_iterations >= 1, f"algorithm.num_iterations={self.num_iterations} must be >= 1")
         require(self.max_sampling_rounds >= 0, f"algorithm.max_sampling_rounds={self.max_sampling_rounds} must be >= 0")
         require(self.logprob_chunk_size >= 1, f"algorithm.logprob_chunk_size={self.logprob_chunk_size} must be >= 1")
+        require(self.tis_cap is None or self.tis_cap >= 1, f"algorithm.tis_cap={self.tis_cap} must be >= 1 or null")
 
 
 @dataclass
@@ -278,6 +262,11 @@ class Config:
             if stage in self.stages:
                 getattr(self, stage).plan(world_size=1)
         self.check_lengths()
+        require(
+            self.algorithm.tis_cap is None or self.rollout.engine == "vllm",
+            "algorithm.tis_cap corrects for the rollout engine's log-probs, which only rollout.engine=vllm provides; "
+            "set rollout.engine=vllm or algorithm.tis_cap=null",
+        )
         require(
             "grpo" not in self.stages or self.rollout.temperature > 0,
             "rollout.temperature=0 is greedy decoding; GRPO needs sampled groups: set rollout.temperature > 0",

@@ -150,7 +150,7 @@ def model_shape(cfg: Config) -> ModelShape:
     )
 
 
-def workload(cfg: Config, world_size: int) -> Workload:
+def workload(cfg: Config, world_size: int, device_memory: float | None = None) -> Workload:
     return Workload(
         rollout_rows=cfg.trainer.batch_size // world_size,
         micro_batch=cfg.trainer.micro_batch_size,
@@ -160,6 +160,10 @@ def workload(cfg: Config, world_size: int) -> Workload:
         kl=cfg.algorithm.kl_coef > 0,
         gradient_checkpointing=cfg.model.gradient_checkpointing,
         dtype_bytes=DTYPE_BYTES[cfg.model.dtype],
+        engine=cfg.rollout.engine,
+        vllm_share=cfg.rollout.vllm.gpu_memory_utilization,
+        vllm_sleep_level=cfg.rollout.vllm.sleep_level,
+        device_memory=device_memory or 0.0,
     )
 
 
@@ -196,7 +200,7 @@ def gpus_that_fit(shape: ModelShape, launch: Launch, cfg: Config, budget: float)
     start = launch.world_size + 1 if launch.shards_weights else max(2, launch.world_size)
     for n in (n for n in range(start, 1025) if prompts % n == 0):
         zero3 = replace(launch, backend="deepspeed", zero_stage=3, world_size=n)
-        estimate = estimate_memory(shape, zero3, workload(cfg, n))
+        estimate = estimate_memory(shape, zero3, workload(cfg, n, budget / HEADROOM))
         if max(estimate.total("rollout"), estimate.total("training")) <= budget:
             return n
     return None
@@ -208,7 +212,8 @@ def memory_problems(cfg: Config, shape: ModelShape, launch: Launch, est: MemoryE
     n = gpus_that_fit(shape, launch, cfg, budget) if est.peak()[1] > budget else None
     more_gpus = f"shard with launch/zero3.yaml across >= {n} GPUs" if n else None
     if est.static_bytes > budget:
-        lora = None if shape.lora else estimate_memory(lora_shape(shape), launch, workload(cfg, launch.world_size))
+        work = workload(cfg, launch.world_size, budget / HEADROOM)
+        lora = None if shape.lora else estimate_memory(lora_shape(shape), launch, work)
         fixes = [more_gpus or "no number of GPUs fits under ZeRO-3"]
         if lora is not None and lora.peak()[1] <= budget:
             fixes.append(f"train LoRA adapters (model.lora.r=16: peak {lora.peak()[1] / GB:.1f} GB)")
@@ -225,21 +230,27 @@ def memory_problems(cfg: Config, shape: ModelShape, launch: Launch, est: MemoryE
         fixes = [] if cfg.model.gradient_checkpointing else ["set model.gradient_checkpointing=true"]
         micro = fitting_micro_batch(cfg, shape, launch, budget)
         fixes.append(f"lower trainer.micro_batch_size to {micro}" if micro else "shorten rollout.max_completion_length")
+        if cfg.rollout.engine == "vllm" and cfg.rollout.vllm.sleep_level == 0:
+            fixes.insert(0, "let vLLM sleep during the update (rollout.vllm.sleep_level=2)")
         what = (
             f"the training phase needs {est.total('training') / GB:.1f} GB (activations {act / GB:.1f} GB, logits "
             f"{logits / GB:.1f} GB for micro-batch {cfg.trainer.micro_batch_size}), over {gb}"
         )
         problems.append(Problem(what, ", or ".join(fixes + ([more_gpus] if more_gpus else []))))
-    if est.total("rollout") > budget:
+    if est.total("rollout") > budget and cfg.rollout.engine == "vllm":
+        share = max(0.0, (budget - est.static_bytes) / (budget / HEADROOM))
+        what = f"the rollout phase needs {est.total('rollout') / GB:.1f} GB (vLLM's share included), over {gb}"
+        problems.append(Problem(what, f"lower rollout.vllm.gpu_memory_utilization to {share:.2f}"))
+    elif est.total("rollout") > budget:
         kv = est.rollout[-1]
         fixes = [more_gpus or "use more GPUs (fewer rows per rank)", "lower trainer.batch_size"]
         what = (
             f"the rollout phase needs {est.total('rollout') / GB:.1f} GB (KV cache {kv.bytes / GB:.1f} GB), over {gb}"
         )
         problems.append(Problem(what, ", or ".join(fixes + ["shorten rollout.max_completion_length"])))
-    if est.evaluation and est.total("evaluation") > budget:
+    if est.evaluation and est.total("evaluation") > budget and cfg.rollout.engine == "builtin":
         rows = cfg.eval.batch_size
-        while rows > 1 and est_eval(shape, launch, cfg, rows) > budget:
+        while rows > 1 and est_eval(shape, launch, cfg, rows, budget) > budget:
             rows //= 2
         what = (
             f"evaluation during training needs {est.total('evaluation') / GB:.1f} GB (KV cache of "
@@ -257,8 +268,8 @@ def lora_shape(shape: ModelShape, r: int = 16) -> ModelShape:
     return replace(shape, trainable=shape.layers * per_layer, lora=True)
 
 
-def est_eval(shape: ModelShape, launch: Launch, cfg: Config, rows: int) -> float:
-    work = replace(workload(cfg, launch.world_size), eval_rows=rows)
+def est_eval(shape: ModelShape, launch: Launch, cfg: Config, rows: int, budget: float) -> float:
+    work = replace(workload(cfg, launch.world_size, budget / HEADROOM), eval_rows=rows)
     return estimate_memory(shape, launch, work).total("evaluation")
 
 
@@ -266,7 +277,7 @@ def fitting_micro_batch(cfg: Config, shape: ModelShape, launch: Launch, budget: 
     """The largest micro-batch size that divides the rank's rows and whose training phase fits."""
     rows = cfg.trainer.batch_size // launch.world_size
     for m in sorted((d for d in range(1, rows + 1) if rows % d == 0), reverse=True):
-        work = replace(workload(cfg, launch.world_size), micro_batch=m)
+        work = replace(workload(cfg, launch.world_size, budget / HEADROOM), micro_batch=m)
         if m < cfg.trainer.micro_batch_size and estimate_memory(shape, launch, work).total("training") <= budget:
             return m
     return None
@@ -276,7 +287,7 @@ def check(cfg: Config, launch: Launch, device_memory: float | None, name: str = 
     """The full preflight report of a validated config."""
     report = Report(problems=batch_problems(cfg, launch.world_size))
     report.shape = model_shape(cfg)
-    report.estimate = estimate_memory(report.shape, launch, workload(cfg, launch.world_size))
+    report.estimate = estimate_memory(report.shape, launch, workload(cfg, launch.world_size, device_memory))
     report.problems += precision_problems(cfg, launch)
     budget = device_memory * HEADROOM if device_memory else None
     if budget is not None:

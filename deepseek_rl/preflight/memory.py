@@ -14,6 +14,9 @@ Static (held for the whole run; conservative: gradients are counted in every pha
 Rollout phase: static + the full weights gathered under ZeRO-3 (P b_w) + the KV cache of the R rows:
   KV cache   2 L k d S R b_a
 Evaluation phase (eval.every > 0, rank 0): the same with eval.batch_size rows.
+With rollout.engine=vllm the rollout and evaluation phases hold vLLM's reservation instead of the KV cache and the
+gathered weights: u x the device memory (u = rollout.vllm.gpu_memory_utilization), plus one parameter gathered for
+the weight sync (V h b_w, the embedding); the training phase holds it too unless vLLM sleeps (sleep_level 1 or 2).
 Training phase: static + activations + logits of one micro-batch:
   activations  without checkpointing  L M S A, with A = b_a (8h + 4I) + 4 (2h + a + 2) bytes per token and layer
                (measured with autograd's saved-tensor hooks on transformers' Qwen2/Llama layer with SDPA and a
@@ -92,10 +95,19 @@ class Workload:
     kl: bool  # a reference model exists
     gradient_checkpointing: bool
     dtype_bytes: int  # bytes of model.dtype
+    engine: str = "builtin"  # rollout.engine
+    vllm_share: float = 0.0  # rollout.vllm.gpu_memory_utilization
+    vllm_sleep_level: int = 0  # rollout.vllm.sleep_level
+    device_memory: float = 0.0  # bytes per device (0: unknown)
 
     @property
     def sequence(self) -> int:  # S
         return self.prompt_length + self.completion_length
+
+    @property
+    def vllm_bytes(self) -> float:
+        """What vLLM reserves for its weights and KV cache: its share of the device (0 when unknown)."""
+        return self.vllm_share * self.device_memory
 
 
 @dataclass(frozen=True)
@@ -172,9 +184,19 @@ def static_terms(shape: ModelShape, launch: Launch, work: Workload) -> list[Term
     ]
 
 
+def vllm_term(label: str, work: Workload) -> Term:
+    known = "" if work.device_memory else " (unknown: give the device memory)"
+    formula = f"rollout.vllm.gpu_memory_utilization {work.vllm_share:g} x the device's memory{known}"
+    return Term(f"{label}: vLLM (weights + KV cache)", work.vllm_bytes, formula)
+
+
 def generation_terms(shape: ModelShape, launch: Launch, work: Workload, rows: int, label: str) -> list[Term]:
     b_a = activation_bytes(launch, work.dtype_bytes)
     b_w = weight_bytes(launch, work.dtype_bytes)
+    if work.engine == "vllm":  # vLLM's own copy and cache; the sync gathers one parameter at a time
+        largest = shape.vocab * shape.hidden
+        sync = [Term("rollout: weight sync", largest * b_w, f"{largest:,} x {b_w} B")] if label == "rollout" else []
+        return [vllm_term(label, work), *sync]
     terms = []
     if launch.backend == "deepspeed" and launch.zero_stage == 3:
         terms.append(
@@ -204,10 +226,15 @@ def training_terms(shape: ModelShape, launch: Launch, work: Workload) -> list[Te
     else:
         activations = shape.layers * tokens * a
         formula = f"{shape.layers} x {tokens:,} tokens x {a:,} B (no checkpointing)"
-    return [
+    terms = [
         Term("training: activations", activations, formula),
         Term("training: logits", m * c * shape.vocab * (b_a + 4), f"{m} x {c:,} x {shape.vocab:,} x {b_a + 4} B"),
     ]
+    if work.engine == "vllm" and work.vllm_sleep_level == 0:
+        terms.append(vllm_term("training", work))  # awake all along
+    elif work.engine == "vllm":
+        terms.append(Term("training: vLLM", 0, f"asleep (rollout.vllm.sleep_level={work.vllm_sleep_level})"))
+    return terms
 
 
 def estimate_memory(shape: ModelShape, launch: Launch, work: Workload) -> MemoryEstimate:

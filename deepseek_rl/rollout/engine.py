@@ -20,7 +20,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from deepseek_rl.batch import PromptBatch, RolloutBatch
-from deepseek_rl.config.schema import RolloutConfig
+from deepseek_rl.config.rollout import RolloutConfig
 from deepseek_rl.data.prompts import PromptSet
 from deepseek_rl.infra.distributed import generation_model
 from deepseek_rl.rollout.sampler import RowUniforms, generate_rollouts
@@ -47,6 +47,10 @@ class RolloutEngine:
 
     def close(self) -> None:
         """Release what the engine holds (processes, device memory)."""
+
+    def pop_sync_seconds(self) -> float | None:
+        """Seconds spent loading the policy's weights since the last call (None: this engine has no copy)."""
+        return None
 
     def complete(
         self, prompts: PromptSet, count: int, n: int, cfg: RolloutConfig, seed: int, batch_size: int, first: int = 0

@@ -15,6 +15,8 @@ instead of prefilling the same prompt G times. Models outside the supported fami
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -167,6 +169,9 @@ class DynamicDecoder:
 
     def __init__(self, model: nn.Module):
         self.model = model
+        # the forward's cache argument: `cache` since transformers 5.20, `past_key_values` before (5.16-5.19, the
+        # versions vLLM accepts)
+        self.cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
     @torch.no_grad()
     def prefill(self, prompt_ids: Tensor, prompt_mask: Tensor, group_size: int, max_new_tokens: int) -> Tensor:
@@ -177,7 +182,9 @@ class DynamicDecoder:
         positions = (self.attention_mask.cumsum(dim=1) - 1).clamp(min=0)
         self.cache = DynamicCache(config=self.model.config)
         mask = self.attention_mask
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=self.cache, logits_to_keep=1)
+        out = self.model(
+            input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1, **{self.cache_arg: self.cache}
+        )
         self.next_position = positions[:, -1:] + 1
         return out.logits[:, -1]
 
@@ -186,9 +193,8 @@ class DynamicDecoder:
         mask = self.attention_mask = torch.cat(
             [self.attention_mask, torch.ones_like(self.attention_mask[:, :1])], dim=1
         )
-        out = self.model(
-            input_ids=tokens[:, None], attention_mask=mask, position_ids=self.next_position, cache=self.cache
-        )
+        positions, cache = self.next_position, {self.cache_arg: self.cache}
+        out = self.model(input_ids=tokens[:, None], attention_mask=mask, position_ids=positions, **cache)
         self.next_position = self.next_position + 1
         return out.logits[:, -1]
 

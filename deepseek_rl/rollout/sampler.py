@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
 from deepseek_rl.batch import PromptBatch, RolloutBatch
-from deepseek_rl.config import RolloutConfig
+from deepseek_rl.config.rollout import RolloutConfig
 from deepseek_rl.rollout.kv_decode import make_decoder
 
 

@@ -24,7 +24,8 @@ from deepseek_rl.algo.advantages import group_advantages, zero_std_groups
 from deepseek_rl.algo.reward_set import RewardSet
 from deepseek_rl.batch import RolloutBatch, ScoredBatch
 from deepseek_rl.config.plan import BatchPlan
-from deepseek_rl.config.schema import AlgorithmConfig, RolloutConfig
+from deepseek_rl.config.rollout import RolloutConfig
+from deepseek_rl.config.schema import AlgorithmConfig
 from deepseek_rl.data.prompts import PromptSet, rank_indices, step_indices
 from deepseek_rl.rollout.engine import RolloutEngine
 

@@ -22,7 +22,8 @@ from accelerate.utils import gather_object
 
 from deepseek_rl.algo.reward_set import RewardSet
 from deepseek_rl.batch import RolloutBatch
-from deepseek_rl.config.schema import RewardConfig, RolloutConfig
+from deepseek_rl.config.rollout import RolloutConfig
+from deepseek_rl.config.schema import RewardConfig
 from deepseek_rl.config.stages import EvalConfig
 from deepseek_rl.data.prompts import PromptSet
 from deepseek_rl.rewards.math_answer import extract_answer

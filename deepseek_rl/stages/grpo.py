@@ -123,7 +123,7 @@ def setup(cfg: Config, output_dir: Path) -> GRPORun:
     if resume_from is not None:
         state = load_checkpoint(accelerator, resume_from)
     tracker = RunTracker(cfg.logger, output_dir, asdict(cfg), accelerator.is_main_process, state)
-    engine = BuiltinEngine(policy, tokenizer, eos_ids, accelerator)
+    engine = make_engine(cfg, policy, tokenizer, eos_ids, accelerator, output_dir)
     collector = RolloutCollector(
         plan=plan,
         rank=accelerator.process_index,
@@ -165,6 +165,16 @@ def setup(cfg: Config, output_dir: Path) -> GRPORun:
     )
 
 
+def make_engine(cfg: Config, policy, tokenizer, eos_ids: list[int], accelerator: Accelerator, run_dir: Path):
+    """The rollout engine of `rollout.engine` (vLLM is imported only when selected)."""
+    if cfg.rollout.engine == "builtin":
+        return BuiltinEngine(policy, tokenizer, eos_ids, accelerator)
+    from deepseek_rl.rollout.vllm_engine import VLLMEngine, engine_model_dir
+
+    model_dir = engine_model_dir(cfg.model, accelerator.unwrap_model(policy), tokenizer, run_dir)
+    return VLLMEngine(model_dir, cfg.model, cfg.rollout, policy, tokenizer, eos_ids, accelerator, cfg.trainer.seed)
+
+
 def held_out_metrics(run: GRPORun) -> dict[str, float]:
     if run.evaluator is None:
         return {}
@@ -193,6 +203,7 @@ def step(run: GRPORun, step_index: int) -> StepStats:
         "time/update": time.perf_counter() - logprobs_done,
         "time/step": time.perf_counter() - start,
         "tokens_per_second": float(scored.rollout.completion_mask.sum()) / generation_time,
+        **engine_metrics(run.engine),
         **run.observer.metrics(accelerator, scored),
     }
     every, done = run.cfg.eval.every, run.state.step
@@ -201,6 +212,11 @@ def step(run: GRPORun, step_index: int) -> StepStats:
     metrics |= run.observer.alarms(done, metrics)
     run.observer.log_table(done, scored)
     return StepStats(step=done, reward=metrics["reward"], loss=metrics["loss"], metrics=metrics)
+
+
+def engine_metrics(engine: RolloutEngine) -> dict[str, float]:
+    seconds = engine.pop_sync_seconds()
+    return {} if seconds is None else {"time/weight_sync": seconds}
 
 
 def finish(run: GRPORun) -> Path:

@@ -38,12 +38,23 @@ def rollout_metrics(accelerator: Accelerator, scored: ScoredBatch, rewards: Rewa
 def update_metrics(accelerator: Accelerator, sums: UpdateSums, loss_type: str) -> dict[str, float]:
     """Loss and per-token statistics from the update's sums over micro-batches, summed over ranks."""
     device = accelerator.device
-    stacked = torch.stack([getattr(sums, f.name).to(device).float().reshape(()) for f in fields(UpdateSums)])
-    reduced = accelerator.reduce(stacked, reduction="sum").tolist()  # one collective for all sums
-    total = {f.name: value for f, value in zip(fields(UpdateSums), reduced, strict=True)}
+    names = [f.name for f in fields(UpdateSums)]
+    stacked = torch.stack([getattr(sums, name).to(device).float().reshape(()) for name in names])
+    summed = accelerator.reduce(stacked, reduction="sum").tolist()  # one collective for all sums
+    total = dict(zip(names, summed, strict=True))
+    total["engine_ratio_max"] = accelerator.reduce(sums.engine_ratio_max.to(device).float(), reduction="max").item()
     tokens = max(total["tokens"], 1.0)
     world = accelerator.num_processes
-    return {
+    engine = {}
+    if total["engine_tokens"] > 0:  # the rollout engine gave log-probs (vLLM)
+        compared = total["engine_tokens"]
+        engine = {
+            "rollout/logprob_abs_diff": total["engine_abs_diff_sum"] / compared,
+            "rollout/is_ratio_mean": total["engine_ratio_sum"] / compared,
+            "rollout/is_ratio_max": total["engine_ratio_max"],
+            "rollout/is_ratio_capped": total["engine_ratio_capped"] / compared,
+        }
+    return engine | {
         # dapo's per-rank losses are shares of one global loss; the others are per-rank losses averaged by DDP
         "loss": total["loss"] if loss_type == "dapo" else total["loss"] / world,
         "kl": total["kl_sum"] / tokens,

@@ -1,0 +1,67 @@
+"""The rollout group: sampling settings every engine honours, the engine choice, and vLLM's knobs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from deepseek_rl.config.checks import one_of, require
+
+
+@dataclass
+class VLLMConfig:
+    # vLLM runs colocated in every training process (TRL's colocate mode, verl's hybrid engine); see docs/rollout.md.
+    # Share of each GPU's memory vLLM may take for its weights and KV cache (the rest is the trainer's).
+    gpu_memory_utilization: float = 0.3
+    # GPUs one engine is sharded over (a group of that many ranks shares one engine; must divide the world size).
+    tensor_parallel_size: int = 1
+    # Sequences vLLM decodes at once.
+    max_num_seqs: int = 256
+    # Reuse the KV cache of shared prompt prefixes (the G completions of a prompt share it).
+    enable_prefix_caching: bool = True
+    # Weights dtype in vLLM: auto (model.dtype), float32, bfloat16, float16.
+    dtype: str = "auto"
+    # GPU only: release vLLM's memory during the update and take it back for the rollout (0: never sleep;
+    # 1: offload weights to CPU and drop the KV cache; 2: drop both, weights come back with the sync).
+    sleep_level: int = 0
+    # Eager mode (no CUDA graphs): slower decoding, faster start, less memory.
+    enforce_eager: bool = False
+    # CPU only: GiB of KV cache (vLLM's VLLM_CPU_KVCACHE_SPACE, a whole number).
+    cpu_kv_cache_gib: int = 1
+
+    def __post_init__(self) -> None:
+        require(
+            0 < self.gpu_memory_utilization <= 1,
+            f"rollout.vllm.gpu_memory_utilization={self.gpu_memory_utilization} must be in (0, 1]",
+        )
+        require(self.tensor_parallel_size >= 1, "rollout.vllm.tensor_parallel_size must be >= 1")
+        require(self.max_num_seqs >= 1, "rollout.vllm.max_num_seqs must be >= 1")
+        one_of("rollout.vllm.dtype", self.dtype, ("auto", "float32", "bfloat16", "float16"))
+        one_of("rollout.vllm.sleep_level", str(self.sleep_level), ("0", "1", "2"))
+        require(self.cpu_kv_cache_gib >= 1, "rollout.vllm.cpu_kv_cache_gib must be >= 1")
+
+
+@dataclass
+class RolloutConfig:
+    # builtin: the KV-cached sampler on the policy itself (CPU, demo, tests); vllm: a vLLM engine in every training
+    # process, synced with the policy after each update (pip install 'deepseek-rl[vllm]'; see docs/rollout.md).
+    engine: str = "builtin"
+    # Prompts longer than this (in tokens) are rejected with an error naming the row.
+    max_prompt_length: int = 64
+    max_completion_length: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    # 0 disables top-k.
+    top_k: int = 0
+    # Generation of a completion also stops after any of these strings (besides EOS).
+    stop_strings: list[str] = field(default_factory=list)
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)
+
+    def __post_init__(self) -> None:
+        one_of("rollout.engine", self.engine, ("builtin", "vllm"))
+        require(self.max_prompt_length >= 1, f"rollout.max_prompt_length={self.max_prompt_length} must be >= 1")
+        require(
+            self.max_completion_length >= 1, f"rollout.max_completion_length={self.max_completion_length} must be >= 1"
+        )
+        require(self.temperature >= 0, f"rollout.temperature={self.temperature} must be >= 0 (0: greedy)")
+        require(0 < self.top_p <= 1, f"rollout.top_p={self.top_p} must be in (0, 1]")
+        require(self.top_k >= 0, f"rollout.top_k={self.top_k} must be >= 0 (0 disables it)")
