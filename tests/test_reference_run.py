@@ -1,31 +1,70 @@
-"""The reference-run summary: tables built from a run directory's results (hand-made files, hand-computed changes)."""
+"""The reference-run page: tables and plain-words verdicts built from run directories (hand-made result files,
+hand-computed gaps), and the curves it draws."""
 
 import json
+from pathlib import Path
 
-from deepseek_rl.tools.reference_run import METRICS, rft_markdown, summary_markdown
-
-
-def _metrics(value: float) -> dict[str, float]:
-    return {m: value for m in METRICS}
+from deepseek_rl.infra.plots import Curves, held_out_points, moving_average, plot_grid
+from deepseek_rl.tools.reference_run import CONTROLS, METRICS, rft_markdown, summary_markdown, verdict
 
 
-def _fake_run(run, sft: float, grpo: float, rft: float) -> None:
-    (run / "sft").mkdir(parents=True)
-    (run / "sft" / "metrics.jsonl").write_text('{"step": 10}\n{"step": 190}\n')
-    (run / "results.json").write_text(json.dumps({"sft": _metrics(sft), "grpo": _metrics(grpo)}))
-    (run / "wall_seconds.txt").write_text("143.2\n")
+def _metrics(greedy: float, sampled: float = 0.5) -> dict[str, float]:
+    return {m: (greedy if m == "eval/greedy_accuracy" else sampled) for m in METRICS}
+
+
+def _fake_run(run: Path, sft: float, grpo: float, time_: float, tokens: float, sampled=(0.2, 0.4, 0.5, 0.45)) -> Path:
+    results = {
+        "sft": _metrics(sft, sampled[0]),
+        "grpo": _metrics(grpo, sampled[1]),
+        CONTROLS[0]: _metrics(time_, sampled[2]),
+        CONTROLS[1]: _metrics(tokens, sampled[3]),
+    }
+    (run / "grpo").mkdir(parents=True)
+    (run / "results.json").write_text(json.dumps(results))
+    (run / "wall_seconds.txt").write_text("250.0\n")
+    lines = [{"step": 0, "eval/greedy_accuracy": sft}, {"step": 1, "reward": 0.1, "train/seconds": 0.5}]
+    lines += [{"step": 2, "reward": 0.3, "train/seconds": 1.25, "eval/greedy_accuracy": grpo}]
+    (run / "grpo" / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in lines))
+    return run
+
+
+def test_tables_and_verdicts(tmp_path):
+    wins = {s: _fake_run(tmp_path / "u" / f"seed-{s}", 0.35, 0.90 + s / 100, 0.52, 0.55) for s in (0, 1)}
+    mixed = {0: _fake_run(tmp_path / "a" / "seed-0", 0.5, 0.97, 0.95, 0.90)}
+    behind = {0: _fake_run(tmp_path / "b" / "seed-0", 0.5, 0.90, 0.95, 0.80)}
+    page = summary_markdown({"unreliable": wins, "addition": mixed})
+    # seed 0: RL 0.900 against the better control 0.550: +35.0 points; seed 1: 0.910 - 0.550 = +36.0
+    assert "| 0 | 250.0 s | 1 s | greedy_accuracy | 0.350 | 0.900 | 0.520 | 0.550 | +35.0 pts |" in page
+    assert "RL beats more SFT on every seed**, by +35.0 to +36.0 points" in page
+    assert "on sampled accuracy (temperature 1) RL is behind (-10.0 to -10.0 points)" in page  # 0.4 - 0.5
+    assert "by less than 15 points on some** (+2.0 to +2.0" in verdict("addition", mixed)  # 0.97 - 0.95
+    assert "more SFT does as well as RL or better** on seed(s) 0 (RL minus the better control: -5.0" in verdict(
+        "addition", behind
+    )
+
+
+def test_rft_table(tmp_path):
+    run = tmp_path / "seed-0"
     rft_dir = run / "rft-after-rl"
     (rft_dir / "rft").mkdir(parents=True)
-    (rft_dir / "results.json").write_text(json.dumps({"base": _metrics(grpo), "rft": _metrics(rft)}))
+    (rft_dir / "results.json").write_text(json.dumps({"base": _metrics(0.972, 0.3), "rft": _metrics(0.992, 0.4)}))
     (rft_dir / "rft" / "metrics.jsonl").write_text('{"step": 0, "rft/kept": 2027, "rft/sampled": 16000}\n')
     (rft_dir / "wall_seconds.txt").write_text("80.0\n")
-
-
-def test_summary_and_rft_tables(tmp_path):
-    run = tmp_path / "seed-0"
-    _fake_run(run, sft=0.448, grpo=0.972, rft=0.992)
-    page = summary_markdown({0: run}, [])
-    assert "| 0 | 143.2 s | 190 | greedy_accuracy | 0.448 | 0.972 | +52.4 pts |" in page
     rft = rft_markdown(0, run)
     assert "Kept 2027 of 16000 sampled completions; wall time 80.0 s." in rft
-    assert "| maj@8 | 0.972 | 0.992 | +2.0 pts |" in rft
+    assert "| greedy_accuracy | 0.972 | 0.992 | +2.0 pts |" in rft and "| maj@8 | 0.300 | 0.400 | +10.0 pts |" in rft
+
+
+def test_curves(tmp_path):
+    assert moving_average([1.0, 2.0, 3.0, 10.0], window=3) == [1.5, 2.0, 5.0, 6.5]
+    lines = [
+        {"step": 0, "eval/greedy_accuracy": 0.3},  # before training: 0 seconds
+        {"step": 10, "reward": 0.2, "train/seconds": 4.0},
+        {"step": 10, "eval/greedy_accuracy": 0.6},  # logged on its own line: the step's seconds
+        {"step": 20, "train/seconds": 9.0, "eval/greedy_accuracy": 0.8},
+    ]
+    assert held_out_points(lines) == ([0.0, 4.0, 9.0], [0.3, 0.6, 0.8])
+    run = _fake_run(tmp_path / "seed-0", 0.35, 0.9, 0.5, 0.5)
+    png = tmp_path / "curves.png"
+    plot_grid({"task": [Curves("seed 0", run / "grpo" / "metrics.jsonl", {"more SFT": run / "missing.jsonl"})]}, png)
+    assert png.stat().st_size > 10_000

@@ -20,7 +20,7 @@ from deepseek_rl.config.schema import (
     TrainerConfig,
     model_context_length,
 )
-from deepseek_rl.config.stages import EvalConfig, RFTConfig, SFTConfig
+from deepseek_rl.config.stages import ControlConfig, EvalConfig, RFTConfig, SFTConfig
 from deepseek_rl.config.store import load_recipe, register_configs
 from deepseek_rl.errors import ConfigError
 
@@ -29,6 +29,7 @@ __all__ = [
     "AlgorithmConfig",
     "BatchPlan",
     "Config",
+    "ControlConfig",
     "ConfigError",
     "DataConfig",
     "EvalConfig",

@@ -62,6 +62,9 @@ class DataConfig:
     num_eval: int = 500
     num_digits: int = 3
     task_seed: int = 1234
+    # An unreliable teacher: the chance that a worked solution (the SFT demonstrations) drops the carry out of a column
+    # summing to 10 or 11, its answer then wrong (data/tasks/addition.py); the gold answers stay right.
+    teacher_error: float = 0.0
 
     def __post_init__(self) -> None:
         from deepseek_rl.data.tasks import TASKS
@@ -71,6 +74,7 @@ class DataConfig:
             one_of("data.task", self.task, tuple(TASKS))
             require(self.num_digits >= 1, f"data.num_digits={self.num_digits} must be >= 1")
             require(self.num_train >= 1, f"data.num_train={self.num_train} must be >= 1")
+            require(0 <= self.teacher_error <= 1, f"data.teacher_error={self.teacher_error} must be in [0, 1]")
         else:
             require(
                 (self.path is None) != (self.hub_name is None),

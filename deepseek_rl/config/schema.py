@@ -16,7 +16,7 @@ from deepseek_rl.config.data import DataConfig
 from deepseek_rl.config.lora import LoraConfig
 from deepseek_rl.config.plan import BatchPlan, grpo_plan
 from deepseek_rl.config.rollout import RolloutConfig
-from deepseek_rl.config.stages import EvalConfig, RFTConfig, SFTConfig
+from deepseek_rl.config.stages import ControlConfig, EvalConfig, RFTConfig, SFTConfig
 
 
 @dataclass
@@ -122,6 +122,8 @@ class AlgorithmConfig:
     # KL penalty to a frozen reference model; the reference model is built only when this is non-zero.
     kl_coef: float = 0.0
     kl_estimator: str = "k3"
+    # Log `kl` (to the starting policy) even when kl_coef is 0: builds the frozen reference for the metric alone.
+    log_kl: bool = False
     # Optimisation passes over each rollout batch (mu). With 1 the ratio is exactly 1.
     num_iterations: int = 1
     entropy_coef: float = 0.0
@@ -234,12 +236,13 @@ class LoggerConfig:
         require(self.rollout_table_groups >= 1, f"logger.rollout_table_groups={self.rollout_table_groups} must be >= 1")
 
 
-STAGES = ("sft", "grpo", "rft", "eval")
+STAGES = ("sft", "grpo", "control", "rft", "eval")
 
 
 @dataclass
 class Config:
-    # The stages to run, in order, each starting from the previous one's checkpoint: sft, grpo, rft, eval.
+    # The stages to run, in order, each starting from the previous one's checkpoint: sft, grpo, rft, eval; and
+    # control (after sft and grpo: more SFT from the cold start with GRPO's budget, see ControlConfig).
     stages: list[str] = field(default_factory=lambda: ["grpo"])
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -251,12 +254,20 @@ class Config:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     rft: RFTConfig = field(default_factory=RFTConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
         require(len(self.stages) > 0, "stages is empty: give at least one of sft, grpo, rft, eval")
         for stage in self.stages:
             one_of("stages", stage, STAGES)
+        if "control" in self.stages:
+            before = self.stages[: self.stages.index("control")]
+            require(
+                "sft" in before and "grpo" in before,
+                "stages: control continues the cold start (sft) with the budget of the RL stage (grpo): list both "
+                "before it, e.g. stages=[sft,grpo,control,eval]",
+            )
         self.grpo_plan(world_size=1)
         for stage in ("sft", "rft"):
             if stage in self.stages:

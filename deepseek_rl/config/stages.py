@@ -86,6 +86,23 @@ class RFTConfig:
 
 
 @dataclass
+class ControlConfig:
+    # The control for RL (stage `control`, after `sft` and `grpo`): SFT continued from the cold-start checkpoint on
+    # the same demonstrations with sft.* (lr, batch; no early stop), given the GRPO stage's budget, so that RL's gain
+    # can be told from more training. One run per budget: `time` (GRPO's training seconds, its steps without the
+    # evaluations) and `tokens` (GRPO's trained completion tokens).
+    budgets: list[str] = field(default_factory=lambda: ["time", "tokens"])
+    # Held-out evaluations along the way (eval.during_training's settings), at this many equal shares of the budget.
+    evaluations: int = 10
+
+    def __post_init__(self) -> None:
+        require(len(self.budgets) > 0, "control.budgets is empty: give time, tokens or both")
+        for budget in self.budgets:
+            require(budget in ("time", "tokens"), f"control.budgets has '{budget}': use time and/or tokens")
+        require(self.evaluations >= 1, f"control.evaluations={self.evaluations} must be >= 1")
+
+
+@dataclass
 class EvalConfig:
     # Held-out evaluation (the `eval` split) by the eval stage: greedy accuracy on `num_prompts` problems, and
     # `samples` completions per problem at `temperature` for sampled accuracy, pass@k and maj@k, format rate, lengths.

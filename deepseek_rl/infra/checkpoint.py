@@ -32,6 +32,8 @@ CHECKPOINT_RE = re.compile(r"^step-(\d+)$")
 class TrainerState:
     step: int  # optimizer steps completed
     wandb_run_id: str | None = None
+    train_seconds: float = 0.0  # seconds spent in training steps so far (evaluations excluded)
+    train_tokens: float = 0.0  # completion tokens trained on so far, all ranks
 
 
 def checkpoint_dir(output_dir: Path) -> Path:

@@ -15,6 +15,7 @@ tracking and Hugging Face export. setup -> `train(examples)` -> `finish()`:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -49,6 +50,20 @@ from deepseek_rl.infra.preemption import Preempted, Preemption
 from deepseek_rl.infra.tracking import RunTracker
 from deepseek_rl.models.loading import eos_token_ids, load_model, load_tokenizer
 from deepseek_rl.rollout.engine import BuiltinEngine
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Where a fine-tuning run stops besides max_steps: training seconds (steps only, no evaluations) or trained
+    tokens (completion tokens in the loss), counted from the stage's start (the control of stages/control.py)."""
+
+    seconds: float | None = None
+    tokens: float | None = None
+
+    def spent(self, state: TrainerState) -> bool:
+        return (self.seconds is not None and state.train_seconds >= self.seconds) or (
+            self.tokens is not None and state.train_tokens >= self.tokens
+        )
 
 
 @dataclass(frozen=True)
@@ -105,11 +120,12 @@ class FineTuner:
     def rank_zero_value(self, value):
         return broadcast_value(self.accelerator, value)
 
-    def train(self, examples: Examples, check: Callable[[int], bool] | None = None) -> int:
-        """Train until max_steps, or until `check(step)` says stop; returns the steps completed."""
-        plan, accelerator, seed = self.plan, self.accelerator, self.cfg.trainer.seed
-        pad_id, device = self.tokenizer.pad_token_id, accelerator.device
-        scale = backward_scale("dapo", plan.world_size) * accelerator.gradient_accumulation_steps
+    def train(
+        self, examples: Examples, check: Callable[[int], bool] | None = None, budget: Budget | None = None
+    ) -> int:
+        """Train until max_steps, until `check(step)` says stop, or until the `budget` of training seconds or tokens
+        (cumulative in the trainer state, so a resumed run continues the count) is spent; returns the steps done."""
+        plan = self.plan
         progress = tqdm(
             range(self.state.step, plan.max_steps),
             desc=self.spec.stage,
@@ -118,43 +134,17 @@ class FineTuner:
             disable=not self.is_main,
             dynamic_ncols=True,
         )
-        self.policy.train()
         for step in progress:
-            indices = step_indices(len(examples), plan.rows_per_step, step, seed)  # wraps into the next epoch
-            mine = rank_indices(indices, self.rank, plan.world_size)
-            micro = plan.micro_batch_size
-            batches = [examples.batch(mine[i : i + micro], pad_id) for i in range(0, len(mine), micro)]
-            tokens = accelerator.reduce(sum(b[2].sum() for b in batches).to(device), reduction="sum").item()
-            loss_sum, grad_norm = 0.0, torch.tensor(float("nan"))
-            for ids, attention, loss_mask in batches:
-                with accelerator.accumulate(self.policy):
-                    ids, attention, loss_mask = ids.to(device), attention.to(device), loss_mask.to(device)
-                    logp, _ = completion_logprobs(self.policy, ids, attention, loss_mask.shape[1])
-                    loss = nll_loss(logp, loss_mask, tokens)
-                    accelerator.backward(loss * scale)
-                    grad_norm = optimizer_step(
-                        accelerator,
-                        self.policy,
-                        self.optimizer,
-                        self.scheduler,
-                        self.cfg.optimizer.max_grad_norm,
-                        grad_norm,
-                    )
-                loss_sum += loss.detach()
-            self.state.step = step + 1
-            loss_value = accelerator.reduce(torch.as_tensor(loss_sum, device=device), reduction="sum").item()
-            metrics = {"loss": loss_value, "lr": self.scheduler.get_last_lr()[0], "tokens": tokens}
-            metrics["grad_norm"] = float(grad_norm)
+            metrics = self.step(examples, step)
             self.tracker.log(self.state.step, metrics)
-            progress.set_postfix(loss=f"{loss_value:.3f}")
-            stop = False
+            progress.set_postfix(loss=f"{metrics['loss']:.3f}")
+            stop = budget is not None and budget.spent(self.state)
             if check is not None and self.spec.eval_every and self.state.step % self.spec.eval_every == 0:
-                stop = bool(self.rank_zero_value(check(self.state.step)))
-                self.policy.train()
-            preempted = any_rank(accelerator, self.preemption.requested)
+                stop = bool(self.rank_zero_value(check(self.state.step))) or stop
+            preempted = any_rank(self.accelerator, self.preemption.requested)
             every = self.cfg.trainer.save_every
             if preempted or (every and self.state.step % every == 0):
-                save_checkpoint(accelerator, self.output_dir, self.state, self.cfg.trainer.keep_last)
+                save_checkpoint(self.accelerator, self.output_dir, self.state, self.cfg.trainer.keep_last)
             if preempted:
                 self.tracker.finish()
                 self.preemption.close()
@@ -162,6 +152,40 @@ class FineTuner:
             if stop:
                 break
         return self.state.step
+
+    def step(self, examples: Examples, step: int) -> dict[str, float]:
+        """One optimizer step on this step's batch (this rank's share, in micro-batches); returns its metrics."""
+        plan, accelerator, start = self.plan, self.accelerator, time.perf_counter()
+        pad_id, device = self.tokenizer.pad_token_id, accelerator.device
+        self.policy.train()
+        indices = step_indices(len(examples), plan.rows_per_step, step, self.cfg.trainer.seed)  # wraps into epochs
+        mine = rank_indices(indices, self.rank, plan.world_size)
+        micro = plan.micro_batch_size
+        batches = [examples.batch(mine[i : i + micro], pad_id) for i in range(0, len(mine), micro)]
+        tokens = accelerator.reduce(sum(b[2].sum() for b in batches).to(device), reduction="sum").item()
+        scale = backward_scale("dapo", plan.world_size) * accelerator.gradient_accumulation_steps
+        loss_sum, grad_norm = 0.0, torch.tensor(float("nan"))
+        for ids, attention, loss_mask in batches:
+            with accelerator.accumulate(self.policy):
+                ids, attention, loss_mask = ids.to(device), attention.to(device), loss_mask.to(device)
+                logp, _ = completion_logprobs(self.policy, ids, attention, loss_mask.shape[1])
+                loss = nll_loss(logp, loss_mask, tokens)
+                accelerator.backward(loss * scale)
+                clip = self.cfg.optimizer.max_grad_norm
+                grad_norm = optimizer_step(accelerator, self.policy, self.optimizer, self.scheduler, clip, grad_norm)
+            loss_sum += loss.detach()
+        loss_value = accelerator.reduce(torch.as_tensor(loss_sum, device=device), reduction="sum").item()
+        self.state.step = step + 1
+        self.state.train_seconds += time.perf_counter() - start
+        self.state.train_tokens += tokens
+        return {
+            "loss": loss_value,
+            "lr": self.scheduler.get_last_lr()[0],
+            "tokens": tokens,
+            "grad_norm": float(grad_norm),
+            "train/seconds": self.state.train_seconds,
+            "train/tokens": self.state.train_tokens,
+        }
 
     def finish(self) -> Path:
         """Rank reports, the HF export in `<output_dir>/final`, summary.json; returns the export directory."""

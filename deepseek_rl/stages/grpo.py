@@ -4,8 +4,8 @@
     accelerate launch --config_file launch/zero2.yaml -m deepseek_rl.train --config-name smoke
 
 setup    everything fixed for the run, in one `GRPORun`: the batch plan, the accelerator, policy (and a frozen
-         reference only when kl_coef > 0), optimizer and LR schedule sized in optimizer steps, the rollout engine,
-         the reward set, the tracker; a checkpoint is restored when resuming.
+         reference only when kl_coef > 0 or log_kl), optimizer and LR schedule sized in optimizer steps, the
+         rollout engine, the reward set, the tracker; a checkpoint is restored when resuming.
 step     on every rank: sample G completions for each of this rank's prompts (groups stay on the rank) and score
          them -> group-relative advantages -> old / reference log-probs if the algorithm needs them -> micro-batched
          clipped-surrogate update (num_iterations optimizer steps) -> the engine is told the weights changed ->
@@ -107,9 +107,10 @@ def setup(cfg: Config, output_dir: Path) -> GRPORun:
     # a second copy from the same weights (deepcopy would not work on a ZeRO-3 partitioned model); for a LoRA
     # policy, the policy itself with its adapters disabled
     reference = None
-    if cfg.algorithm.kl_coef > 0 and cfg.model.lora.enabled:
+    with_reference = cfg.algorithm.kl_coef > 0 or cfg.algorithm.log_kl
+    if with_reference and cfg.model.lora.enabled:
         reference = AdapterDisabledReference(policy)
-    elif cfg.algorithm.kl_coef > 0:
+    elif with_reference:
         reference = prepare_reference(accelerator, load_model(cfg.model, tokenizer, seed=cfg.trainer.seed))
     eos_ids = eos_token_ids(tokenizer, policy)
     optimizer = build_optimizer(policy, cfg.algorithm.lr, cfg.optimizer)
@@ -194,14 +195,20 @@ def step(run: GRPORun, step_index: int) -> StepStats:
     run.engine.policy_updated()
     run.state.step = step_index + 1
     generation_time = max(sampling["time/generation"], 1e-9)
+    updated = update_metrics(accelerator, sums, run.cfg.algorithm.loss_type)
+    seconds = time.perf_counter() - start
+    run.state.train_seconds += seconds
+    run.state.train_tokens += updated["tokens"]
     metrics = {
         **rollout_metrics(accelerator, scored, run.rewards),
-        **update_metrics(accelerator, sums, run.cfg.algorithm.loss_type),
+        **updated,
         **sampling,
         "lr": run.scheduler.get_last_lr()[0],
         "time/logprobs": logprobs_done - collected,
         "time/update": time.perf_counter() - logprobs_done,
-        "time/step": time.perf_counter() - start,
+        "time/step": seconds,
+        "train/seconds": run.state.train_seconds,
+        "train/tokens": run.state.train_tokens,
         "tokens_per_second": float(scored.rollout.completion_mask.sum()) / generation_time,
         **engine_metrics(run.engine),
         **run.observer.metrics(accelerator, scored),

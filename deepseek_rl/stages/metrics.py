@@ -63,4 +63,5 @@ def update_metrics(accelerator: Accelerator, sums: UpdateSums, loss_type: str) -
         "clip/low": total["clipped_low"] / tokens,
         "clip/high": total["clipped_high"] / tokens,
         "grad_norm": total["grad_norm"] / world,
+        "tokens": total["tokens"],  # completion tokens in the loss, all ranks
     }

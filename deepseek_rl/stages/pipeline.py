@@ -1,9 +1,10 @@
 """Stages run in order, each from the previous one's checkpoint: the R1 pipeline is `stages: [sft, grpo, eval]`.
 
-    sft   cold-start supervised fine-tuning on worked traces, stopped early (sft.py)
-    grpo  group-relative RL with rule-based rewards (grpo.py)
-    rft   rejection-sampling fine-tuning on the policy's own verified samples (rft.py)
-    eval  held-out evaluation of every checkpoint made so far (or of `model` alone), with a before/after table
+    sft      cold-start supervised fine-tuning on worked traces, stopped early (sft.py)
+    grpo     group-relative RL with rule-based rewards (grpo.py)
+    control  more SFT from the cold start with GRPO's budget, one run per control.budgets (control.py)
+    rft      rejection-sampling fine-tuning on the policy's own verified samples (rft.py)
+    eval     held-out evaluation of every checkpoint made so far (or of `model` alone), with a before/after table
 
 Every stage runs in the processes the launcher started (one, or N under DDP/DeepSpeed), on the same process group.
 A single stage writes into the run directory itself; several stages each write into `<run dir>/<stage>/`, and the
@@ -28,12 +29,20 @@ from deepseek_rl.infra.distributed import launched_world_size
 from deepseek_rl.infra.plots import plot_training_curves
 from deepseek_rl.models.loading import eos_token_ids, load_model, load_tokenizer
 from deepseek_rl.rollout.engine import BuiltinEngine
+from deepseek_rl.stages.control import LABELS as CONTROL_LABELS
+from deepseek_rl.stages.control import run_control
 from deepseek_rl.stages.evaluate import Shard, evaluate
 from deepseek_rl.stages.grpo import train
 from deepseek_rl.stages.rft import run_rft
 from deepseek_rl.stages.sft import run_sft
 
-LABELS = {"base": "starting model", "sft": "cold start (SFT)", "grpo": "after RL (GRPO)", "rft": "after RFT"}
+LABELS = {
+    "base": "starting model",
+    "sft": "cold start (SFT)",
+    "grpo": "after RL (GRPO)",
+    "rft": "after RFT",
+    **{f"control_{kind}": label for kind, label in CONTROL_LABELS.items()},
+}
 STAGE_FILE = "stage.json"
 
 
@@ -79,6 +88,14 @@ def run_stages(cfg: Config, output_dir: Path) -> dict[str, Path]:
         if done is not None:
             print(f"deepseek-rl: stage {stage} already finished ({done}); skipping it")
             checkpoints[stage] = done
+        elif stage == "control":
+            start = ModelConfig(path=str(checkpoints["sft"]), tokenizer=None)
+            for kind in cfg.control.budgets:
+                name, control_dir = f"control_{kind}", output_dir / f"control_{kind}"
+                done = finished_stage(control_dir) if cfg.trainer.resume == "auto" else None
+                control_cfg = replace(stage_cfg, model=start, logger=replace(logger, name=f"{logger.name}-{kind}"))
+                checkpoints[name] = done or run_control(control_cfg, kind, control_dir, output_dir / "grpo")
+                record_stage(control_dir, name, checkpoints[name])
         elif stage == "eval":
             # the starting checkpoint too (e.g. the RL policy before RFT), but not a tiny model's random init
             models = {"base": cfg.model} if cfg.model.path is not None else {}
@@ -87,9 +104,11 @@ def run_stages(cfg: Config, output_dir: Path) -> dict[str, Path]:
         else:
             checkpoints[stage] = run_stage(stage, stage_cfg, stage_dir)
             record_stage(stage_dir, stage, checkpoints[stage])
-        if stage == "grpo" and is_main_process():
-            plot_training_curves(stage_dir / "metrics.jsonl", output_dir / "curves.png")
-        if stage in checkpoints:
+        if stage in ("grpo", "control") and is_main_process():
+            controls = {LABELS[n]: output_dir / n / "metrics.jsonl" for n in checkpoints if n.startswith("control_")}
+            grpo_metrics = (output_dir / "grpo" if several else stage_dir) / "metrics.jsonl"
+            plot_training_curves(grpo_metrics, output_dir / "curves.png", controls)
+        if stage in checkpoints:  # the next stage starts from this one's export (the controls branch off instead)
             model = ModelConfig(path=str(checkpoints[stage]), tokenizer=None)
     return checkpoints
 

@@ -1,12 +1,19 @@
-"""The reference run of the miniature R1 pipeline: `deepseek-rl train` for several seeds, summarised for docs/.
+"""The reference run: the miniature R1 pipeline with its control, on two tasks and several seeds, summarised for docs/.
 
     python -m deepseek_rl.tools.reference_run --seeds 0 1 2 --runs runs/reference --docs docs
 
-Runs the default recipe once per seed (trainer.seed=S, wandb off), then rejection-sampling fine-tuning (the
-`r1_rft` recipe) from the first seed's RL policy, and writes `<docs>/reference_run.md` (the commands, wall times,
-the before/after table per seed and what RFT adds after RL) and `<docs>/reference_run.png` (reward, held-out greedy
-accuracy and completion length over GRPO steps, one line per seed). With --no-run it only summarises existing runs;
---no-rft skips the RFT stage.
+For each task and seed it runs `stages=[sft, grpo, control, eval]` (wandb off): the cold start, RL from it, and the
+control (SFT continued from the same cold start with RL's training time, and separately its trained tokens), all
+evaluated the same way. The tasks:
+
+    addition     the default demo (`recipes/r1_pipeline.yaml`): worked solutions that are all correct
+    unreliable   `recipes/r1_unreliable_teacher.yaml`: 7 in 10 demonstrations drop a carry, so imitation learns the
+                 teacher's mistake while the reward checks the true sum
+
+Then rejection-sampling fine-tuning (`r1_rft`) from the first seed's RL policy on the default task (--no-rft skips
+it). Writes `<docs>/reference_run.md` (commands, machine, wall times, RL against the controls for every seed, what
+RFT adds, and in plain words where RL beats the control and where it does not) and `<docs>/reference_run.png` (one
+row of curves per task, one colour per seed). --no-run only summarises existing runs.
 """
 
 from __future__ import annotations
@@ -21,15 +28,24 @@ from pathlib import Path
 
 import torch
 
-from deepseek_rl.infra.plots import plot_training_curves
+from deepseek_rl.infra.plots import Curves, plot_grid
 from deepseek_rl.stages.pipeline import LABELS
 
 METRICS = ("eval/greedy_accuracy", "eval/sampled_accuracy", "eval/pass@8", "eval/maj@8", "eval/format_rate")
+CONTROLS = ("control_time", "control_tokens")
+# task -> (title, recipe arguments); every task runs the control
+TASKS = {
+    "addition": ("addition, correct demonstrations (the default demo)", ["stages=[sft,grpo,control,eval]"]),
+    "unreliable": ("addition, an unreliable teacher", ["--config-name", "r1_unreliable_teacher"]),
+}
+COMMON = ["algorithm.log_kl=true"]  # the KL panel: KL to the cold start as a metric, no penalty
+TARGET = 15.0  # points of held-out greedy accuracy by which RL should beat the control on the unreliable task
 
 
-def run_seed(seed: int, run_dir: Path, overrides: list[str], recipe: tuple[str, ...] = ()) -> float:
-    cmd = [sys.executable, "-m", "deepseek_rl.cli", "train", *recipe, "logger=none", f"trainer.seed={seed}"]
-    cmd += [f"trainer.output_dir={run_dir}", *overrides]
+def run_seed(seed: int, run_dir: Path, args: list[str]) -> float:
+    """`deepseek-rl train ARGS` (a --config-name first, if any) for one seed; returns and records its wall time."""
+    cmd = [sys.executable, "-m", "deepseek_rl.cli", "train", *args, "logger=none", f"trainer.seed={seed}"]
+    cmd.append(f"trainer.output_dir={run_dir}")
     start = time.perf_counter()
     subprocess.run(cmd, check=True)
     seconds = time.perf_counter() - start
@@ -37,36 +53,101 @@ def run_seed(seed: int, run_dir: Path, overrides: list[str], recipe: tuple[str, 
     return seconds
 
 
-def summary_markdown(runs: dict[int, Path], overrides: list[str]) -> str:
-    extra = (" " + " ".join(overrides)) if overrides else ""
+def read(path: Path, default: str = "?") -> str:
+    return path.read_text().strip() if path.exists() else default
+
+
+def rl_seconds(run: Path) -> float:
+    lines = [json.loads(line) for line in (run / "grpo" / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return max((m["train/seconds"] for m in lines if "train/seconds" in m), default=float("nan"))
+
+
+def gaps(runs: dict[int, Path], metric: str = "eval/greedy_accuracy") -> dict[int, float]:
+    """RL minus the better control, in points, per seed."""
+    out = {}
+    for seed, run in runs.items():
+        results = json.loads((run / "results.json").read_text())
+        best = max(results[c][metric] for c in CONTROLS if c in results)
+        out[seed] = 100 * (results["grpo"][metric] - best)
+    return out
+
+
+def verdict(title: str, runs: dict[int, Path]) -> str:
+    """The plain-words conclusion for one task, from its numbers."""
+    greedy, sampled = gaps(runs), gaps(runs, "eval/sampled_accuracy")
+    low, high = min(greedy.values()), max(greedy.values())
+    span = f"{low:+.1f} to {high:+.1f} points of held-out greedy accuracy"
+    if low >= TARGET:
+        line = f"**{title}: RL beats more SFT on every seed**, by {span}"
+    elif low > 0:
+        line = f"**{title}: RL is ahead of more SFT on every seed, by less than {TARGET:g} points on some** ({span})"
+    else:
+        behind = ", ".join(str(s) for s, g in greedy.items() if g <= 0)
+        line = (
+            f"**{title}: more SFT does as well as RL or better** on seed(s) {behind} "
+            f"(RL minus the better control: {span})"
+        )
+    lo, hi = min(sampled.values()), max(sampled.values())
+    side = "ahead" if lo > 0 else ("behind" if hi < 0 else "mixed")
+    return f"{line}; on sampled accuracy (temperature 1) RL is {side} ({lo:+.1f} to {hi:+.1f} points)."
+
+
+def task_markdown(task: str, runs: dict[int, Path]) -> list[str]:
+    title, args = TASKS[task]
+    labels = [LABELS["sft"], LABELS["grpo"], *(LABELS[c] for c in CONTROLS)]
     lines = [
-        "# Reference run: the R1 pipeline in miniature",
+        f"## {title}",
         "",
-        "Command for one seed (the default recipe `recipes/r1_pipeline.yaml`):",
+        f"    deepseek-rl train {' '.join([*args, *COMMON])} trainer.seed=S",
         "",
-        f"    deepseek-rl train trainer.seed=S{extra}",
-        "",
-        "Regenerate this page and its plot (all seeds, about 3 minutes each on 2 CPU cores):",
-        "",
-        "    python -m deepseek_rl.tools.reference_run --seeds " + " ".join(str(s) for s in runs),
-        "",
-        f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, Python {platform.python_version()}, "
-        f"torch {torch.__version__}.",
-        "",
-        "| seed | wall time | SFT steps | metric | cold start (SFT) | after RL (GRPO) | change |",
-        "|---|---|---|---|---|---|---|",
+        "| seed | wall time | RL training | metric | " + " | ".join(labels) + " | RL - better control |",
+        "|---|---|---|---|" + "---|" * len(labels) + "---|",
     ]
     for seed, run in runs.items():
         results = json.loads((run / "results.json").read_text())
-        before, after = results["sft"], results["grpo"]
-        wall = (run / "wall_seconds.txt").read_text().strip() if (run / "wall_seconds.txt").exists() else "?"
-        sft_steps = max(json.loads(line)["step"] for line in (run / "sft" / "metrics.jsonl").read_text().splitlines())
         for i, metric in enumerate(METRICS):
-            lead = f"| {seed} | {wall} s | {sft_steps} " if i == 0 else "| | | "
-            name, change = metric.removeprefix("eval/"), 100 * (after[metric] - before[metric])
-            lines.append(f"{lead}| {name} | {before[metric]:.3f} | {after[metric]:.3f} | {change:+.1f} pts |")
-    lines += ["", "![reward, held-out accuracy and completion length per GRPO step](reference_run.png)", ""]
-    lines += [f"Columns: {LABELS['sft']} is the checkpoint RL starts from; {LABELS['grpo']} is the final policy."]
+            lead = f"| {seed} | {read(run / 'wall_seconds.txt')} s | {rl_seconds(run):.0f} s " if i == 0 else "| | | "
+            values = [results[name][metric] for name in ("sft", "grpo", *CONTROLS)]
+            gap = 100 * (values[1] - max(values[2:]))
+            cells = " | ".join(f"{v:.3f}" for v in values)
+            lines.append(f"{lead}| {metric.removeprefix('eval/')} | {cells} | {gap:+.1f} pts |")
+    return lines + ["", verdict(title, runs), ""]
+
+
+def summary_markdown(tasks: dict[str, dict[int, Path]]) -> str:
+    seeds = sorted({seed for runs in tasks.values() for seed in runs})
+    walls = {t: sum(float(read(r / "wall_seconds.txt", "nan")) for r in runs.values()) for t, runs in tasks.items()}
+    lines = [
+        "# Reference run: the R1 pipeline in miniature, and the control that tells RL from more imitation",
+        "",
+        "Every run: cold-start SFT (stopped early), GRPO from it, and the control: SFT continued from the same cold",
+        "start on the same demonstrations, once for as long as RL trained (training seconds of the steps, evaluations",
+        "excluded on both sides) and once for as many trained tokens; then all four checkpoints evaluated the same way",
+        "on 500 held-out problems (greedy, and 8 samples at temperature 1). RL's reward checks the answer against",
+        "the true sum; SFT imitates the demonstrations.",
+        "",
+        "Regenerate this page and its plot:",
+        "",
+        "    python -m deepseek_rl.tools.reference_run --seeds " + " ".join(map(str, seeds)),
+        "",
+        f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, Python {platform.python_version()}, "
+        f"torch {torch.__version__}. Wall time of all seeds: "
+        + ", ".join(f"{TASKS[t][0].split(' (')[0]} {w / 60:.1f} min" for t, w in walls.items())
+        + ".",
+        "",
+        "## In short",
+        "",
+        *[f"- {verdict(TASKS[t][0], runs)}" for t, runs in tasks.items()],
+        "",
+        "![curves](reference_run.png)",
+        "",
+        "Curves (one row per task, one colour per seed): reward per step (9-step mean, raw faint); held-out greedy",
+        "accuracy against training seconds for RL (solid) and the controls (dashed: same time, dotted: same tokens);",
+        "KL to the cold start; entropy; completion length.",
+        "",
+    ]
+    for task, runs in tasks.items():
+        lines += task_markdown(task, runs)
     return "\n".join(lines) + "\n"
 
 
@@ -76,13 +157,13 @@ def rft_markdown(seed: int, run: Path) -> str:
     results = json.loads((rft_dir / "results.json").read_text())
     before, after = results["base"], results["rft"]
     stats = json.loads((rft_dir / "rft" / "metrics.jsonl").read_text().splitlines()[0])
-    wall = (rft_dir / "wall_seconds.txt").read_text().strip()
+    wall = read(rft_dir / "wall_seconds.txt")
     lines = [
         "",
         "## Rejection-sampling fine-tuning after RL (R1's stage 3)",
         "",
-        f"From seed {seed}'s RL policy (recipe `recipes/r1_rft.yaml`: 8 samples for each of 2000 train problems, keep",
-        "those that are correct and well formatted, at most 2 distinct per problem, fine-tune on them):",
+        f"From seed {seed}'s RL policy on the default task (recipe `recipes/r1_rft.yaml`: 8 samples for each of 2000",
+        "train problems, keep those that are correct and well formatted, at most 2 distinct per problem, fine-tune):",
         "",
         f"    deepseek-rl train --config-name r1_rft model.path=RUN/grpo/final   # RUN: seed {seed}'s run directory",
         "",
@@ -101,27 +182,34 @@ def rft_markdown(seed: int, run: Path) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     parser.add_argument("--runs", type=Path, default=Path("runs/reference"))
     parser.add_argument("--docs", type=Path, default=Path("docs"))
     parser.add_argument("--no-run", action="store_true", help="only summarise runs that exist")
     parser.add_argument("--no-rft", action="store_true", help="skip rejection-sampling fine-tuning after RL")
-    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every seed")
     args = parser.parse_args(argv)
-    runs = {seed: args.runs / f"seed-{seed}" for seed in args.seeds}
-    if not args.no_run:
+    tasks = {t: {s: args.runs / t / f"seed-{s}" for s in args.seeds} for t in args.tasks}
+    for task, runs in tasks.items():
         for seed, run in runs.items():
-            print(f"seed {seed}: {run_seed(seed, run, args.overrides):.0f} s", flush=True)
-    rft_seed, rft_run = next(iter(runs.items()))
-    if not args.no_run and not args.no_rft:
-        recipe = ("--config-name", "r1_rft", f"model.path={rft_run / 'grpo' / 'final'}")
-        print(f"rft: {run_seed(rft_seed, rft_run / 'rft-after-rl', args.overrides, recipe):.0f} s", flush=True)
+            if not args.no_run:
+                print(f"{task} seed {seed}: {run_seed(seed, run, [*TASKS[task][1], *COMMON]):.0f} s", flush=True)
+    first = next(iter(tasks.get("addition", {}).items()), None)
+    if first is not None and not args.no_run and not args.no_rft:
+        seed, run = first
+        recipe = ["--config-name", "r1_rft", f"model.path={run / 'grpo' / 'final'}"]
+        print(f"rft: {run_seed(seed, run / 'rft-after-rl', recipe):.0f} s", flush=True)
     args.docs.mkdir(parents=True, exist_ok=True)
-    plot_training_curves(
-        {f"seed {s}": r / "grpo" / "metrics.jsonl" for s, r in runs.items()}, args.docs / "reference_run.png"
-    )
-    page = summary_markdown(runs, args.overrides)
-    if (rft_run / "rft-after-rl" / "results.json").exists():
-        page += rft_markdown(rft_seed, rft_run)
+    rows = {
+        TASKS[t][0]: [
+            Curves(f"seed {s}", r / "grpo" / "metrics.jsonl", {LABELS[c]: r / c / "metrics.jsonl" for c in CONTROLS})
+            for s, r in runs.items()
+        ]
+        for t, runs in tasks.items()
+    }
+    plot_grid(rows, args.docs / "reference_run.png")
+    page = summary_markdown(tasks)
+    if first is not None and (first[1] / "rft-after-rl" / "results.json").exists():
+        page += rft_markdown(*first)
     (args.docs / "reference_run.md").write_text(page)
     print(f"wrote {args.docs / 'reference_run.md'} and {args.docs / 'reference_run.png'}")
 
