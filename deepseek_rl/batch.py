@@ -42,6 +42,10 @@ class RolloutBatch:
     group_size: int  # G
     # [N, C] float, the engine's log-prob of each sampled token (0 on padding); None when the engine gives none
     sampling_logprobs: Tensor | None = None
+    # Multi-turn rollouts with tools (rollout/tools.py): [N, C] long, 1 on environment tokens (tool outputs, which
+    # the loss never counts); and per trajectory [N] tool calls, calls that raised, calls that timed out
+    tool_mask: Tensor | None = None
+    tool_stats: dict[str, Tensor] | None = None
 
     def __len__(self) -> int:
         return self.completion_ids.shape[0]
@@ -57,6 +61,10 @@ class RolloutBatch:
     @property
     def completion_lengths(self) -> Tensor:  # [N] long
         return self.completion_mask.sum(dim=1)
+
+    @property
+    def model_mask(self) -> Tensor:  # [N, C] long: the completion tokens the policy sampled (not tool outputs)
+        return self.completion_mask if self.tool_mask is None else self.completion_mask * (1 - self.tool_mask)
 
     def reward_columns(self) -> dict[str, list[Any]]:
         """Keyword arguments for rewards: the dataset columns, `prompts`, and unpadded `completion_ids` (TRL's)."""
@@ -78,6 +86,8 @@ class RolloutBatch:
             columns={k: [v[i] for i in keep] for k, v in self.columns.items()},
             group_size=self.group_size,
             sampling_logprobs=None if self.sampling_logprobs is None else self.sampling_logprobs[rows],
+            tool_mask=None if self.tool_mask is None else self.tool_mask[rows],
+            tool_stats=None if self.tool_stats is None else {k: v[rows] for k, v in self.tool_stats.items()},
         )
 
     @staticmethod
@@ -106,6 +116,14 @@ class RolloutBatch:
                 None
                 if any(b.sampling_logprobs is None for b in parts)
                 else torch.cat([right(b.sampling_logprobs) for b in parts])
+            ),
+            tool_mask=(
+                None if any(b.tool_mask is None for b in parts) else torch.cat([right(b.tool_mask) for b in parts])
+            ),
+            tool_stats=(
+                None
+                if any(b.tool_stats is None for b in parts)
+                else {k: torch.cat([b.tool_stats[k] for b in parts]) for k in parts[0].tool_stats}
             ),
         )
 

@@ -78,7 +78,7 @@ def test_control_needs_sft_and_grpo_before_it(tmp_path: Path):
     assert result.returncode == 2 and "stages: control" in result.stderr and "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("bad", ["control.budgets=[]", "control.budgets=[steps]", "data.teacher_error=1.5"])
+@pytest.mark.parametrize("bad", ["control.budgets=[]", "control.budgets=[steps]", "data.task_args.teacher_error=1.5"])
 def test_bad_control_and_teacher_settings(bad, tmp_path: Path):
     result = run_cli("train", "--config-name", "r1_unreliable_teacher", bad, "logger=none", cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr

@@ -54,7 +54,7 @@ class UpdateSums:
 
 def build_loss_inputs(scored: ScoredBatch, mask_truncated: bool) -> LossInputs:
     rollout = scored.rollout
-    loss_mask = rollout.completion_mask.float() * scored.loss_weight.unsqueeze(1)  # [N, C]
+    loss_mask = rollout.model_mask.float() * scored.loss_weight.unsqueeze(1)  # [N, C]: tool outputs never count
     if mask_truncated:
         loss_mask = loss_mask * (~rollout.truncated).float().unsqueeze(1)
     return LossInputs(

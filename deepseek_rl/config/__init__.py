@@ -8,7 +8,7 @@ each other by their own paths, never through this file.
 from deepseek_rl.config.data import DataConfig
 from deepseek_rl.config.lora import LoraConfig
 from deepseek_rl.config.plan import BatchPlan, finetune_plan, grpo_plan
-from deepseek_rl.config.rollout import RolloutConfig, VLLMConfig
+from deepseek_rl.config.rollout import RolloutConfig, ToolsConfig, VLLMConfig
 from deepseek_rl.config.schema import (
     STAGES,
     AlgorithmConfig,
@@ -41,6 +41,7 @@ __all__ = [
     "RewardConfig",
     "RolloutConfig",
     "SFTConfig",
+    "ToolsConfig",
     "TrainerConfig",
     "VLLMConfig",
     "finetune_plan",

@@ -4,11 +4,12 @@ splits, and how prompts are built and rendered."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from deepseek_rl.config.checks import check_data_selection, one_of, require
+from deepseek_rl.errors import ConfigError
 
 
 @dataclass
@@ -62,9 +63,9 @@ class DataConfig:
     num_eval: int = 500
     num_digits: int = 3
     task_seed: int = 1234
-    # An unreliable teacher: the chance that a worked solution (the SFT demonstrations) drops the carry out of a column
-    # summing to 10 or 11, its answer then wrong (data/tasks/addition.py); the gold answers stay right.
-    teacher_error: float = 0.0
+    # The task's own settings, e.g. addition's {teacher_error: 0.7} (an unreliable teacher: the chance that a worked
+    # solution drops a carry) or multiplication's {tool_share: 0.2} (demonstrations that call the Python tool).
+    task_args: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         from deepseek_rl.data.tasks import TASKS
@@ -74,7 +75,13 @@ class DataConfig:
             one_of("data.task", self.task, tuple(TASKS))
             require(self.num_digits >= 1, f"data.num_digits={self.num_digits} must be >= 1")
             require(self.num_train >= 1, f"data.num_train={self.num_train} must be >= 1")
-            require(0 <= self.teacher_error <= 1, f"data.teacher_error={self.teacher_error} must be in [0, 1]")
+            known = [f.name for f in fields(TASKS[self.task]) if f.name not in ("num_digits", "seed")]
+            for key in self.task_args:
+                require(key in known, f"data.task_args.{key}: task '{self.task}' takes {known or 'no arguments'}")
+            try:  # the task checks its own values
+                TASKS[self.task](num_digits=self.num_digits, seed=self.task_seed, **self.task_args)
+            except ValueError as err:
+                raise ConfigError(str(err)) from err
         else:
             require(
                 (self.path is None) != (self.hub_name is None),

@@ -41,6 +41,28 @@ class VLLMConfig:
 
 
 @dataclass
+class ToolsConfig:
+    # Tool-integrated reasoning (docs/tools.md): the model writes a fenced ```python block and then `call_marker`;
+    # generation pauses, the block runs in a fresh code sandbox (reward.sandbox's isolation), its output (cut to
+    # max_output_chars, errors and timeouts as text) is appended as environment tokens, which the loss never counts,
+    # and generation goes on, up to max_tool_calls calls and the completion budget (outputs count in it).
+    enabled: bool = False
+    max_tool_calls: int = 4
+    call_marker: str = "```output"
+    # Seconds one call may run; sandbox runs of a batch that execute at once.
+    timeout: float = 5.0
+    workers: int = 8
+    max_output_chars: int = 256
+
+    def __post_init__(self) -> None:
+        require(self.max_tool_calls >= 1, f"rollout.tools.max_tool_calls={self.max_tool_calls} must be >= 1")
+        require(bool(self.call_marker.strip()), "rollout.tools.call_marker must not be empty")
+        require(self.timeout > 0, f"rollout.tools.timeout={self.timeout} must be > 0 seconds")
+        require(self.workers >= 1, f"rollout.tools.workers={self.workers} must be >= 1")
+        require(self.max_output_chars >= 16, f"rollout.tools.max_output_chars={self.max_output_chars} must be >= 16")
+
+
+@dataclass
 class RolloutConfig:
     # builtin: the KV-cached sampler on the policy itself (CPU, demo, tests); vllm: a vLLM engine in every training
     # process, synced with the policy after each update (pip install 'deepseek-rl[vllm]'; see docs/rollout.md).
@@ -55,6 +77,7 @@ class RolloutConfig:
     # Generation of a completion also stops after any of these strings (besides EOS).
     stop_strings: list[str] = field(default_factory=list)
     vllm: VLLMConfig = field(default_factory=VLLMConfig)
+    tools: ToolsConfig = field(default_factory=ToolsConfig)
 
     def __post_init__(self) -> None:
         one_of("rollout.engine", self.engine, ("builtin", "vllm"))

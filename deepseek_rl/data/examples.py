@@ -35,6 +35,8 @@ class Examples:
 
     prompt_ids: list[list[int]]  # [D] unpadded prompt tokens
     completion_ids: list[list[int]]  # [D] unpadded completion tokens, EOS last
+    # [D] per completion token: 1 trained on, 0 a tool's output in a tool-use demonstration (None: all 1)
+    completion_weights: list[list[int]] | None = None
 
     def __len__(self) -> int:
         return len(self.prompt_ids)
@@ -51,7 +53,12 @@ class Examples:
             ids[row, p - len(prompt) : p] = torch.tensor(prompt)
             ids[row, p : p + len(completion)] = torch.tensor(completion)
             attention[row, p - len(prompt) : p + len(completion)] = 1
-        return ids, attention, attention[:, p:].float()
+        loss_mask = attention[:, p:].float()
+        if self.completion_weights is not None:
+            for row, i in enumerate(indices):
+                weights = self.completion_weights[i]
+                loss_mask[row, : len(weights)] *= torch.tensor(weights, dtype=torch.float32)
+        return ids, attention, loss_mask
 
 
 def strip_reopened_think(prompt: str, completion: str) -> str:
@@ -67,14 +74,43 @@ def strip_reopened_think(prompt: str, completion: str) -> str:
     return completion
 
 
+def tool_spans(completion: str, marker: str) -> list[tuple[str, int]]:
+    """The completion as (text, weight) pieces: a tool's output (after `marker`, through its closing fence) weighs 0,
+    the rest 1. The pieces are tokenized apart, as the rollout tokenizes the model's turns and the tool's outputs.
+
+    >>> tool_spans("a```output\\n42\\n```\\nb", "```output")
+    [('a```output', 1), ('\\n42\\n```\\n', 0), ('b', 1)]
+    """
+    pieces, rest = [], completion
+    while (start := rest.find(marker)) >= 0:
+        end = rest.find("\n```\n", start + len(marker))
+        if end < 0:
+            break
+        end += len("\n```\n")
+        pieces += [(rest[: start + len(marker)], 1), (rest[start + len(marker) : end], 0)]
+        rest = rest[end:]
+    return [(text, weight) for text, weight in [*pieces, (rest, 1)] if text]
+
+
 def tokenize_examples(
-    tokenizer: PreTrainedTokenizerBase, prompts: list[str], completions: list[str], max_length: int | None = None
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    completions: list[str],
+    max_length: int | None = None,
+    tool_marker: str | None = None,
 ) -> tuple[Examples, int]:
-    """Tokenize (prompt, completion) texts; returns the examples and how many completions were cut to fit."""
+    """Tokenize (prompt, completion) texts; returns the examples and how many completions were cut to fit. With a
+    `tool_marker`, tool outputs in the completions are tokenized as their own pieces and not trained on."""
     encode = lambda texts: tokenizer(texts, add_special_tokens=False)["input_ids"]  # noqa: E731
-    prompt_ids, completion_ids, cut = encode(prompts), [], 0
+    prompt_ids, completion_ids, weights, cut = encode(prompts), [], [], 0
     eos = tokenizer.eos_token_id
-    for row, (prompt, completion) in enumerate(zip(prompt_ids, encode(completions), strict=True)):
+    if tool_marker is None:
+        encoded, weighted = encode(completions), None
+    else:
+        pieces = [tool_spans(text, tool_marker) for text in completions]
+        encoded = [[t for text, _ in p for t in encode([text])[0]] for p in pieces]
+        weighted = [[w for text, w in p for _ in encode([text])[0]] for p in pieces]
+    for row, (prompt, completion) in enumerate(zip(prompt_ids, encoded, strict=True)):
         room = None if max_length is None else max_length - len(prompt) - 1  # one for EOS
         if room is not None and room < 1:
             raise DataError(
@@ -84,7 +120,9 @@ def tokenize_examples(
         if room is not None and len(completion) > room:
             completion, cut = completion[:room], cut + 1
         completion_ids.append(completion + [eos])
-    return Examples(prompt_ids, completion_ids), cut
+        if weighted is not None:
+            weights.append(weighted[row][: len(completion)] + [1])
+    return Examples(prompt_ids, completion_ids, weights if weighted is not None else None), cut
 
 
 def conversation_texts(
@@ -113,6 +151,7 @@ def load_examples(
     messages_column: str | None,
     completion_column: str,
     max_length: int | None,
+    tool_marker: str | None = None,
 ) -> Examples:
     """A split's rows as tokenized fine-tuning examples (see the module docstring)."""
     rows = load_rows(data, split, prompts=messages_column is None)
@@ -135,7 +174,7 @@ def load_examples(
         prompts = [render_prompt(text, data.template, tokenizer, data.system_prompt) for text in raw]
         completions = [str(c) for c in columns[completion_column]]
     completions = [strip_reopened_think(p, c) for p, c in zip(prompts, completions, strict=True)]
-    examples, cut = tokenize_examples(tokenizer, prompts, completions, max_length)
+    examples, cut = tokenize_examples(tokenizer, prompts, completions, max_length, tool_marker)
     if cut:
         print(
             f"deepseek-rl: {cut} of {len(examples)} {split} completions were cut to fit {max_length} tokens",

@@ -26,7 +26,7 @@ def load_rows(cfg: DataConfig, split: str = "train", prompts: bool = True) -> da
     """The rows of a split (train, validation, eval) of a procedural task or of the split's local file, with
     `cfg.columns` renames applied; with `prompts` (the default) the prompt column or template fields must exist."""
     if cfg.task is not None:
-        task = TASKS[cfg.task](num_digits=cfg.num_digits, seed=cfg.task_seed, teacher_error=cfg.teacher_error)
+        task = TASKS[cfg.task](num_digits=cfg.num_digits, seed=cfg.task_seed, **cfg.task_args)
         rows = task.splits(cfg.num_train, cfg.num_validation, cfg.num_eval)[split]
         dataset = datasets.Dataset.from_list(rows)
     else:

@@ -36,10 +36,18 @@ class RolloutEngine:
         yield
 
     def generate(
-        self, prompts: PromptBatch, group_size: int, cfg: RolloutConfig, seed: int, first_row: int, total_rows: int
+        self,
+        prompts: PromptBatch,
+        group_size: int,
+        cfg: RolloutConfig,
+        seed: int,
+        first_row: int,
+        total_rows: int,
+        rows: list[int] | None = None,
     ) -> RolloutBatch:
         """B prompts -> B * G completions; `first_row` is this batch's first row in a global batch of `total_rows`,
-        whose sampling noise is seeded by `seed`. Call inside `session()`."""
+        whose sampling noise is seeded by `seed` (or `rows` lists each output row's index in it). Call inside
+        `session()`."""
         raise NotImplementedError
 
     def policy_updated(self) -> None:
@@ -105,9 +113,16 @@ class BuiltinEngine(RolloutEngine):
                 self._bare = None
 
     def generate(
-        self, prompts: PromptBatch, group_size: int, cfg: RolloutConfig, seed: int, first_row: int, total_rows: int
+        self,
+        prompts: PromptBatch,
+        group_size: int,
+        cfg: RolloutConfig,
+        seed: int,
+        first_row: int,
+        total_rows: int,
+        rows: list[int] | None = None,
     ) -> RolloutBatch:
         if self._bare is None:
             raise RuntimeError("BuiltinEngine.generate outside session()")
-        uniforms = RowUniforms(seed, total_rows, first_row, len(prompts) * group_size)
+        uniforms = RowUniforms(seed, total_rows, first_row, len(prompts) * group_size, rows)
         return generate_rollouts(self._bare, self.tokenizer, prompts, cfg, group_size, self.eos_ids, uniforms)

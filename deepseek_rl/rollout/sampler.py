@@ -47,14 +47,16 @@ def sample_tokens(logits: Tensor, cfg: RolloutConfig, uniforms: Tensor) -> Tenso
 
 
 class RowUniforms:
-    """Per decode step, uniforms for all `total_rows` rows of the global batch; yields rows [start, start + n)."""
+    """Per decode step, uniforms for all `total_rows` rows of the global batch; yields rows [start, start + n), or
+    the rows listed in `rows` (global indices, e.g. the trajectories still running in a multi-turn rollout)."""
 
-    def __init__(self, seed: int, total_rows: int, start: int, n: int):
+    def __init__(self, seed: int, total_rows: int, start: int, n: int, rows: list[int] | None = None):
         self.generator = torch.Generator().manual_seed(seed)
-        self.total_rows, self.start, self.n = total_rows, start, n
+        self.total_rows = total_rows
+        self.rows = torch.tensor(rows, dtype=torch.long) if rows is not None else torch.arange(start, start + n)
 
     def next(self) -> Tensor:  # [n]
-        return torch.rand(self.total_rows, generator=self.generator)[self.start : self.start + self.n]
+        return torch.rand(self.total_rows, generator=self.generator)[self.rows]
 
 
 class StopStrings:

@@ -193,11 +193,19 @@ class VLLMEngine(RolloutEngine):
         )
 
     def generate(
-        self, prompts: PromptBatch, group_size: int, cfg: RolloutConfig, seed: int, first_row: int, total_rows: int
+        self,
+        prompts: PromptBatch,
+        group_size: int,
+        cfg: RolloutConfig,
+        seed: int,
+        first_row: int,
+        total_rows: int,
+        rows: list[int] | None = None,
     ) -> RolloutBatch:
-        rows = len(prompts) * group_size
+        global_rows = rows if rows is not None else list(range(first_row, first_row + len(prompts) * group_size))
+        rows = len(global_rows)
         ids = [row[mask.bool()].tolist() for row, mask in zip(prompts.input_ids, prompts.attention_mask, strict=True)]
-        requests = [(ids[i // group_size], row_seed(seed, first_row + i)) for i in range(rows)]
+        requests = [(ids[i // group_size], row_seed(seed, global_rows[i])) for i in range(rows)]
         outputs = self.run_in_group(requests, cfg)
         completion = [list(out.token_ids) for out in outputs]
         width = max(1, max(len(c) for c in completion))

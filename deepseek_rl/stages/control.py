@@ -22,11 +22,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from deepseek_rl.config.schema import Config
-from deepseek_rl.data.examples import load_examples
 from deepseek_rl.data.prompts import build_prompt_set
 from deepseek_rl.errors import ConfigError
 from deepseek_rl.stages.evaluate import HeldOutEval, shard_of
 from deepseek_rl.stages.finetune import Budget, FineTuner, FineTuneSpec
+from deepseek_rl.stages.sft import sft_examples
 
 LABELS = {"time": "more SFT, same time", "tokens": "more SFT, same tokens"}
 
@@ -48,8 +48,7 @@ def run_control(cfg: Config, kind: str, stage_dir: Path, grpo_dir: Path) -> Path
     sft = replace(cfg.sft, max_steps=10**7, stop_accuracy=None, eval_every=1)
     cfg = replace(cfg, sft=sft)
     tuner = FineTuner(cfg, FineTuneSpec.of(cfg, "sft"), stage_dir)
-    max_length = sft.max_length or cfg.rollout.max_prompt_length + cfg.rollout.max_completion_length
-    examples = load_examples(cfg.data, tuner.tokenizer, "train", sft.messages_column, sft.completion_column, max_length)
+    examples = sft_examples(cfg, tuner.tokenizer)
     settings = cfg.eval.during_training()
     held_out = build_prompt_set(cfg.data, tuner.tokenizer, cfg.rollout.max_prompt_length, split="eval")
     prompts = held_out.subset(settings.num_prompts)

@@ -126,6 +126,10 @@ def evaluate(
     }
     if sampled:
         metrics |= sampled_metrics(sampled, count, cfg.samples)
+    if rollout.tools.enabled:  # the share of completions that called the tool at least once
+        metrics["eval/greedy_tool_use"] = mean(s["tool_calls"] > 0 for s in greedy)
+        if sampled:
+            metrics["eval/tool_use"] = mean(s["tool_calls"] > 0 for s in sampled)
     return EvalReport(metrics=metrics, samples=greedy + sampled)
 
 
@@ -160,6 +164,7 @@ def score_samples(batches: Iterator[RolloutBatch], rewards: RewardSet) -> list[d
                     "format": bool(terms.shape[1] > 1 and terms[i, 1] == 1.0),
                     "length": int(out.completion_mask[i].sum()),
                     "truncated": bool(out.truncated[i]),
+                    "tool_calls": int(out.tool_stats["calls"][i]) if out.tool_stats is not None else 0,
                 }
             )
     return rows

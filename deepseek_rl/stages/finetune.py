@@ -50,6 +50,7 @@ from deepseek_rl.infra.preemption import Preempted, Preemption
 from deepseek_rl.infra.tracking import RunTracker
 from deepseek_rl.models.loading import eos_token_ids, load_model, load_tokenizer
 from deepseek_rl.rollout.engine import BuiltinEngine
+from deepseek_rl.rollout.tools import with_tools
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,9 @@ class FineTuner:
         if resume_from is not None:
             self.state = load_checkpoint(self.accelerator, resume_from)
         self.tracker = RunTracker(cfg.logger, self.output_dir, asdict(cfg), self.is_main, self.state)
-        self.engine = BuiltinEngine(self.policy, self.tokenizer, eos_ids, self.accelerator)
+        self.engine = with_tools(
+            BuiltinEngine(self.policy, self.tokenizer, eos_ids, self.accelerator), cfg.rollout, eos_ids
+        )
         self.preemption = Preemption()
 
     @property
@@ -194,4 +197,5 @@ class FineTuner:
         export_hf(self.accelerator, self.policy, self.tokenizer, final)
         self.tracker.finish(summary=True)
         self.preemption.close()
+        self.engine.close()
         return final

@@ -53,6 +53,7 @@ from deepseek_rl.models.loading import eos_token_ids, load_model, load_tokenizer
 from deepseek_rl.models.lora import AdapterDisabledReference
 from deepseek_rl.preflight.check import preflight_before_training
 from deepseek_rl.rollout.engine import BuiltinEngine, RolloutEngine
+from deepseek_rl.rollout.tools import with_tools
 from deepseek_rl.stages.collect import RolloutCollector
 from deepseek_rl.stages.evaluate import HeldOutEval, shard_of
 from deepseek_rl.stages.metrics import rollout_metrics, update_metrics
@@ -169,11 +170,12 @@ def setup(cfg: Config, output_dir: Path) -> GRPORun:
 def make_engine(cfg: Config, policy, tokenizer, eos_ids: list[int], accelerator: Accelerator, run_dir: Path):
     """The rollout engine of `rollout.engine` (vLLM is imported only when selected)."""
     if cfg.rollout.engine == "builtin":
-        return BuiltinEngine(policy, tokenizer, eos_ids, accelerator)
+        return with_tools(BuiltinEngine(policy, tokenizer, eos_ids, accelerator), cfg.rollout, eos_ids)
     from deepseek_rl.rollout.vllm_engine import VLLMEngine, engine_model_dir
 
     model_dir = engine_model_dir(cfg.model, accelerator.unwrap_model(policy), tokenizer, run_dir)
-    return VLLMEngine(model_dir, cfg.model, cfg.rollout, policy, tokenizer, eos_ids, accelerator, cfg.trainer.seed)
+    engine = VLLMEngine(model_dir, cfg.model, cfg.rollout, policy, tokenizer, eos_ids, accelerator, cfg.trainer.seed)
+    return with_tools(engine, cfg.rollout, eos_ids)
 
 
 def held_out_metrics(run: GRPORun) -> dict[str, float]:

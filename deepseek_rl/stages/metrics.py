@@ -10,7 +10,7 @@ from accelerate import Accelerator
 from deepseek_rl.algo.advantages import zero_std_groups
 from deepseek_rl.algo.reward_set import RewardSet
 from deepseek_rl.algo.update import UpdateSums
-from deepseek_rl.batch import ScoredBatch
+from deepseek_rl.batch import RolloutBatch, ScoredBatch
 
 
 def rollout_metrics(accelerator: Accelerator, scored: ScoredBatch, rewards: RewardSet) -> dict[str, float]:
@@ -23,7 +23,7 @@ def rollout_metrics(accelerator: Accelerator, scored: ScoredBatch, rewards: Rewa
     truncated = accelerator.gather(rollout.truncated.float().to(device))
     zero_std = accelerator.gather(zero_std_groups(scored.rewards, rollout.group_size).float().to(device))
     failures = accelerator.reduce(rewards.pop_failures().to(device), reduction="sum").cpu()  # [2, F] this step
-    return {
+    return tool_metrics(accelerator, rollout) | {
         "reward": total.mean().item(),
         "reward_std": total.std().item() if total.numel() > 1 else 0.0,
         **rewards.metrics(terms, failures),
@@ -64,4 +64,23 @@ def update_metrics(accelerator: Accelerator, sums: UpdateSums, loss_type: str) -
         "clip/high": total["clipped_high"] / tokens,
         "grad_norm": total["grad_norm"] / world,
         "tokens": total["tokens"],  # completion tokens in the loss, all ranks
+    }
+
+
+def tool_metrics(accelerator: Accelerator, rollout: RolloutBatch) -> dict[str, float]:
+    """Tool use over the global batch (multi-turn rollouts only): calls per trajectory, the share of trajectories
+    that called the tool, calls that raised or timed out (counts this step), environment tokens per trajectory."""
+    if rollout.tool_stats is None or rollout.tool_mask is None:
+        return {}
+    device = accelerator.device
+    calls = accelerator.gather(rollout.tool_stats["calls"].float().to(device))
+    errors = accelerator.reduce(rollout.tool_stats["errors"].sum().float().to(device), reduction="sum")
+    timeouts = accelerator.reduce(rollout.tool_stats["timeouts"].sum().float().to(device), reduction="sum")
+    env_tokens = accelerator.gather(rollout.tool_mask.sum(dim=1).float().to(device))
+    return {
+        "tools/calls_per_trajectory": calls.mean().item(),
+        "tools/used_share": (calls > 0).float().mean().item(),
+        "tools/errors": errors.item(),
+        "tools/timeouts": timeouts.item(),
+        "tools/env_tokens": env_tokens.mean().item(),
     }

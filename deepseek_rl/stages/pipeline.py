@@ -29,6 +29,7 @@ from deepseek_rl.infra.distributed import launched_world_size
 from deepseek_rl.infra.plots import plot_training_curves
 from deepseek_rl.models.loading import eos_token_ids, load_model, load_tokenizer
 from deepseek_rl.rollout.engine import BuiltinEngine
+from deepseek_rl.rollout.tools import with_tools
 from deepseek_rl.stages.control import LABELS as CONTROL_LABELS
 from deepseek_rl.stages.control import run_control
 from deepseek_rl.stages.evaluate import Shard, evaluate
@@ -145,8 +146,10 @@ def run_eval_stage(cfg: Config, models: dict[str, ModelConfig], stage_dir: Path,
         tokenizer = load_tokenizer(model_cfg)
         model = load_model(model_cfg, tokenizer, seed=cfg.trainer.seed).to(eval_device())
         prompts = build_prompt_set(cfg.data, tokenizer, cfg.rollout.max_prompt_length, split="eval")
-        engine = BuiltinEngine(model, tokenizer, eos_token_ids(tokenizer, model))
+        eos = eos_token_ids(tokenizer, model)
+        engine = with_tools(BuiltinEngine(model, tokenizer, eos), cfg.rollout, eos)
         report = evaluate(engine, prompts, cfg.eval, cfg.rollout, cfg.trainer.seed, cfg.reward.args, shard)
+        engine.close()
         results[name] = report.metrics
         if main:
             stage_dir.mkdir(parents=True, exist_ok=True)

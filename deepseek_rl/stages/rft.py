@@ -93,6 +93,7 @@ def run_rft(cfg: Config, output_dir: Path) -> Path:
                     f.write(json.dumps({"prompt": prompt, "completion": completion}) + "\n")
         tuner.tracker.log(0, {"rft/kept": len(kept), "rft/sampled": sampled, "rft/kept_share": len(kept) / sampled})
     max_length = cfg.rollout.max_prompt_length + cfg.rollout.max_completion_length
-    examples, _ = tokenize_examples(tuner.tokenizer, [p for p, _ in kept], [c for _, c in kept], max_length)
+    marker = cfg.rollout.tools.call_marker  # tool outputs in kept trajectories are context, not targets
+    examples, _ = tokenize_examples(tuner.tokenizer, [p for p, _ in kept], [c for _, c in kept], max_length, marker)
     tuner.train(examples)
     return tuner.finish()

@@ -12,20 +12,27 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+from transformers import PreTrainedTokenizerBase
+
 from deepseek_rl.config.schema import Config
-from deepseek_rl.data.examples import load_examples
+from deepseek_rl.data.examples import Examples, load_examples
 from deepseek_rl.data.prompts import build_prompt_set
 from deepseek_rl.stages.evaluate import HeldOutEval, shard_of
 from deepseek_rl.stages.finetune import FineTuner, FineTuneSpec
 
 
+def sft_examples(cfg: Config, tokenizer: PreTrainedTokenizerBase) -> Examples:
+    """The train split's demonstrations, tokenized; tool outputs in them (after rollout.tools.call_marker) are
+    context, not targets: during rollouts the sandbox writes them."""
+    max_length = cfg.sft.max_length or cfg.rollout.max_prompt_length + cfg.rollout.max_completion_length
+    sft, marker = cfg.sft, cfg.rollout.tools.call_marker
+    return load_examples(cfg.data, tokenizer, "train", sft.messages_column, sft.completion_column, max_length, marker)
+
+
 def run_sft(cfg: Config, output_dir: Path) -> Path:
     """Fine-tune on the train split's traces with the early-stop rule; returns the HF export directory."""
     tuner = FineTuner(cfg, FineTuneSpec.of(cfg, "sft"), output_dir)
-    max_length = cfg.sft.max_length or cfg.rollout.max_prompt_length + cfg.rollout.max_completion_length
-    examples = load_examples(
-        cfg.data, tuner.tokenizer, "train", cfg.sft.messages_column, cfg.sft.completion_column, max_length
-    )
+    examples = sft_examples(cfg, tuner.tokenizer)
     check = None
     if cfg.sft.eval_every:
         validation = build_prompt_set(cfg.data, tuner.tokenizer, cfg.rollout.max_prompt_length, split="validation")

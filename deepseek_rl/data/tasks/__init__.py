@@ -5,5 +5,6 @@ A task yields rows with a `prompt`, a gold `answer` and a worked `solution` (a c
 """
 
 from deepseek_rl.data.tasks.addition import AdditionTask
+from deepseek_rl.data.tasks.multiplication import MultiplicationTask
 
-TASKS = {"addition": AdditionTask}
+TASKS = {"addition": AdditionTask, "multiplication": MultiplicationTask}

@@ -62,6 +62,10 @@ class AdditionTask:
     seed: int = 1234
     teacher_error: float = 0.0  # chance that a demonstration drops the carry of a column summing to 10 or 11
 
+    def __post_init__(self) -> None:
+        if not 0 <= self.teacher_error <= 1:
+            raise ValueError(f"data.task_args.teacher_error={self.teacher_error} must be in [0, 1]")
+
     def splits(self, num_train: int, num_validation: int, num_eval: int) -> dict[str, list[dict[str, str]]]:
         lo, hi = 10 ** (self.num_digits - 1) if self.num_digits > 1 else 0, 10**self.num_digits - 1
         space, total = (hi - lo + 1) ** 2, num_train + num_validation + num_eval
