@@ -211,3 +211,18 @@ def test_truncated_importance_sampling_by_hand():
 def test_tis_cap_without_vllm_is_a_config_error(tmp_path: Path):
     result = run_cli("train", "--config-name", "smoke", "algorithm.tis_cap=2", "logger=none", cwd=tmp_path)
     assert result.returncode == 2 and "rollout.engine=vllm" in result.stderr and "Traceback" not in result.stderr
+
+
+@needs_vllm
+def test_tool_rollouts_with_vllm(tmp_path: Path):
+    """The multi-turn tool loop on the vLLM engine: the tool demo's cold start and 2 GRPO steps."""
+    result = run_cli(
+        "train", "--config-name", "tool_demo", "logger=none", "model=tiny_qwen2_vllm", "rollout.engine=vllm",
+        "data.num_train=200", "data.num_validation=8", "data.num_eval=16", "sft.max_steps=30", "sft.eval_every=0",
+        "trainer.max_steps=2", "trainer.batch_size=16", "trainer.micro_batch_size=8", "eval.every=0",
+        "eval.num_prompts=8", "eval.samples=2", "eval.batch_size=16", f"trainer.output_dir={tmp_path / 'run'}",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    steps = metrics(tmp_path / "run" / "grpo")
+    assert all("tools/used_share" in m and m["rollout/logprob_abs_diff"] < 1e-4 for m in steps)
