@@ -171,3 +171,17 @@ def test_pipeline_stages_share_one_process_group(tmp_path: Path):
     assert set(results) == {"sft", "grpo"}
     samples = (tmp_path / "run" / "eval" / "samples-grpo.jsonl").read_text().splitlines()
     assert len(samples) == 16 * (1 + 2)  # both ranks' shards, gathered
+
+
+def test_sft_with_lora_adapters(tmp_path: Path):
+    """The cold start with LoRA adapters: only the adapters train, the export is a plain model with them merged."""
+    from transformers import AutoModelForCausalLM
+
+    result = run_cli(
+        "train", *SFT, "sft.max_steps=3", "sft.eval_every=0", "model.lora.r=4",
+        f"trainer.output_dir={tmp_path / 'run'}", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "final")
+    assert not any("lora" in name for name, _ in merged.named_parameters())
+    assert (tmp_path / "run" / "adapter" / "adapter_config.json").exists()
