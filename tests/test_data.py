@@ -70,11 +70,11 @@ def test_bad_data_errors_name_file_row_and_column(tmp_path):
         build_prompt_set(DataConfig(task=None, path=str(path)), build_char_tokenizer(), 16)
     _write_jsonl(path, [{"prompt": "Q:1+1="}, {"prompt": "x" * 40}])
     with pytest.raises(
-        DataError, match=r"rows.jsonl, row 1: the rendered prompt is 40 tokens, over rollout.max_prompt_length=16"
+        DataError, match=r"rows.jsonl, line 2: the rendered prompt is 40 tokens, over rollout.max_prompt_length=16"
     ):
         build_prompt_set(DataConfig(task=None, path=str(path)), build_char_tokenizer(), 16)
     _write_jsonl(path, [{"prompt": "Q:1+1="}, {"prompt": ""}])
-    with pytest.raises(DataError, match="row 1: column 'prompt' is empty"):
+    with pytest.raises(DataError, match="rows.jsonl, line 2: column .prompt. is empty"):
         build_prompt_set(DataConfig(task=None, path=str(path)), build_char_tokenizer(), 16)
     with pytest.raises(ConfigError, match="data.path=.*missing.jsonl: no such file"):
         DataConfig(task=None, path=str(tmp_path / "missing.jsonl"))

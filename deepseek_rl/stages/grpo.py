@@ -31,6 +31,7 @@ from deepseek_rl.algo.update import UpdateSettings, add_old_and_ref_logprobs, bu
 from deepseek_rl.config.plan import BatchPlan
 from deepseek_rl.config.schema import Config
 from deepseek_rl.data.prompts import build_prompt_set
+from deepseek_rl.data.sources import source_name
 from deepseek_rl.infra.checkpoint import (
     TrainerState,
     export_hf,
@@ -52,6 +53,7 @@ from deepseek_rl.infra.tracking import RunTracker
 from deepseek_rl.models.loading import eos_token_ids, load_model, load_tokenizer
 from deepseek_rl.models.lora import AdapterDisabledReference
 from deepseek_rl.preflight.check import preflight_before_training
+from deepseek_rl.rewards import check_reward_columns
 from deepseek_rl.rollout.engine import BuiltinEngine, RolloutEngine
 from deepseek_rl.stages.collect import RolloutCollector
 from deepseek_rl.stages.evaluate import HeldOutEval, shard_of
@@ -101,7 +103,15 @@ def setup(cfg: Config, output_dir: Path) -> GRPORun:
 
     tokenizer = load_tokenizer(cfg.model)
     prompts = build_prompt_set(cfg.data, tokenizer, cfg.rollout.max_prompt_length)
-    rewards = RewardSet(cfg.reward, context={"max_completion_length": cfg.rollout.max_completion_length})
+    context = {"max_completion_length": cfg.rollout.max_completion_length}
+    check_reward_columns(list(cfg.reward.weights), cfg.reward.args, list(prompts.columns), source_name(cfg.data),
+                         tuple(context))  # fmt: skip
+    held_out = None
+    if cfg.eval.every:
+        held_out = build_prompt_set(cfg.data, tokenizer, cfg.rollout.max_prompt_length, split="eval")
+        check_reward_columns([cfg.eval.correctness], cfg.reward.args, list(held_out.columns),
+                             source_name(cfg.data, "eval"))  # fmt: skip
+    rewards = RewardSet(cfg.reward, context=context)
     set_seed(cfg.trainer.seed)
     policy = load_model(cfg.model, tokenizer, seed=cfg.trainer.seed, trainable=True)
     # a second copy from the same weights (deepcopy would not work on a ZeRO-3 partitioned model); for a LoRA
@@ -136,9 +146,8 @@ def setup(cfg: Config, output_dir: Path) -> GRPORun:
         gather=lambda t: accelerator.gather(t.to(accelerator.device)).cpu(),
     )
     evaluator = None
-    if cfg.eval.every:
+    if held_out is not None:
         settings = cfg.eval.during_training()
-        held_out = build_prompt_set(cfg.data, tokenizer, cfg.rollout.max_prompt_length, split="eval")
         evaluator = HeldOutEval(
             held_out.subset(settings.num_prompts), settings, cfg.rollout, cfg.trainer.seed, cfg.reward.args
         )

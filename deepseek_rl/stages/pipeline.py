@@ -24,9 +24,11 @@ import torch
 
 from deepseek_rl.config.schema import Config, ModelConfig
 from deepseek_rl.data.prompts import build_prompt_set
+from deepseek_rl.data.sources import source_name
 from deepseek_rl.infra.distributed import launched_world_size
 from deepseek_rl.infra.plots import plot_training_curves
 from deepseek_rl.models.loading import eos_token_ids, load_model, load_tokenizer
+from deepseek_rl.rewards import check_reward_columns
 from deepseek_rl.rollout.engine import BuiltinEngine
 from deepseek_rl.stages.evaluate import Shard, evaluate
 from deepseek_rl.stages.grpo import train
@@ -124,8 +126,10 @@ def run_eval_stage(cfg: Config, models: dict[str, ModelConfig], stage_dir: Path,
     shard, main = eval_shard(), is_main_process()
     for name, model_cfg in models.items():
         tokenizer = load_tokenizer(model_cfg)
-        model = load_model(model_cfg, tokenizer, seed=cfg.trainer.seed).to(eval_device())
         prompts = build_prompt_set(cfg.data, tokenizer, cfg.rollout.max_prompt_length, split="eval")
+        check_reward_columns([cfg.eval.correctness], cfg.reward.args, list(prompts.columns),
+                             source_name(cfg.data, "eval"))  # fmt: skip
+        model = load_model(model_cfg, tokenizer, seed=cfg.trainer.seed).to(eval_device())
         engine = BuiltinEngine(model, tokenizer, eos_token_ids(tokenizer, model))
         report = evaluate(engine, prompts, cfg.eval, cfg.rollout, cfg.trainer.seed, cfg.reward.args, shard)
         results[name] = report.metrics

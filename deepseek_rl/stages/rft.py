@@ -17,7 +17,9 @@ from deepseek_rl.algo.reward_set import RewardSet
 from deepseek_rl.config.schema import Config, RewardConfig
 from deepseek_rl.data.examples import tokenize_examples
 from deepseek_rl.data.prompts import build_prompt_set
+from deepseek_rl.data.sources import source_name
 from deepseek_rl.errors import DataError
+from deepseek_rl.rewards import check_reward_columns
 from deepseek_rl.stages.finetune import FineTuner, FineTuneSpec
 
 
@@ -43,6 +45,7 @@ def sample_and_verify(tuner: FineTuner, cfg: Config) -> tuple[list[tuple[str, st
     """Each rank samples its share of the prompts and keeps what the verifiers pass; returns every rank's kept
     (prompt, completion) pairs in rank order, and the number sampled in all."""
     prompts = build_prompt_set(cfg.data, tuner.tokenizer, cfg.rollout.max_prompt_length, split="train")
+    check_reward_columns(list(cfg.rft.verifiers), cfg.reward.args, list(prompts.columns), source_name(cfg.data))
     count = min(cfg.rft.num_prompts, len(prompts))
     share = -(-count // tuner.plan.world_size)
     mine = prompts.select(list(range(tuner.rank * share, min((tuner.rank + 1) * share, count))))
