@@ -191,8 +191,13 @@ class TrainerConfig:
     # Write a checkpoint every N steps (0: only the final export).
     save_every: int = 0
     keep_last: int = 2
-    # never | auto (newest complete checkpoint in output_dir) | a checkpoint directory.
+    # never | auto (newest intact checkpoint in output_dir; a damaged newer one is moved aside and named) | a
+    # checkpoint directory. With several stages, auto also skips the stages that finished.
     resume: str = "never"
+    # Resume even though the config differs from the checkpoint's in keys that change the run (lr, seed,
+    # num_generations, data, ...; infra/resume.py lists the keys that never count): the new values apply, the
+    # optimizer takes the new learning rate. Without it such a resume stops and lists the keys.
+    resume_override: bool = False
     # Save the final policy in Hugging Face format to <output_dir>/final.
     save_final: bool = True
     # The preflight check before any model loads (deepseek_rl/preflight.py): error (stop when the memory estimate

@@ -32,13 +32,7 @@ from deepseek_rl.config.plan import BatchPlan
 from deepseek_rl.config.schema import Config
 from deepseek_rl.data.prompts import build_prompt_set
 from deepseek_rl.data.sources import source_name
-from deepseek_rl.infra.checkpoint import (
-    TrainerState,
-    export_hf,
-    find_resume_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-)
+from deepseek_rl.infra.checkpoint import TrainerState, export_hf, save_checkpoint
 from deepseek_rl.infra.distributed import (
     any_rank,
     broadcast_value,
@@ -49,6 +43,7 @@ from deepseek_rl.infra.distributed import (
 )
 from deepseek_rl.infra.optim import build_optimizer, lr_schedule
 from deepseek_rl.infra.preemption import Preempted, Preemption
+from deepseek_rl.infra.resume import resume_stage
 from deepseek_rl.infra.tracking import RunTracker
 from deepseek_rl.models.loading import eos_token_ids, load_model, load_tokenizer
 from deepseek_rl.models.lora import AdapterDisabledReference
@@ -128,11 +123,11 @@ def setup(cfg: Config, output_dir: Path) -> GRPORun:
     scheduler = lr_schedule(optimizer, cfg.optimizer, plan.optimizer_steps, cfg.optimizer.warmup_steps * passes)
     accelerator.register_for_checkpointing(scheduler)
 
-    state = TrainerState(step=0)
-    resume_from = find_resume_checkpoint(cfg.trainer.resume, output_dir)
-    if resume_from is not None:
-        state = load_checkpoint(accelerator, resume_from)
-    tracker = RunTracker(cfg.logger, output_dir, asdict(cfg), accelerator.is_main_process, state)
+    t = cfg.trainer
+    config = asdict(cfg)
+    state = resume_stage(accelerator, t.resume, t.resume_override, output_dir, config, "grpo", optimizer, scheduler)
+    state = state or TrainerState(step=0)
+    tracker = RunTracker(cfg.logger, output_dir, config, accelerator.is_main_process, state)
     engine = make_engine(cfg, policy, tokenizer, eos_ids, accelerator, output_dir)
     collector = RolloutCollector(
         plan=plan,
@@ -268,7 +263,9 @@ def train(cfg: Config, output_dir: Path) -> Path:
             preempted = any_rank(run.accelerator, run.preemption.requested)
             every = run.cfg.trainer.save_every
             if preempted or (every and stats.step % every == 0):
-                save_checkpoint(run.accelerator, run.output_dir, run.state, run.cfg.trainer.keep_last)
+                save_checkpoint(
+                    run.accelerator, run.output_dir, run.state, run.cfg.trainer.keep_last, run.tracker.run_config
+                )
             if preempted:
                 run.tracker.finish()
                 raise Preempted("grpo", stats.step)
