@@ -79,9 +79,15 @@ class RewardConfig:
     # Score of a sample whose reward timed out or raised (counted in reward/<name>/timeouts and /errors):
     # 0.0, or null for "cannot be scored" (then it counts 0 in the total and is left out of the reward's mean).
     on_failure: float | None = 0.0
+    # Isolation of the untrusted code that code rewards run (rewards/sandbox.py): strong (namespaces, as root or
+    # through unprivileged user namespaces; an error where neither works) | weak (resource limits only: the code
+    # can read this user's files and reach the network) | auto (strong where possible, else stop and ask for weak).
+    sandbox: str = "auto"
 
     def __post_init__(self) -> None:
         from deepseek_rl.rewards import check_reward_args, resolve_reward
+
+        one_of("reward.sandbox", self.sandbox, ("strong", "weak", "auto"))
 
         if self.weights is None:
             self.weights = {"answer_match": 1.0}

@@ -26,7 +26,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm import tqdm
 
-from deepseek_rl.algo.reward_set import RewardSet
+from deepseek_rl.algo.reward_set import RewardSet, scoring_args
 from deepseek_rl.algo.update import UpdateSettings, add_old_and_ref_logprobs, build_loss_inputs, update_policy
 from deepseek_rl.config.plan import BatchPlan
 from deepseek_rl.config.schema import Config
@@ -144,7 +144,11 @@ def setup(cfg: Config, output_dir: Path) -> GRPORun:
     if held_out is not None:
         settings = cfg.eval.during_training()
         evaluator = HeldOutEval(
-            held_out.subset(settings.num_prompts), settings, cfg.rollout, cfg.trainer.seed, cfg.reward.args
+            held_out.subset(settings.num_prompts),
+            settings,
+            cfg.rollout,
+            cfg.trainer.seed,
+            scoring_args(cfg.reward, [cfg.eval.correctness, cfg.eval.format_reward]),
         )
     return GRPORun(
         cfg=cfg,

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from deepseek_rl.algo.reward_set import scoring_args
 from deepseek_rl.config.schema import Config, ModelConfig
 from deepseek_rl.data.prompts import build_prompt_set
 from deepseek_rl.data.sources import source_name
@@ -203,7 +204,8 @@ def run_eval_stage(
         engine = StopOnSignal(
             BuiltinEngine(model, tokenizer, eos_token_ids(tokenizer, model)), preemption, list(results)
         )
-        report = evaluate(engine, prompts, cfg.eval, cfg.rollout, cfg.trainer.seed, cfg.reward.args, shard)
+        args = scoring_args(cfg.reward, [cfg.eval.correctness, cfg.eval.format_reward])
+        report = evaluate(engine, prompts, cfg.eval, cfg.rollout, cfg.trainer.seed, args, shard)
         results[name] = report.metrics
         if main:
             stage_dir.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from deepseek_rl.algo.reward_set import RewardSet
+from deepseek_rl.algo.reward_set import RewardSet, scoring_args
 from deepseek_rl.config.schema import Config, RewardConfig
 from deepseek_rl.data.examples import tokenize_examples
 from deepseek_rl.data.prompts import build_prompt_set
@@ -50,7 +50,8 @@ def sample_and_verify(tuner: FineTuner, cfg: Config) -> tuple[list[tuple[str, st
     share = -(-count // tuner.plan.world_size)
     mine = prompts.select(list(range(tuner.rank * share, min((tuner.rank + 1) * share, count))))
     rollout = replace(cfg.rollout, temperature=cfg.rft.temperature)
-    verifiers = RewardSet(RewardConfig(weights={name: 1.0 for name in cfg.rft.verifiers}, args=verifier_args(cfg)))
+    weights = {name: 1.0 for name in cfg.rft.verifiers}
+    verifiers = RewardSet(RewardConfig(weights=weights, args=verifier_args(cfg), sandbox=cfg.reward.sandbox))
     kept: list[tuple[str, str]] = []
     sampled = 0
     try:
@@ -69,7 +70,7 @@ def sample_and_verify(tuner: FineTuner, cfg: Config) -> tuple[list[tuple[str, st
 
 def verifier_args(cfg: Config) -> dict:
     """The recipe's reward.args of the verifiers, so that they judge as in training."""
-    return {name: dict(cfg.reward.args[name]) for name in cfg.rft.verifiers if name in cfg.reward.args}
+    return scoring_args(cfg.reward, list(cfg.rft.verifiers))
 
 
 def run_rft(cfg: Config, output_dir: Path) -> Path:

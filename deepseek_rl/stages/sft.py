@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+from deepseek_rl.algo.reward_set import scoring_args
 from deepseek_rl.config.schema import Config
 from deepseek_rl.data.examples import load_examples
 from deepseek_rl.data.prompts import build_prompt_set
@@ -34,7 +35,8 @@ def run_sft(cfg: Config, output_dir: Path) -> Path:
         check_reward_columns([cfg.eval.correctness], cfg.reward.args, list(validation.columns),
                              source_name(cfg.data, "validation"))  # fmt: skip
         settings = replace(cfg.eval, num_prompts=cfg.sft.num_validation, samples=1, temperature=1.0)
-        evaluator = HeldOutEval(validation.subset(settings.num_prompts), settings, cfg.rollout, 0, cfg.reward.args)
+        args = scoring_args(cfg.reward, [cfg.eval.correctness, cfg.eval.format_reward])
+        evaluator = HeldOutEval(validation.subset(settings.num_prompts), settings, cfg.rollout, 0, args)
 
         def check(step: int) -> bool:
             metrics = evaluator(tuner.engine, shard_of(tuner.accelerator), seed=step)
