@@ -144,3 +144,41 @@ def test_resume_under_ddp_is_exact(tmp_path: Path):
     assert [m["loss"] for m in metrics(tmp_path / "cut")] == [m["loss"] for m in metrics(tmp_path / "full")]
     digests = {r["parameter_sha256"] for r in rank_reports(tmp_path / "cut") + rank_reports(tmp_path / "full")}
     assert len(digests) == 1
+
+
+def rollout_table(run: Path, step: int) -> list[dict]:
+    path = run / "rollouts" / "jsonl" / f"step_{step:06d}.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def per_rank_std_advantages(rows: list[dict], group_size: int, eps: float = 1e-4) -> list[float]:
+    """What a rank would compute from its own rewards alone (the bug this test guards against)."""
+    import torch
+
+    rewards = torch.tensor([r["reward"] for r in rows])
+    grouped = rewards.view(-1, group_size)
+    return ((grouped - grouped.mean(dim=1, keepdim=True)) / (rewards.std() + eps)).flatten().tolist()
+
+
+def test_batch_scaled_advantages_use_the_whole_batch_std(tmp_path: Path):
+    """scale_rewards=batch on 2 ranks divides by the std of every rank's rewards, as one process does: rank 0's
+    advantages equal the single-process run's for the same groups, and differ from its own-std values."""
+    batch = [*COMMON, "algorithm.scale_rewards=batch", "logger.rollout_table_every=1", "logger.rollout_table_groups=4"]
+    single = run_cli("train", *batch, f"trainer.output_dir={tmp_path / 'one'}", cwd=tmp_path)
+    assert single.returncode == 0, single.stderr[-3000:]
+    double = launch("cpu_ddp.yaml", [*batch, f"trainer.output_dir={tmp_path / 'two'}"], tmp_path)
+    assert double.returncode == 0, double.stderr[-4000:]
+    assert [r["world_size"] for r in rank_reports(tmp_path / "two")] == [2, 2]
+
+    for a, b in zip(metrics(tmp_path / "one"), metrics(tmp_path / "two"), strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4, abs=1e-7)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
+    largest_gap = 0.0
+    for step in range(1, STEPS + 1):
+        one, two = rollout_table(tmp_path / "one", step), rollout_table(tmp_path / "two", step)
+        assert len(one) == 16 and len(two) == 8  # 4 groups of 4 on one process; rank 0's 2 groups on two
+        assert [r["completion"] for r in two] == [r["completion"] for r in one[:8]]  # the same samples
+        assert [r["advantage"] for r in two] == pytest.approx([r["advantage"] for r in one[:8]], abs=1e-5)
+        own = per_rank_std_advantages(two, group_size=4)
+        largest_gap = max(largest_gap, max(abs(x - r["advantage"]) for x, r in zip(own, two, strict=True)))
+    assert largest_gap > 1e-2  # a rank's own std would have given other advantages
