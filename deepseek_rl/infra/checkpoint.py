@@ -28,7 +28,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from deepseek_rl.errors import StorageError
-from deepseek_rl.infra.storage import free_bytes, is_disk_full
+from deepseek_rl.infra.storage import is_disk_full
 from deepseek_rl.models.lora import is_lora, save_lora_export
 
 STATE_FILE = "trainer_state.json"
@@ -157,10 +157,8 @@ def storage_error(err: BaseException, run_dir: Path, doing: str, writing: bool =
     """A StorageError to raise instead of `err` when it came from a full disk (see infra/storage.py), else None."""
     if isinstance(err, StorageError) or not is_disk_full(err, run_dir, writing):
         return None
-    free = free_bytes(run_dir)
-    space = "" if free is None else f" ({free / 2**20:.1f} MiB free)"
     return StorageError(
-        f"no space left on the device holding {run_dir}{space} while {doing}; intact: {intact_summary(run_dir)}. "
+        f"no space left on the device holding {run_dir} while {doing}; intact: {intact_summary(run_dir)}. "
         "Free space, then rerun with trainer.resume=auto"
     )
 

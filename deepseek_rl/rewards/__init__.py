@@ -127,10 +127,11 @@ def check_reward_columns(
         present = set(columns) | PROVIDED | set(args.get(name, {})) | set(provided)
         for column in required_columns(resolve_reward(name)):
             if column not in present:
+                other = next((c for c in sorted(columns) if c != "prompt"), "<column>")
                 raise DataError(
                     f"reward '{name}' needs the column '{column}', but {source} has columns {sorted(columns)}: "
-                    f"map one of them to it with data.columns={{<column>: {column}}}, or remove '{name}' from "
-                    "reward.weights"
+                    f"map one of them to it with data.columns (on the command line ++data.columns.{other}={column}; "
+                    f"in a recipe data: {{columns: {{{other}: {column}}}}}), or remove '{name}' from reward.weights"
                 )
 
 

@@ -88,9 +88,9 @@ def run_stages(cfg: Config, output_dir: Path) -> dict[str, Path]:
     """Run cfg.stages; returns the checkpoint directory of each training stage. The output directory is checked
     for writing before anything loads; a SIGTERM is honoured in every stage and between them (Preempted); a
     write that fails for want of space becomes a StorageError naming what is intact."""
-    check_writable(output_dir, "trainer.output_dir" if cfg.trainer.output_dir is not None else "hydra.run.dir")
     preemption = Preemption()  # one flag for the whole run (infra/preemption.py)
     try:
+        check_writable(output_dir, "trainer.output_dir" if cfg.trainer.output_dir is not None else "hydra.run.dir")
         return _run_stages(cfg, output_dir, preemption)
     except Exception as err:
         full = storage_error(err, output_dir, "writing the run's files")
