@@ -144,4 +144,3 @@ def test_resume_under_ddp_is_exact(tmp_path: Path):
     assert [m["loss"] for m in metrics(tmp_path / "cut")] == [m["loss"] for m in metrics(tmp_path / "full")]
     digests = {r["parameter_sha256"] for r in rank_reports(tmp_path / "cut") + rank_reports(tmp_path / "full")}
     assert len(digests) == 1
-

@@ -232,7 +232,9 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(name, checkp
                    cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
     aside = run / "checkpoints" / "damaged-step-00000003"
-    why = f"{name} is 20 bytes, saved as" if name != "trainer_state.json" else "trainer_state.json cannot be read"
+    why = f"{name} is 20 bytes but was saved with"
+    if name == "trainer_state.json":
+        why = "trainer_state.json cannot be read"
     assert f"checkpoint {checkpoint(run, 3)} is damaged ({why}" in result.stderr
     assert f"moved it to {aside}" in result.stderr
     assert f"resuming from the newest intact checkpoint, {checkpoint(run, 2)} (step 2)" in result.stderr
@@ -250,7 +252,7 @@ def test_no_intact_checkpoint_is_one_message_and_touches_nothing(checkpointed, t
                    cwd=tmp_path)  # fmt: skip
     line = message(result, 2)
     assert line.startswith(f"deepseek-rl: checkpoint error: no intact checkpoint to resume in {run / 'checkpoints'}")
-    assert "step-00000003: model.safetensors is 100 bytes, saved as" in line and "trainer.resume=never" in line
+    assert "step-00000003: model.safetensors is 100 bytes but was saved with" in line and "trainer.resume=never" in line
     assert digest(run) == before
 
 

@@ -137,11 +137,8 @@ def damage(path: Path) -> str | None:
             return f"{name} is missing"
         actual = file.stat().st_size
         if actual != size:
-            return (
-                f"{name} is {actual} bytes, saved as {size} (truncated)"
-                if actual < size
-                else (f"{name} is {actual} bytes, saved as {size}")
-            )
+            cut = ": truncated" if actual < size else ""
+            return f"{name} is {actual} bytes but was saved with {size}{cut}"
     return None
 
 
