@@ -150,22 +150,30 @@ def lines_in(path: Path, count: int):
 
 
 def test_a_preempted_pipeline_stops_and_resumes_where_it_stopped(tmp_path):
-    """SFT -> GRPO -> eval: SIGTERM in GRPO stops the pipeline (exit 75) after a checkpoint; the resume skips the
-    finished SFT and continues GRPO from it; SIGTERM in the evaluation stops it too, keeping what was evaluated;
-    the last resume finishes the evaluation alone."""
+    """SFT -> GRPO -> eval, interrupted by SIGTERM in each stage in turn: every time the run stops with exit status
+    75 and one line, after saving what it had; each resume skips the finished stages and continues the interrupted
+    one from its checkpoint (the evaluation keeps the models it finished); the last one completes."""
     run = tmp_path / "run"
     args = ["train", *PIPELINE, f"trainer.output_dir={run}"]
-    first = interrupted(args, tmp_path, lines_in(run / "grpo" / "metrics.jsonl", 3))
+    resumed = [*args, "trainer.resume=auto"]
+    line = message(interrupted(args, tmp_path, lines_in(run / "sft" / "metrics.jsonl", 2)), 75)
+    assert re.fullmatch(r"deepseek-rl: sft stage preempted after step \d+; checkpoint saved; resume with "
+                        r"trainer.resume=auto", line), line  # fmt: skip
+    sft_stop = int(re.search(r"after step (\d+)", line).group(1))
+    assert steps(run / "sft") == list(range(1, sft_stop + 1)) and not (run / "sft" / "stage.json").exists()
+
+    first = interrupted(resumed, tmp_path, lines_in(run / "grpo" / "metrics.jsonl", 3))
     line = message(first, 75)
     assert re.fullmatch(r"deepseek-rl: grpo stage preempted after step (\d+); checkpoint saved; resume with "
                         r"trainer.resume=auto", line), line  # fmt: skip
+    assert f"resuming from {run / 'sft' / 'checkpoints' / f'step-{sft_stop:08d}'}" in first.stderr
+    assert steps(run / "sft") == list(range(1, 7))  # SFT continued from its checkpoint to sft.max_steps
     stopped = int(re.search(r"after step (\d+)", line).group(1))
     assert (run / "sft" / "stage.json").exists() and not (run / "grpo" / "stage.json").exists()
     assert (run / "grpo" / "checkpoints" / f"step-{stopped:08d}").is_dir() and not (run / "grpo" / "final").exists()
     assert steps(run / "grpo") == list(range(1, stopped + 1)) and not (run / "results.md").exists()
     sft_before = digest(run / "sft")
 
-    resumed = ["train", *PIPELINE, f"trainer.output_dir={run}", "trainer.resume=auto"]
     second = interrupted(resumed, tmp_path, lambda: (run / "eval" / "metrics-sft.json").exists())
     line = message(second, 75)
     assert line == ("deepseek-rl: eval stage preempted during evaluation; the results of sft are saved; resume "
