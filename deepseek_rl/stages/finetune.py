@@ -77,10 +77,10 @@ class FineTuner:
         self.policy, self.optimizer = self.accelerator.prepare(policy, optimizer)
         self.scheduler = lr_schedule(self.optimizer, cfg.optimizer, self.plan.optimizer_steps, spec.warmup_steps)
         self.accelerator.register_for_checkpointing(self.scheduler)
-        t, config = cfg.trainer, asdict(cfg)
+        config, trainer = asdict(cfg), cfg.trainer  # a resume checks the checkpoint and its config
         state = resume_stage(
-            self.accelerator, t.resume, t.resume_override, self.output_dir, config, spec.stage, self.optimizer,
-            self.scheduler,
+            self.accelerator, trainer.resume, trainer.resume_override, self.output_dir, config, spec.stage,
+            self.optimizer, self.scheduler,
         )  # fmt: skip
         self.state = state or TrainerState(step=0)
         self.tracker = RunTracker(cfg.logger, self.output_dir, config, self.is_main, self.state)

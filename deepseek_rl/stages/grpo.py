@@ -123,9 +123,10 @@ def setup(cfg: Config, output_dir: Path) -> GRPORun:
     scheduler = lr_schedule(optimizer, cfg.optimizer, plan.optimizer_steps, cfg.optimizer.warmup_steps * passes)
     accelerator.register_for_checkpointing(scheduler)
 
-    t = cfg.trainer
-    config = asdict(cfg)
-    state = resume_stage(accelerator, t.resume, t.resume_override, output_dir, config, "grpo", optimizer, scheduler)
+    config, trainer = asdict(cfg), cfg.trainer  # a resume checks the checkpoint and its config (infra/resume.py)
+    state = resume_stage(
+        accelerator, trainer.resume, trainer.resume_override, output_dir, config, "grpo", optimizer, scheduler
+    )
     state = state or TrainerState(step=0)
     tracker = RunTracker(cfg.logger, output_dir, config, accelerator.is_main_process, state)
     engine = make_engine(cfg, policy, tokenizer, eos_ids, accelerator, output_dir)
