@@ -1,17 +1,49 @@
-"""The errors a user can cause, each a one-line message that names the key, file or row and the fix.
+"""The errors a user can cause or suffer, each a one-line message that names the key, file or row and the fix.
 
 They live in this leaf module (no imports) so that every layer can raise them, the torch-free rewards included,
-and the command line turns them into one line on stderr and exit status 2 instead of a traceback.
+and the command line turns them into one line on stderr and an exit status instead of a traceback:
+
+    ConfigError, DataError, LaunchError   "configuration error: ..."   exit 2
+    CheckpointError                       "checkpoint error: ..."      exit 2   (no intact checkpoint; a resume
+                                                                                  whose config changed the run)
+    StorageError                          "storage error: ..."         exit 74  (the disk filled up; says what is
+                                                                                  intact)
 """
 
 
-class ConfigError(ValueError):
+class UserError(Exception):
+    """Base of the errors above: `kind` and `exit_status` are what the command line prints and returns."""
+
+    kind = "error"
+    exit_status = 2
+
+
+class ConfigError(UserError, ValueError):
     """A configuration value that cannot work; the message names the key and the fix."""
 
-
-class DataError(ValueError):
-    """Bad data: the message names the file (or task), the row and the column."""
+    kind = "configuration error"
 
 
-class LaunchError(RuntimeError):
+class DataError(UserError, ValueError):
+    """Bad data: the message names the file (or task), the 1-based line or row, and the column."""
+
+    kind = "configuration error"
+
+
+class LaunchError(UserError, RuntimeError):
     """The launcher and the process group disagree (a run that would be silently wrong)."""
+
+    kind = "configuration error"
+
+
+class CheckpointError(UserError, RuntimeError):
+    """No intact checkpoint to resume from, or a resume whose config differs from the checkpoint's."""
+
+    kind = "checkpoint error"
+
+
+class StorageError(UserError, OSError):
+    """A write failed for want of space (or quota); the message names what is intact and how to continue."""
+
+    kind = "storage error"
+    exit_status = 74  # EX_IOERR

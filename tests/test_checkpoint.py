@@ -85,3 +85,40 @@ def test_a_save_killed_midway_leaves_the_previous_checkpoint(setup, tmp_path: Pa
     assert json.loads((good / STATE_FILE).read_text())["step"] == 2
     load_checkpoint(acc, good)
     assert torch.equal(model.weight, weights)
+
+
+def test_a_full_disk_during_a_save_is_a_storage_error_and_keeps_the_previous_checkpoint(setup, tmp_path, monkeypatch):
+    import errno
+
+    from deepseek_rl.errors import StorageError
+    from deepseek_rl.infra.checkpoint import damage
+
+    acc, model, opt, sched = setup
+    good = save_checkpoint(acc, tmp_path, TrainerState(step=2), keep_last=1, config={"algorithm": {"lr": 0.1}})
+    assert damage(good) is None and json.loads((good / "config.json").read_text()) == {"algorithm": {"lr": 0.1}}
+
+    def full(output_dir):  # writes part of the state, then the disk is full
+        Path(output_dir, "model.safetensors").write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(acc, "save_state", full)
+    with pytest.raises(
+        StorageError, match=rf"no space left .* writing checkpoint step-00000004; intact: checkpoint {good}"
+    ):
+        save_checkpoint(acc, tmp_path, TrainerState(step=4), keep_last=1)
+    assert not (tmp_path / "checkpoints" / ".tmp-step-00000004").exists()  # its space given back
+    assert find_resume_checkpoint("auto", tmp_path) == good and damage(good) is None
+
+
+def test_damage_finds_missing_and_truncated_files(setup, tmp_path):
+    from deepseek_rl.infra.checkpoint import damage
+
+    acc, *_ = setup
+    path = save_checkpoint(acc, tmp_path, TrainerState(step=1), keep_last=1)
+    assert damage(path) is None
+    (path / "optimizer.bin").write_bytes((path / "optimizer.bin").read_bytes()[:10])
+    assert damage(path).startswith("optimizer.bin is 10 bytes but was saved with")
+    (path / "optimizer.bin").unlink()
+    assert damage(path) == "optimizer.bin is missing"
+    (path / STATE_FILE).write_text('{"step": ')
+    assert damage(path).startswith(f"{STATE_FILE} cannot be read")

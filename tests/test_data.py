@@ -70,11 +70,11 @@ def test_bad_data_errors_name_file_row_and_column(tmp_path):
         build_prompt_set(DataConfig(task=None, path=str(path)), build_char_tokenizer(), 16)
     _write_jsonl(path, [{"prompt": "Q:1+1="}, {"prompt": "x" * 40}])
     with pytest.raises(
-        DataError, match=r"rows.jsonl, row 1: the rendered prompt is 40 tokens, over rollout.max_prompt_length=16"
+        DataError, match=r"rows.jsonl, line 2: the rendered prompt is 40 tokens, over rollout.max_prompt_length=16"
     ):
         build_prompt_set(DataConfig(task=None, path=str(path)), build_char_tokenizer(), 16)
     _write_jsonl(path, [{"prompt": "Q:1+1="}, {"prompt": ""}])
-    with pytest.raises(DataError, match="row 1: column 'prompt' is empty"):
+    with pytest.raises(DataError, match="rows.jsonl, line 2: column .prompt. is empty"):
         build_prompt_set(DataConfig(task=None, path=str(path)), build_char_tokenizer(), 16)
     with pytest.raises(ConfigError, match="data.path=.*missing.jsonl: no such file"):
         DataConfig(task=None, path=str(tmp_path / "missing.jsonl"))
@@ -109,3 +109,30 @@ def test_templates_open_think(shared):
         151648,
         198,
     ]
+
+
+def test_data_file_errors_name_the_line(tmp_path):
+    from deepseek_rl.data.sources import load_rows
+
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"prompt": "a", "answer": 1}\n\n{"prompt": "b", "answer": "two"}\n')
+    with pytest.raises(DataError, match=r"rows.jsonl, line 3: column 'answer' is a string here but a number on line 1"):
+        from deepseek_rl.data.files import locate_json_error
+
+        locate_json_error(path)
+    path.write_text('{"prompt": "a"}\n[1, 2]\n')
+    with pytest.raises(DataError, match=r"rows.jsonl, line 2: expected a JSON object"):
+        load_rows(DataConfig(task=None, path=str(path)))
+    array = tmp_path / "rows.json"
+    array.write_text('[\n  {"prompt": "a"},\n  {"prompt": "b"\n  {"prompt": "c"}\n]\n')
+    with pytest.raises(DataError, match=r"rows.json, line 4: not valid JSON"):
+        load_rows(DataConfig(task=None, path=str(array)))
+
+
+def test_line_numbers_follow_slices_and_blank_lines(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"prompt": "Q:1"}\n\n{"prompt": "Q:2"}\n{"prompt": ""}\n')
+    with pytest.raises(DataError, match=r"rows.jsonl, line 4: column 'prompt' is empty"):
+        build_prompt_set(DataConfig(task=None, path=str(path), train_split="train[1:]"), build_char_tokenizer(), 16)
+    prompts = build_prompt_set(DataConfig(task=None, path=str(path), max_rows=2), build_char_tokenizer(), 16)
+    assert list(prompts.columns) == ["prompt"]  # the line numbers never reach the rewards

@@ -91,7 +91,7 @@ def test_prompt_template_builds_prompts_from_columns(tmp_path):
 def test_long_prompts_are_an_error_or_dropped(tmp_path, capsys):
     path = tmp_path / "rows.jsonl"
     write_rows(path, [{"prompt": "short"}, {"prompt": "x" * 50}, {"prompt": "fine", "answer": "2"}])
-    with pytest.raises(DataError, match="row 1: the rendered prompt is 50 tokens, .* set data.drop_long_prompts=true"):
+    with pytest.raises(DataError, match="line 2: the rendered prompt is 50 tokens, .* set data.drop_long_prompts=true"):
         build_prompt_set(DataConfig(task=None, path=str(path)), build_char_tokenizer(), 16)
     kept = build_prompt_set(DataConfig(task=None, path=str(path), drop_long_prompts=True), build_char_tokenizer(), 16)
     assert kept.texts == ["short", "fine"] and kept.columns["answer"] == [None, "2"]

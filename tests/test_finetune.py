@@ -134,7 +134,7 @@ def test_chat_data_errors_name_the_row(tmp_path: Path):
         cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "row 1" in result.stderr and "assistant" in result.stderr
+    assert "bad.jsonl, line 1" in result.stderr and "assistant" in result.stderr
 
 
 def test_cold_start_recipe_runs_on_a_tiny_model(tmp_path: Path, shared):

@@ -7,18 +7,22 @@ need namespaces and an unprivileged uid run in strong mode (root with `unshare`:
 must run); elsewhere they skip with the reason. The weak mode's own guarantees are tested everywhere.
 """
 
+import json
 import os
 import select
+import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
+from deepseek_rl.errors import ConfigError
 from deepseek_rl.rewards import sandbox
-from deepseek_rl.rewards.coding import code
+from deepseek_rl.rewards.coding import CodeTimeout, code
 
 TIMEOUT = 2.0
 
@@ -26,16 +30,20 @@ TIMEOUT = 2.0
 @pytest.fixture(scope="module")
 def strong():
     if sandbox.isolation() != "strong":
-        reason = "strong sandbox unavailable (needs root and util-linux unshare); see the warning above"
+        reason = f"strong sandbox unavailable ({sandbox.strong_flavor()[1]})"
         if os.environ.get("CI"):
             pytest.fail(reason + " - CI runs as root and must run the attack tests")
         pytest.skip(reason)
 
 
 def attack(solution: str, tests: list[str] | str = "assert True", timeout: float = TIMEOUT) -> tuple[float, float]:
-    """(score, seconds) of a hostile solution through the real `code` reward."""
+    """(score, seconds) of a hostile solution through the real `code` reward (a timeout raises CodeTimeout, which
+    carries the score with partial credit)."""
     start = time.monotonic()
-    [score] = code([f"```python\n{solution}\n```"], tests=[tests], timeout=timeout)
+    try:
+        [score] = code([f"```python\n{solution}\n```"], tests=[tests], timeout=timeout)
+    except CodeTimeout as err:
+        [score] = err.scores
     return score, time.monotonic() - start
 
 
@@ -45,14 +53,17 @@ def sandbox_dirs() -> set[str]:
 
 def test_busy_loop_and_sleep_cannot_hang_the_trainer(strong):
     for solution in ("while True:\n    pass", "import time\ntime.sleep(600)"):
-        score, seconds = attack(solution)
-        assert score == 0.0 and seconds < TIMEOUT + 2.0
+        start = time.monotonic()
+        with pytest.raises(CodeTimeout, match=f"ran past its {TIMEOUT:g} s limit"):  # a timeout, not wrong code
+            code([f"```python\n{solution}\n```"], tests=["assert True"], timeout=TIMEOUT)
+        assert time.monotonic() - start < TIMEOUT + 2.0
 
 
 def test_a_test_that_never_returns_still_counts_the_ones_before(strong):
     tests = ["assert True", "assert True", "while True: pass"]
-    score, seconds = attack("x = 1", tests)
-    assert score == pytest.approx(2 / 3) and seconds < TIMEOUT + 2.0
+    with pytest.raises(CodeTimeout, match="passed 2 of 3 tests") as raised:
+        code(["```python\nx = 1\n```"], tests=[tests], timeout=TIMEOUT)
+    assert raised.value.scores == [pytest.approx(2 / 3)]
 
 
 def test_fork_bomb_is_contained(strong):
@@ -185,3 +196,93 @@ def test_output_is_capped():
     limits = sandbox.Limits(timeout=5.0, output_bytes=1000)
     execution = sandbox.execute("for _ in range(100000):\n    print('spam' * 20)", "assert True", limits=limits)
     assert execution.passed == 1 and len(execution.output) <= 1000
+
+
+def test_a_nested_user_namespace_cannot_undo_the_isolation(strong):
+    """A program that makes itself root again in a new user namespace could chroot out of the sandbox's root;
+    the kernel refuses a user namespace to a chrooted process, and the harness drops its capabilities."""
+    solution = "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\nresult = libc.unshare(0x10000000)"
+    score, _ = attack(solution, "assert result == 0, 'a nested user namespace'")
+    assert score == 0.0
+    execution = sandbox.execute(
+        "caps = open('/proc/self/status').read()", "assert 'CapEff:\\t0000000000000000' in caps"
+    )
+    assert execution.passed == 1  # no capability left in the sandbox
+
+
+def test_the_mode_is_explicit(monkeypatch):
+    monkeypatch.setattr(sandbox, "_STRONG", [(None, "no namespaces here (test)")])
+    with pytest.raises(ConfigError, match=r"reward.sandbox=auto: refusing .* set reward.sandbox=weak"):
+        sandbox.resolve_mode("auto")
+    with pytest.raises(ConfigError, match=r"reward.sandbox=strong: strong isolation is not available here"):
+        code(["```python\nx = 1\n```"], tests=["assert x == 1"], sandbox="strong")
+    assert sandbox.resolve_mode("weak") == "weak"
+    assert code(["```python\nx = 1\n```"], tests=["assert x == 1"], sandbox="weak") == [1.0]
+    with pytest.raises(ConfigError, match="reward.sandbox='tight' is not one of strong, weak, auto"):
+        sandbox.resolve_mode("tight")
+
+
+AS_NOBODY = """
+set -e
+mount --make-rprivate /
+top=$1; prefix=$2; shift 2
+mkdir -p /tmp/.deepseek-rl-pyhold && mount --bind "$prefix" /tmp/.deepseek-rl-pyhold
+mount -t tmpfs -o mode=755 tmpfs "$top"
+mkdir -p "$prefix" && mount --bind /tmp/.deepseek-rl-pyhold "$prefix"
+exec setpriv --reuid=65534 --regid=65534 --clear-groups -- "$@"
+"""
+
+NOBODY_PROBE = """
+import json, sys
+from deepseek_rl.errors import ConfigError
+from deepseek_rl.rewards import sandbox
+from deepseek_rl.rewards.coding import code
+secret, port = sys.argv[1], int(sys.argv[2])
+def score(solution, tests):
+    return code(["```python\\n" + solution + "\\n```"], tests=[tests], timeout=3.0)[0]
+print(json.dumps({
+    "flavor": sandbox.strong_flavor()[0],
+    "read": score(f"stolen = open({secret!r}).read()", ["assert 'hunter2' in stolen"]),
+    "net": score(f"import socket\\ns = socket.create_connection(('127.0.0.1', {port}), timeout=1)", ["assert s"]),
+    "nested": score("import ctypes\\nr = ctypes.CDLL(None).unshare(0x10000000)", ["assert r == 0"]),
+    "works": score("def f(x):\\n    return x + 1", ["assert f(1) == 2"]),
+}))
+"""
+
+
+def _untraversable_top(path: Path) -> Path | None:
+    """The topmost folder above `path` that other users cannot enter (e.g. /root holding pyenv), or None."""
+    for parent in reversed(path.parents):
+        if parent != Path("/") and not parent.stat().st_mode & 0o001:
+            return parent
+    return None
+
+
+def test_strong_without_root_through_user_namespaces(tmp_path):
+    """As an unprivileged user (uid 65534) the strong sandbox comes from a user namespace: files, the network and
+    a nested namespace stay out of reach, and ordinary code still runs. Needs root to become that user here."""
+    if os.geteuid() != 0 or not all(shutil.which(tool) for tool in ("unshare", "setpriv")):
+        pytest.skip("needs root with unshare and setpriv to run the sandbox as an unprivileged user")
+    prefix = Path(os.path.realpath(sys.base_prefix))
+    top = _untraversable_top(prefix) or prefix  # cover a folder nobody cannot enter, rebinding the interpreter
+    repo = Path(__file__).resolve().parent.parent
+    if any(not p.stat().st_mode & 0o005 for p in (repo, *repo.parents, Path(sys.prefix)) if p != Path("/")):
+        pytest.skip("the repository or the venv is not readable by other users")
+    secret = Path(tempfile.mkdtemp()) / "secret.txt"
+    secret.parent.chmod(0o755)
+    secret.write_text("hunter2")
+    secret.chmod(0o644)  # readable by every user, so only the sandbox can keep it from the program
+    server = socket.create_server(("127.0.0.1", 0))
+    try:
+        command = ["unshare", "--mount", "--", "bash", "-c", AS_NOBODY, "as-nobody", str(top), str(prefix),
+                   sys.executable, "-c", NOBODY_PROBE, str(secret), str(server.getsockname()[1])]  # fmt: skip
+        env = {**os.environ, "HOME": "/tmp", "PYTHONPATH": str(repo), "PYTHONDONTWRITEBYTECODE": "1"}
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env, cwd="/tmp")
+        reached, _, _ = select.select([server], [], [], 0.2)
+    finally:
+        server.close()
+        shutil.rmtree(secret.parent)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report == {"flavor": "userns", "read": 0.0, "net": 0.0, "nested": 0.0, "works": 1.0}
+    assert reached == []

@@ -12,6 +12,7 @@ since the previous `pop_failures()`, i.e. per step, summed over ranks by the met
 
 from __future__ import annotations
 
+import inspect
 import math
 import weakref
 from typing import Any
@@ -20,7 +21,19 @@ import torch
 from torch import Tensor
 
 from deepseek_rl.config.schema import RewardConfig
+from deepseek_rl.rewards import resolve_reward
 from deepseek_rl.rewards.runner import RewardRunner
+
+
+def scoring_args(cfg: RewardConfig, names: list[str | None]) -> dict[str, dict[str, Any]]:
+    """reward.args for scoring `names` outside the training RewardSet (evaluation, rejection sampling), with
+    reward.sandbox passed to the rewards that run code, so that they are isolated as configured."""
+    names = [n for n in names if n is not None]
+    args = {n: dict(cfg.args[n]) for n in names if n in cfg.args}
+    for name in names:
+        if "sandbox" in inspect.signature(resolve_reward(name)).parameters:
+            args.setdefault(name, {}).setdefault("sandbox", cfg.sandbox)
+    return args
 
 
 class RewardSet:
@@ -30,9 +43,8 @@ class RewardSet:
     def __init__(self, cfg: RewardConfig, context: dict[str, Any] | None = None):
         self.names = list(cfg.weights)
         self.weights = torch.tensor([cfg.weights[n] for n in self.names], dtype=torch.float32)  # [F]
-        self.runner = RewardRunner(
-            self.names, cfg.args, cfg.num_workers, cfg.timeout, cfg.on_failure, context=context or {}
-        )
+        context = {"sandbox": cfg.sandbox, **(context or {})}
+        self.runner = RewardRunner(self.names, cfg.args, cfg.num_workers, cfg.timeout, cfg.on_failure, context=context)
         self.failures = torch.zeros(2, len(self.names))  # [2, F] timeouts, errors since pop_failures()
         self._finalizer = weakref.finalize(self, self.runner.close)
 

@@ -39,6 +39,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="the verifier's keyword arguments as a JSON object, like the recipe's reward.args",
     )
     parser.add_argument("--format-reward", default="format", help="reward for the format rate ('none' to skip)")
+    parser.add_argument(
+        "--sandbox", default="auto", choices=("strong", "weak", "auto"), help="code isolation (reward.sandbox)"
+    )
     parser.add_argument("--num-prompts", type=int, default=500, help="evaluate the first N problems")
     parser.add_argument("--samples", type=int, default=8, help="sampled completions per problem (0: greedy only)")
     parser.add_argument("--temperature", type=float, default=1.0)
@@ -76,8 +79,12 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         correctness=args.reward,
         format_reward=None if args.format_reward.lower() == "none" else args.format_reward,
     )
-    reward_args = {args.reward: args.reward_args}
-    RewardConfig(weights={args.reward: 1.0}, args=reward_args)  # checks the argument names before loading the model
+    from deepseek_rl.algo.reward_set import scoring_args
+
+    # checks the argument names before loading the model; code rewards run sandboxed as --sandbox says
+    reward_cfg = RewardConfig(weights={args.reward: 1.0}, args={args.reward: args.reward_args}, sandbox=args.sandbox)
+    reward_args = scoring_args(reward_cfg, [args.reward])
+    RewardConfig(weights={args.reward: 1.0}, args=reward_args)
     tokenizer = load_tokenizer(model_cfg)
     model = load_model(model_cfg, tokenizer).to("cuda" if torch.cuda.is_available() else "cpu")
     prompts = build_prompt_set(data, tokenizer, rollout.max_prompt_length, split="eval")

@@ -33,6 +33,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=None, help="worker processes (default: the cores; 0: none)")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per reward per row in a worker")
     parser.add_argument("--on-failure", default="0", help="score of a timed-out or failed row: a number or none")
+    parser.add_argument(
+        "--sandbox", default="auto", choices=("strong", "weak", "auto"), help="code isolation (reward.sandbox)"
+    )
     return parser.parse_args(argv)
 
 
@@ -83,10 +86,12 @@ def score_file(args: argparse.Namespace, out) -> dict:
         num_workers=args.workers,
         timeout=args.timeout,
         on_failure=on_failure,
+        sandbox=args.sandbox,
     )
     rows = read_rows(args.input, args.completion_key)
     start = time.perf_counter()
-    runner = RewardRunner(names, cfg.args, cfg.num_workers, cfg.timeout, cfg.on_failure)
+    context = {"sandbox": cfg.sandbox}
+    runner = RewardRunner(names, cfg.args, cfg.num_workers, cfg.timeout, cfg.on_failure, context=context)
     values: dict[str, list] = {n: [] for n in names}
     status: dict[str, list] = {n: [] for n in names}
     try:

@@ -3,8 +3,9 @@
     deepseek-rl train [--config-name RECIPE] [key=value ...]
     accelerate launch --config_file launch/zero2.yaml -m deepseek_rl.train --config-name RECIPE
 
-A configuration, data or launch error ends in one line on stderr and exit status 2; a preempted run (SIGTERM) in
-one line and exit status 75 after its checkpoint was written.
+A configuration, data or launch error ends in one line on stderr and exit status 2, and so does a checkpoint that
+cannot be resumed; a full disk in one line and exit status 74; a preempted run (SIGTERM) in one line and exit
+status 75 after its checkpoint was written.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from deepseek_rl.config.schema import Config
-from deepseek_rl.errors import ConfigError, DataError, LaunchError
+from deepseek_rl.errors import ConfigError, DataError, LaunchError, UserError
 from deepseek_rl.infra.distributed import release_accelerator
 from deepseek_rl.infra.preemption import PREEMPTED_EXIT, Preempted
 from deepseek_rl.infra.sweep import current_job, job_logger
@@ -36,6 +37,9 @@ def run(dcfg: DictConfig) -> Path:
     except (ConfigError, DataError, LaunchError) as err:
         print(f"deepseek-rl: configuration error: {err}", file=sys.stderr)
         sys.exit(2)
+    except UserError as err:  # a checkpoint that cannot be resumed, a full disk: its own kind and exit status
+        print(f"deepseek-rl: {err.kind}: {err}", file=sys.stderr)
+        sys.exit(err.exit_status)
     except Preempted as stop:
         print(f"deepseek-rl: {stop}; resume with trainer.resume=auto", file=sys.stderr)
         sys.exit(PREEMPTED_EXIT)

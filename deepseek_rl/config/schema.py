@@ -79,9 +79,15 @@ class RewardConfig:
     # Score of a sample whose reward timed out or raised (counted in reward/<name>/timeouts and /errors):
     # 0.0, or null for "cannot be scored" (then it counts 0 in the total and is left out of the reward's mean).
     on_failure: float | None = 0.0
+    # Isolation of the untrusted code that code rewards run (rewards/sandbox.py): strong (namespaces, as root or
+    # through unprivileged user namespaces; an error where neither works) | weak (resource limits only: the code
+    # can read this user's files and reach the network) | auto (strong where possible, else stop and ask for weak).
+    sandbox: str = "auto"
 
     def __post_init__(self) -> None:
         from deepseek_rl.rewards import check_reward_args, resolve_reward
+
+        one_of("reward.sandbox", self.sandbox, ("strong", "weak", "auto"))
 
         if self.weights is None:
             self.weights = {"answer_match": 1.0}
@@ -193,8 +199,13 @@ class TrainerConfig:
     # Write a checkpoint every N steps (0: only the final export).
     save_every: int = 0
     keep_last: int = 2
-    # never | auto (newest complete checkpoint in output_dir) | a checkpoint directory.
+    # never | auto (newest intact checkpoint in output_dir; a damaged newer one is moved aside and named) | a
+    # checkpoint directory. With several stages, auto also skips the stages that finished.
     resume: str = "never"
+    # Resume even though the config differs from the checkpoint's in keys that change the run (lr, seed,
+    # num_generations, data, ...; infra/resume.py lists the keys that never count): the new values apply, the
+    # optimizer takes the new learning rate. Without it such a resume stops and lists the keys.
+    resume_override: bool = False
     # Save the final policy in Hugging Face format to <output_dir>/final.
     save_final: bool = True
     # The preflight check before any model loads (deepseek_rl/preflight.py): error (stop when the memory estimate

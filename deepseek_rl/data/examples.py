@@ -22,6 +22,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from deepseek_rl.config.data import DataConfig
+from deepseek_rl.data.files import row_labels
 from deepseek_rl.data.prompts import render_prompt
 from deepseek_rl.data.sources import load_rows, source_name, template_texts
 from deepseek_rl.errors import ConfigError, DataError
@@ -126,9 +127,10 @@ def tokenize_examples(
 
 
 def conversation_texts(
-    rows: list[Any], column: str, tokenizer: PreTrainedTokenizerBase, source: str
+    rows: list[Any], column: str, tokenizer: PreTrainedTokenizerBase, labels: list[str]
 ) -> tuple[list[str], list[str]]:
-    """Chat rows -> (prompt text through the generation prompt, last assistant message)."""
+    """Chat rows -> (prompt text through the generation prompt, last assistant message); `labels` name each row
+    in errors ('<file>, line N')."""
     if tokenizer.chat_template is None:
         raise ConfigError(f"sft.messages_column={column} needs a tokenizer with a chat template")
     prompts, completions = [], []
@@ -136,7 +138,7 @@ def conversation_texts(
         ok = isinstance(messages, list) and all(isinstance(m, dict) and {"role", "content"} <= set(m) for m in messages)
         if not ok or not messages or messages[-1]["role"] != "assistant":
             raise DataError(
-                f"{source}, row {row + 1}: column '{column}' must be a list of {{role, content}} messages ending with "
+                f"{labels[row]}: column '{column}' must be a list of {{role, content}} messages ending with "
                 f"an assistant message (got {str(messages)[:80]!r})"
             )
         prompts.append(tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True))
@@ -155,17 +157,16 @@ def load_examples(
 ) -> Examples:
     """A split's rows as tokenized fine-tuning examples (see the module docstring)."""
     rows = load_rows(data, split, prompts=messages_column is None)
-    source = source_name(data)
+    source = source_name(data, split)
+    columns = {name: list(rows[name]) for name in rows.column_names}
+    labels = row_labels(source, columns)  # pops the line column
     if messages_column is not None:
-        if messages_column not in rows.column_names:
-            raise DataError(f"sft.messages_column='{messages_column}' is not a column of {source}: {rows.column_names}")
-        prompts, completions = conversation_texts(list(rows[messages_column]), messages_column, tokenizer, source)
+        if messages_column not in columns:
+            raise DataError(f"sft.messages_column='{messages_column}' is not a column of {source}: {list(columns)}")
+        prompts, completions = conversation_texts(columns[messages_column], messages_column, tokenizer, labels)
     else:
-        if completion_column not in rows.column_names:
-            raise DataError(
-                f"sft.completion_column='{completion_column}' is not a column of {source}: {rows.column_names}"
-            )
-        columns = {name: list(rows[name]) for name in rows.column_names}
+        if completion_column not in columns:
+            raise DataError(f"sft.completion_column='{completion_column}' is not a column of {source}: {list(columns)}")
         raw = (
             columns[data.prompt_column]
             if data.prompt_template is None

@@ -18,6 +18,7 @@ from transformers import PreTrainedTokenizerBase
 
 from deepseek_rl.batch import PromptBatch
 from deepseek_rl.config.data import DataConfig
+from deepseek_rl.data.files import row_labels
 from deepseek_rl.data.sources import load_rows, source_name, template_texts
 from deepseek_rl.errors import ConfigError, DataError
 
@@ -92,21 +93,21 @@ def build_prompt_set(
     too long unless data.drop_long_prompts (then it is left out, and the count reported)."""
     dataset = load_rows(cfg, split)
     columns = {name: list(dataset[name]) for name in dataset.column_names}
+    source = source_name(cfg, split)
+    labels = row_labels(source, columns)  # '<file>, line N' (pops the line column: rewards never see it)
     texts, token_ids, kept = [], [], []
     template = cfg.prompt_template
     raw_texts = columns[cfg.prompt_column] if template is None else template_texts(template, columns)
     for row, raw in enumerate(raw_texts):
         if not isinstance(raw, str) or not raw.strip():
-            raise DataError(
-                f"{source_name(cfg)}, row {row}: column '{cfg.prompt_column}' is empty or not text ({raw!r})"
-            )
+            raise DataError(f"{labels[row]}: column '{cfg.prompt_column}' is empty or not text ({raw!r})")
         text = render_prompt(raw, cfg.template, tokenizer, cfg.system_prompt)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(ids) > max_prompt_length and cfg.drop_long_prompts:
             continue
         if len(ids) > max_prompt_length:
             raise DataError(
-                f"{source_name(cfg)}, row {row}: the rendered prompt is {len(ids)} tokens, over "
+                f"{labels[row]}: the rendered prompt is {len(ids)} tokens, over "
                 f"rollout.max_prompt_length={max_prompt_length}; raise it, set data.drop_long_prompts=true, or set "
                 "data.max_rows / filter the file"
             )
@@ -121,7 +122,7 @@ def build_prompt_set(
         )
         columns = {name: [values[i] for i in kept] for name, values in columns.items()}
     if not kept:
-        raise DataError(f"{source_name(cfg)}: every {split} prompt is longer than rollout.max_prompt_length")
+        raise DataError(f"{source}: every {split} prompt is longer than rollout.max_prompt_length")
     return PromptSet(texts=texts, token_ids=token_ids, columns=columns)
 
 

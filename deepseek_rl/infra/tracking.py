@@ -49,6 +49,14 @@ def _clean(value: Any) -> Any:
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
+def _step_of(line: str) -> int | None:
+    """The step of a metrics.jsonl line, or None for a blank or cut line (a write interrupted by a full disk)."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 # Where a run writes, and how it is labelled: not part of what makes two runs the same experiment.
 UNHASHED = ("logger", "trainer.output_dir", "trainer.resume")
 
@@ -129,15 +137,21 @@ class RunTracker:
         if not self.path.exists():
             return
         lines = self.path.read_text().splitlines()
-        kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+        kept = [line for line in lines if _step_of(line) is not None and _step_of(line) <= step]
         if len(kept) != len(lines):
             self.path.write_text("".join(line + "\n" for line in kept))
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        with self.path.open("a") as f:
-            f.write(json.dumps({"step": step, **{k: _clean(v) for k, v in metrics.items()}}) + "\n")
+        line = json.dumps({"step": step, **{k: _clean(v) for k, v in metrics.items()}}) + "\n"
+        size = self.path.stat().st_size if self.path.exists() else 0
+        try:
+            with self.path.open("a") as f:
+                f.write(line)
+        except OSError:
+            os.truncate(self.path, size)  # never leave half a line (a full disk): the file stays valid JSON lines
+            raise
         if self.wandb_run is not None:
             self.wandb_run.log(metrics, step=step)
 

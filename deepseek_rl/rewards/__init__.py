@@ -21,7 +21,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from deepseek_rl.errors import ConfigError
+from deepseek_rl.errors import ConfigError, DataError
 from deepseek_rl.rewards.basic import (
     answer_match,
     format_lenient,
@@ -35,6 +35,9 @@ from deepseek_rl.rewards.math_answer import accuracy, cosine
 from deepseek_rl.rewards.shaping import language_consistency, repetition, soft_overlong
 
 RewardFunction = Callable[..., list[float | None]]
+
+# Keyword arguments the trainer passes besides the dataset columns (TRL's names).
+PROVIDED = frozenset({"prompts", "completion_ids"})
 
 REWARDS: dict[str, RewardFunction] = {
     "accuracy": accuracy,
@@ -51,6 +54,9 @@ REWARDS: dict[str, RewardFunction] = {
     "tag_count": tag_count,
     "think_format": think_format,
 }
+
+answer_match.required_columns = accuracy.required_columns = cosine.required_columns = ("answer",)
+code.required_columns = binary_code.required_columns = ("tests",)
 
 # Cheap text rewards scored in the trainer process (a worker round trip costs more than they do).
 INLINE = frozenset(
@@ -93,6 +99,40 @@ def check_reward_args(name: str, func: RewardFunction, args: dict[str, Any]) -> 
             raise ConfigError(
                 f"reward.args.{name}.{key}: '{name}' has no parameter '{key}' (it takes: {', '.join(named) or 'none'})"
             )
+
+
+def required_columns(func: RewardFunction) -> tuple[str, ...]:
+    """The dataset columns a reward cannot score without: its `required_columns` attribute when it has one (the
+    table's rewards take their columns as optional keywords, e.g. answer_match's `answer`), else its parameters
+    after `completions` that have no default (TRL style: `def reward(completions, solution, **kwargs)`).
+
+    >>> required_columns(answer_match), required_columns(lambda completions, solution, **kwargs: [])
+    (('answer',), ('solution',))
+    """
+    declared = getattr(func, "required_columns", None)
+    if declared is not None:
+        return tuple(declared)
+    parameters = list(inspect.signature(func).parameters.values())[1:]
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return tuple(p.name for p in parameters if p.kind in kinds and p.default is inspect.Parameter.empty)
+
+
+def check_reward_columns(
+    names: list[str], args: dict[str, dict[str, Any]], columns: list[str], source: str, provided: tuple[str, ...] = ()
+) -> None:
+    """Raise DataError, before any training, when a reward needs a column that the data does not have: such a
+    reward would score None ("cannot be scored") on every sample, and the run would learn nothing from it.
+    `args` (reward.args) and `provided` (values the trainer fills in by name) count as present."""
+    for name in names:
+        present = set(columns) | PROVIDED | set(args.get(name, {})) | set(provided)
+        for column in required_columns(resolve_reward(name)):
+            if column not in present:
+                other = next((c for c in sorted(columns) if c != "prompt"), "<column>")
+                raise DataError(
+                    f"reward '{name}' needs the column '{column}', but {source} has columns {sorted(columns)}: "
+                    f"map one of them to it with data.columns (on the command line ++data.columns.{other}={column}; "
+                    f"in a recipe data: {{columns: {{{other}: {column}}}}}), or remove '{name}' from reward.weights"
+                )
 
 
 def call_reward(

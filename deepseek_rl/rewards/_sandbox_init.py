@@ -6,11 +6,16 @@ otherwise ("weak" mode). It reads its job as one `marshal`led dict on stdin, the
 little as it can (marshal and _signal are built in; ctypes only in strong mode, traceback only on an error): each
 execution starts a fresh interpreter, and imports were half of its ~40 ms.
 
-Strong mode, still as root: a size-capped tmpfs becomes the new root, with read-only binds of /usr (and /bin, /lib,
-... where they are not symlinks into /usr) and of the interpreter's prefix at its own path, the devices null, zero,
-random and urandom, a new /proc (this pid namespace only), a writable /work (owned by the sandbox uid) and /tmp.
-Everything else (the trainer's home, checkpoints, data, /etc) is absent. Then chroot, setgroups/setgid/setuid to
-an unprivileged uid chosen by the caller, no_new_privs, and a parent-death signal (a uid change clears it).
+Strong mode, still as (namespace) root: a size-capped tmpfs becomes the new root, with read-only binds of /usr (and
+/bin, /lib, ... where they are not symlinks into /usr) and of the interpreter's prefix at its own path, the devices
+null, zero, random and urandom, a new /proc (this pid namespace only), a writable /work (owned by the sandbox uid)
+and /tmp. Everything else (the trainer's home, checkpoints, data, /etc) is absent. Then chroot, and:
+- as real root ("root" flavor): setgroups/setgid/setuid to an unprivileged uid chosen by the caller;
+- in an unprivileged user namespace ("userns" flavor; only this user's uid is mapped, to 0): every capability
+  dropped (bounding set, ambient, then effective/permitted/inheritable), so the program cannot undo the chroot or
+  the mounts; a chrooted process cannot create a nested user namespace either. A new /proc needs the host's
+  /proc fully visible; where a container masks parts of it, the sandbox goes without /proc;
+then no_new_privs, and a parent-death signal (a uid change clears it).
 
 This process then forks: the child sets the resource limits and runs solution, setup and tests in one namespace;
 this process reaps every child until the program's child exits or the wall-clock limit passes, and exits. In strong
@@ -33,7 +38,12 @@ import sys
 # mount(2) flags and prctl(2) options from <sys/mount.h> and <linux/prctl.h>
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
 MS_BIND, MS_REC, MS_PRIVATE = 4096, 16384, 1 << 18
-PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS = 1, 38
+MS_NOATIME, MS_NODIRATIME, MS_RELATIME = 1024, 2048, 1 << 21
+PR_SET_PDEATHSIG, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT = 1, 24, 38, 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+# statvfs f_flag bits -> the mount flags a bind remount must keep (locked inside a user namespace)
+KEPT_FLAGS = ((2, MS_NOSUID), (4, MS_NODEV), (8, MS_NOEXEC), (1024, MS_NOATIME), (2048, MS_NODIRATIME),
+              (4096, MS_RELATIME))  # fmt: skip
 DEVICES = ("null", "zero", "random", "urandom")
 
 _LIBC: list = []
@@ -72,7 +82,24 @@ def _bind(path: str, root: str) -> None:
     else:
         open(target, "w").close()
     _mount(path, target, None, MS_BIND | MS_REC)
-    _mount(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID)
+    kept = os.statvfs(path).f_flag
+    flags = MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID
+    for bit, flag in KEPT_FLAGS:
+        flags |= flag if kept & bit else 0
+    _mount(None, target, None, flags)
+
+
+def drop_capabilities() -> None:
+    """Every capability gone for good: the bounding set (needs CAP_SETPCAP, still held), ambient, then capset(2)
+    with empty effective, permitted and inheritable sets."""
+    ctypes, libc = _libc()
+    for cap in range(64):
+        if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            break  # past the kernel's last capability
+    libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+    header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
+    data = (ctypes.c_uint32 * 6)()  # two __user_cap_data_struct {effective, permitted, inheritable}, all zero
+    _check(libc.capset(header, data), "capset")
 
 
 def isolate(job: dict) -> None:
@@ -88,16 +115,25 @@ def isolate(job: dict) -> None:
         open(f"{root}/dev/{name}", "w").close()
         _mount(f"/dev/{name}", f"{root}/dev/{name}", None, MS_BIND)
     os.makedirs(root + "/proc", mode=0o555, exist_ok=True)
-    _mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    userns = job["flavor"] == "userns"
+    try:
+        _mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    except OSError:
+        if not userns:
+            raise
     os.makedirs(root + "/tmp", exist_ok=True)
     os.chmod(root + "/tmp", 0o1777)
     os.makedirs(root + "/work", mode=0o700, exist_ok=True)
-    os.chown(root + "/work", uid, uid)
+    if not userns:
+        os.chown(root + "/work", uid, uid)
     os.chroot(root)
     os.chdir("/work")
-    os.setgroups([])
-    os.setgid(uid)
-    os.setuid(uid)
+    if userns:
+        drop_capabilities()
+    else:
+        os.setgroups([])
+        os.setgid(uid)
+        os.setuid(uid)
     libc = _libc()[1]
     _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
     _check(libc.prctl(PR_SET_PDEATHSIG, _signal.SIGKILL, 0, 0, 0), "pdeathsig")

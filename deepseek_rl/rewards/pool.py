@@ -6,7 +6,8 @@ Why processes, and why our own small pool rather than multiprocessing's:
   task past its timeout kills its worker and a fresh one takes its place; the other workers keep going.
 - Workers are `python -m deepseek_rl.rewards.pool FD`, not forks or multiprocessing spawns of the trainer: they
   never import torch or re-run the trainer's main module, and a trainer with threads is never forked. A worker
-  imports only the rewards it serves, calls their `warm_up` (e.g. imports math-verify), then says it is ready; a
+  imports only the rewards it serves, calls their `warm_up` (e.g. imports math-verify, or probes the code sandbox,
+with the reward's arguments that it takes by name), then says it is ready; a
   task's timeout starts when a ready worker receives it.
 - Tasks travel over one socket pair per worker (multiprocessing.connection: pickled tuples). The pool runs in the
   caller's thread: no background threads, nothing happens between calls.
@@ -21,6 +22,7 @@ math-verify's own timeout) is a timeout; any other exception, or a worker that d
 from __future__ import annotations
 
 import ctypes
+import inspect
 import os
 import signal
 import subprocess
@@ -213,8 +215,11 @@ def worker_main(fd: int) -> None:
     from deepseek_rl.rewards import resolve_reward
 
     functions = {name: resolve_reward(name) for name in setup["args"]}
-    for func in functions.values():
-        getattr(func, "warm_up", lambda: None)()
+    for name, func in functions.items():
+        warm_up = getattr(func, "warm_up", None)
+        if warm_up is not None:  # with the reward's own arguments that it takes by name (e.g. the sandbox mode)
+            parameters = inspect.signature(warm_up).parameters
+            warm_up(**{k: v for k, v in setup["args"][name].items() if k in parameters})
     conn.send("ready")
     while True:
         try:

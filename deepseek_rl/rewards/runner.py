@@ -19,6 +19,7 @@ from typing import Any
 
 from deepseek_rl.rewards import INLINE, resolve_reward
 from deepseek_rl.rewards.pool import Task, WorkerPool, run_one
+from deepseek_rl.rewards.sandbox import resolve_mode
 
 STATUSES = ("ok", "timeout", "error")
 # Extra seconds a reward with its own `timeout` argument (the code sandbox) gets in the pool, to clean up first.
@@ -79,6 +80,9 @@ class RewardRunner:
         self.num_workers = default_workers() if num_workers is None else num_workers
         self.inline = {n for n in self.names if n in INLINE or self.num_workers == 0}
         self.timeouts = {n: pool_timeout(self.functions[n], self.kwargs[n], timeout) for n in self.names}
+        for name in self.names:  # untrusted code: decide the isolation now, and refuse before any training
+            if "sandbox" in inspect.signature(self.functions[name]).parameters:
+                resolve_mode(self.kwargs[name].get("sandbox", "auto"))
         self.on_failure = on_failure
         self.pool: WorkerPool | None = None
 

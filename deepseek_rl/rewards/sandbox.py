@@ -2,16 +2,24 @@
 
 Each execution is a separate process tree (`_sandbox_init.py` is its first process) in a new session, with a
 wall-clock timeout, in a fresh temporary directory, with a scrubbed environment, and is killed as a whole at the end.
-Two levels of isolation, chosen once per process:
+Two levels of isolation, chosen explicitly with `reward.sandbox` (the code rewards' `sandbox` argument):
 
-- strong (root with util-linux `unshare`, as on our machines and in CI): new mount, pid, network, IPC and UTS
-  namespaces; a tmpfs root holding only /usr, the interpreter, four devices, /proc, /work and /tmp (capped at
-  `disk_mb`); an unprivileged uid drawn at random per execution (so RLIMIT_NPROC, which root ignores, counts the
-  sandbox alone, and no two sandboxes can signal each other); no network at all (only a loopback that is down).
-  Killing the namespace's first process kills every process the program started, setsid() or not.
-- weak (no root or no namespaces): the same process tree and limits, run as the current user in a new session. It
-  cannot hide files, block the network or stop a program that escapes its process group; a one-time warning says so,
-  and the attack tests that need the strong level skip.
+- strong: new mount, pid, network, IPC and UTS namespaces; a tmpfs root holding only /usr, the interpreter, four
+  devices, /proc, /work and /tmp (capped at `disk_mb`); no network at all (only a loopback that is down). Killing
+  the namespace's first process kills every process the program started, setsid() or not. Two ways to get there,
+  probed once per process in this order:
+  - as root with util-linux `unshare` (our machines and CI): then an unprivileged uid drawn at random per execution
+    (so RLIMIT_NPROC, which root ignores, counts the sandbox alone, and no two sandboxes can signal each other);
+  - without root, where the kernel allows unprivileged user namespaces (`unshare --user --map-root-user`, e.g. a
+    Slurm node): the program stays the namespace's root but with every capability dropped (bounding set, permitted,
+    effective, inheritable, ambient) and no_new_privs, inside a chroot (which also forbids it a nested user
+    namespace). Its RLIMIT_NPROC counts all the user's processes, like weak mode's.
+- weak: the same process tree and limits, run as the current user in a new session. It cannot hide files, block the
+  network or stop a program that escapes its process group.
+
+`reward.sandbox`: `strong` requires strong isolation (an error says why it is unavailable); `weak` runs weakly on
+purpose (one warning); `auto` (the default) is strong where possible and otherwise refuses to run untrusted code,
+naming `reward.sandbox=weak` as the explicit opt-in. The attack tests that need strong isolation skip without it.
 
 Resource limits in both: CPU seconds, address space, processes, file size, open files; output kept up to a cap.
 A result counts only what the harness reported with a per-run nonce that is never in the program's files,
@@ -40,8 +48,13 @@ import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from deepseek_rl.errors import ConfigError
+
 HARNESS = Path(__file__).with_name("_sandbox_init.py")
 UNSHARE = ("unshare", "--mount", "--pid", "--net", "--ipc", "--uts", "--fork", "--kill-child", "--")
+# Without root: the same namespaces inside a new user namespace where this user is mapped to root.
+UNSHARE_USER = ("unshare", "--user", "--map-root-user", *UNSHARE[1:])
+MODES = ("strong", "weak", "auto")
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 # Unprivileged uids drawn for strong sandboxes: far above any real account, distinct per execution.
 UID_RANGE = (1_000_000_000, 1_100_000_000)
@@ -120,15 +133,18 @@ def _user_process_count() -> int:
     return count
 
 
-def _job(mode: str, tmp: str, nonce: str, fd: int, solution: str, setup: str, tests, limits: Limits) -> dict:
+def _job(
+    mode: str, flavor: str, tmp: str, nonce: str, fd: int, solution: str, setup: str, tests, limits: Limits
+) -> dict:
     values = asdict(limits)
     values["cpu_seconds"] = math.ceil(limits.timeout)
-    if mode == "weak":
+    if mode == "weak" or flavor == "userns":  # the limit counts all of this user's processes
         values["processes"] += _user_process_count()
     return {
         "nonce": nonce,
         "verdict_fd": fd,
         "mode": mode,
+        "flavor": flavor,
         "root": tmp,
         "workdir": os.path.join(tmp, "work"),
         "uid": random.SystemRandom().randrange(*UID_RANGE),
@@ -202,24 +218,36 @@ def _verdict(lines: bytes, nonce: str) -> tuple[bool, set[int], bool, bool]:
 
 
 def execute(
-    solution: str, tests: str | list[str], setup: str = "", limits: Limits = Limits(), mode: str = "auto"
+    solution: str,
+    tests: str | list[str],
+    setup: str = "",
+    limits: Limits = Limits(),
+    mode: str = "auto",
+    flavor: str | None = None,
 ) -> Execution:
-    """Run `solution`, then `setup`, then each test, in a sandbox; count the tests that passed.
+    """Run `solution`, then `setup`, then each test, in a sandbox; count the tests that passed. `mode` is strong,
+    weak or auto (see resolve_mode); `flavor` forces how strong isolation is obtained (root or userns).
 
-    Raises SandboxError when the sandbox could not start, ValueError when `tests` do not parse.
+    Raises SandboxError when the sandbox could not start, ConfigError when the mode cannot be had here, ValueError
+    when `tests` do not parse.
     """
-    mode = isolation() if mode == "auto" else mode
+    if flavor is None:
+        mode = resolve_mode(mode)  # raises when the mode cannot be had here
+        flavor = strong_flavor()[0] if mode == "strong" else ""
+    else:
+        mode = "strong"
     pieces = split_tests(tests)
     start = time.monotonic()
     tmp = tempfile.mkdtemp(prefix="deepseek-rl-sandbox-")
     os.makedirs(os.path.join(tmp, "work"))
     nonce = secrets.token_hex(16)
     read_fd, write_fd = os.pipe()
-    job = _job(mode, tmp, nonce, write_fd, solution, setup or "", pieces, limits)
+    job = _job(mode, flavor, tmp, nonce, write_fd, solution, setup or "", pieces, limits)
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
     home = "/work" if mode == "strong" else job["workdir"]
     env.update(HOME=home, TMPDIR="/tmp" if mode == "strong" else home)
-    command = [*(UNSHARE if mode == "strong" else ()), interpreter(), "-I", "-S", "-B", str(HARNESS)]
+    prefix = {"root": UNSHARE, "userns": UNSHARE_USER}.get(flavor, ()) if mode == "strong" else ()
+    command = [*prefix, interpreter(), "-I", "-S", "-B", str(HARNESS)]
     try:
         proc = subprocess.Popen(
             command,
@@ -259,30 +287,65 @@ def execute(
     return Execution(len(passed & set(counted)), len(counted), done, timed_out, text, seconds, mode)
 
 
-_MODE: list[str] = []
+_STRONG: list[tuple[str | None, str]] = []
+_WARNED: list[bool] = []
+
+
+def strong_flavor() -> tuple[str | None, str]:
+    """How this process gets strong isolation: "root", "userns", or None with the reason; probed once (a trivial
+    program through each candidate, root's first)."""
+    if _STRONG:
+        return _STRONG[0]
+    reasons = []
+    if shutil.which("unshare") is None:
+        reasons.append("util-linux `unshare` not found")
+    else:
+        for flavor in ("root", "userns") if os.geteuid() == 0 else ("userns",):
+            try:
+                probe = execute("x = 1", ["assert x == 1"], mode="strong", flavor=flavor)
+                if probe.passed == 1:
+                    _STRONG.append((flavor, ""))
+                    return _STRONG[0]
+                reasons.append(f"{flavor}: a probe program failed: {probe.output.strip()[-300:]}")
+            except SandboxError as err:
+                reasons.append(f"{flavor}: {err}")
+        if os.geteuid() != 0:
+            reasons.insert(0, "not root, and unprivileged user namespaces are not available")
+    _STRONG.append((None, "; ".join(reasons)))
+    return _STRONG[0]
+
+
+def resolve_mode(requested: str) -> str:
+    """strong or weak for `reward.sandbox` = strong | weak | auto (see the module docstring); ConfigError when
+    strong isolation is required (strong) or would be (auto) and this machine cannot provide it."""
+    if requested not in MODES:
+        raise ConfigError(f"reward.sandbox='{requested}' is not one of {', '.join(MODES)}")
+    if requested == "weak":
+        if not _WARNED:
+            _WARNED.append(True)
+            warnings.warn(
+                "deepseek-rl code sandbox: weak isolation (reward.sandbox=weak): untrusted code runs as this user "
+                "with resource limits and timeouts, but can read this user's files and reach the network",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        return "weak"
+    flavor, reason = strong_flavor()
+    if flavor is not None:
+        return "strong"
+    if requested == "strong":
+        raise ConfigError(
+            f"reward.sandbox=strong: strong isolation is not available here ({reason}). Run as root, or allow "
+            "unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1 or user.max_user_namespaces > "
+            "0), or set reward.sandbox=weak to run untrusted code without isolation"
+        )
+    raise ConfigError(
+        f"reward.sandbox=auto: refusing to run untrusted code without isolation ({reason}): the weak sandbox would "
+        "let it read this user's files and reach the network. Run as root or where unprivileged user namespaces are "
+        "allowed, or set reward.sandbox=weak to run it weakly on purpose"
+    )
 
 
 def isolation() -> str:
-    """strong or weak, decided once per process by running a trivial program (weak: with a one-time warning)."""
-    if _MODE:
-        return _MODE[0]
-    reason = ""
-    if os.geteuid() != 0:
-        reason = "not running as root"
-    elif shutil.which("unshare") is None:
-        reason = "util-linux `unshare` not found"
-    else:
-        try:
-            probe = execute("x = 1", ["assert x == 1"], mode="strong")
-            reason = "" if probe.passed == 1 else f"a probe program failed: {probe.output[-300:]}"
-        except SandboxError as err:
-            reason = str(err)
-    _MODE.append("weak" if reason else "strong")
-    if reason:
-        warnings.warn(
-            f"deepseek-rl code sandbox: weak isolation ({reason}): untrusted code runs as this user with resource "
-            "limits and timeouts, but can read this user's files and reach the network. Run as root for namespaces.",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-    return _MODE[0]
+    """strong when this machine can isolate untrusted code, else weak (no warning, no error): for tests and tools."""
+    return "strong" if strong_flavor()[0] is not None else "weak"

@@ -31,13 +31,7 @@ from deepseek_rl.config.plan import BatchPlan
 from deepseek_rl.config.schema import Config
 from deepseek_rl.data.examples import Examples
 from deepseek_rl.data.prompts import rank_indices, step_indices
-from deepseek_rl.infra.checkpoint import (
-    TrainerState,
-    export_hf,
-    find_resume_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-)
+from deepseek_rl.infra.checkpoint import TrainerState, export_hf, save_checkpoint
 from deepseek_rl.infra.distributed import (
     any_rank,
     broadcast_value,
@@ -47,6 +41,7 @@ from deepseek_rl.infra.distributed import (
 )
 from deepseek_rl.infra.optim import build_optimizer, lr_schedule
 from deepseek_rl.infra.preemption import Preempted, Preemption
+from deepseek_rl.infra.resume import resume_stage
 from deepseek_rl.infra.tracking import RunTracker
 from deepseek_rl.models.loading import eos_token_ids, load_model, load_tokenizer
 from deepseek_rl.rollout.engine import BuiltinEngine
@@ -98,11 +93,13 @@ class FineTuner:
         self.policy, self.optimizer = self.accelerator.prepare(policy, optimizer)
         self.scheduler = lr_schedule(self.optimizer, cfg.optimizer, self.plan.optimizer_steps, spec.warmup_steps)
         self.accelerator.register_for_checkpointing(self.scheduler)
-        self.state = TrainerState(step=0)
-        resume_from = find_resume_checkpoint(cfg.trainer.resume, self.output_dir)
-        if resume_from is not None:
-            self.state = load_checkpoint(self.accelerator, resume_from)
-        self.tracker = RunTracker(cfg.logger, self.output_dir, asdict(cfg), self.is_main, self.state)
+        config, trainer = asdict(cfg), cfg.trainer  # a resume checks the checkpoint and its config
+        state = resume_stage(
+            self.accelerator, trainer.resume, trainer.resume_override, self.output_dir, config, spec.stage,
+            self.optimizer, self.scheduler,
+        )  # fmt: skip
+        self.state = state or TrainerState(step=0)
+        self.tracker = RunTracker(cfg.logger, self.output_dir, config, self.is_main, self.state)
         self.engine = with_tools(
             BuiltinEngine(self.policy, self.tokenizer, eos_ids, self.accelerator), cfg.rollout, eos_ids
         )
@@ -147,7 +144,9 @@ class FineTuner:
             preempted = any_rank(self.accelerator, self.preemption.requested)
             every = self.cfg.trainer.save_every
             if preempted or (every and self.state.step % every == 0):
-                save_checkpoint(self.accelerator, self.output_dir, self.state, self.cfg.trainer.keep_last)
+                save_checkpoint(
+                    self.accelerator, self.output_dir, self.state, self.cfg.trainer.keep_last, self.tracker.run_config
+                )
             if preempted:
                 self.tracker.finish()
                 self.preemption.close()

@@ -26,18 +26,13 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm import tqdm
 
-from deepseek_rl.algo.reward_set import RewardSet
+from deepseek_rl.algo.reward_set import RewardSet, scoring_args
 from deepseek_rl.algo.update import UpdateSettings, add_old_and_ref_logprobs, build_loss_inputs, update_policy
 from deepseek_rl.config.plan import BatchPlan
 from deepseek_rl.config.schema import Config
 from deepseek_rl.data.prompts import build_prompt_set
-from deepseek_rl.infra.checkpoint import (
-    TrainerState,
-    export_hf,
-    find_resume_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-)
+from deepseek_rl.data.sources import source_name
+from deepseek_rl.infra.checkpoint import TrainerState, export_hf, save_checkpoint
 from deepseek_rl.infra.distributed import (
     any_rank,
     broadcast_value,
@@ -48,10 +43,12 @@ from deepseek_rl.infra.distributed import (
 )
 from deepseek_rl.infra.optim import build_optimizer, lr_schedule
 from deepseek_rl.infra.preemption import Preempted, Preemption
+from deepseek_rl.infra.resume import resume_stage
 from deepseek_rl.infra.tracking import RunTracker
 from deepseek_rl.models.loading import eos_token_ids, load_model, load_tokenizer
 from deepseek_rl.models.lora import AdapterDisabledReference
 from deepseek_rl.preflight.check import preflight_before_training
+from deepseek_rl.rewards import check_reward_columns
 from deepseek_rl.rollout.engine import BuiltinEngine, RolloutEngine
 from deepseek_rl.rollout.tools import with_tools
 from deepseek_rl.stages.collect import RolloutCollector
@@ -102,7 +99,15 @@ def setup(cfg: Config, output_dir: Path) -> GRPORun:
 
     tokenizer = load_tokenizer(cfg.model)
     prompts = build_prompt_set(cfg.data, tokenizer, cfg.rollout.max_prompt_length)
-    rewards = RewardSet(cfg.reward, context={"max_completion_length": cfg.rollout.max_completion_length})
+    context = {"max_completion_length": cfg.rollout.max_completion_length}
+    check_reward_columns(list(cfg.reward.weights), cfg.reward.args, list(prompts.columns), source_name(cfg.data),
+                         tuple(context))  # fmt: skip
+    held_out = None
+    if cfg.eval.every:
+        held_out = build_prompt_set(cfg.data, tokenizer, cfg.rollout.max_prompt_length, split="eval")
+        check_reward_columns([cfg.eval.correctness], cfg.reward.args, list(held_out.columns),
+                             source_name(cfg.data, "eval"))  # fmt: skip
+    rewards = RewardSet(cfg.reward, context=context)
     set_seed(cfg.trainer.seed)
     policy = load_model(cfg.model, tokenizer, seed=cfg.trainer.seed, trainable=True)
     # a second copy from the same weights (deepcopy would not work on a ZeRO-3 partitioned model); for a LoRA
@@ -120,11 +125,12 @@ def setup(cfg: Config, output_dir: Path) -> GRPORun:
     scheduler = lr_schedule(optimizer, cfg.optimizer, plan.optimizer_steps, cfg.optimizer.warmup_steps * passes)
     accelerator.register_for_checkpointing(scheduler)
 
-    state = TrainerState(step=0)
-    resume_from = find_resume_checkpoint(cfg.trainer.resume, output_dir)
-    if resume_from is not None:
-        state = load_checkpoint(accelerator, resume_from)
-    tracker = RunTracker(cfg.logger, output_dir, asdict(cfg), accelerator.is_main_process, state)
+    config, trainer = asdict(cfg), cfg.trainer  # a resume checks the checkpoint and its config (infra/resume.py)
+    state = resume_stage(
+        accelerator, trainer.resume, trainer.resume_override, output_dir, config, "grpo", optimizer, scheduler
+    )
+    state = state or TrainerState(step=0)
+    tracker = RunTracker(cfg.logger, output_dir, config, accelerator.is_main_process, state)
     engine = make_engine(cfg, policy, tokenizer, eos_ids, accelerator, output_dir)
     collector = RolloutCollector(
         plan=plan,
@@ -138,11 +144,14 @@ def setup(cfg: Config, output_dir: Path) -> GRPORun:
         gather=lambda t: accelerator.gather(t.to(accelerator.device)).cpu(),
     )
     evaluator = None
-    if cfg.eval.every:
+    if held_out is not None:
         settings = cfg.eval.during_training()
-        held_out = build_prompt_set(cfg.data, tokenizer, cfg.rollout.max_prompt_length, split="eval")
         evaluator = HeldOutEval(
-            held_out.subset(settings.num_prompts), settings, cfg.rollout, cfg.trainer.seed, cfg.reward.args
+            held_out.subset(settings.num_prompts),
+            settings,
+            cfg.rollout,
+            cfg.trainer.seed,
+            scoring_args(cfg.reward, [cfg.eval.correctness, cfg.eval.format_reward]),
         )
     return GRPORun(
         cfg=cfg,
@@ -268,7 +277,9 @@ def train(cfg: Config, output_dir: Path) -> Path:
             preempted = any_rank(run.accelerator, run.preemption.requested)
             every = run.cfg.trainer.save_every
             if preempted or (every and stats.step % every == 0):
-                save_checkpoint(run.accelerator, run.output_dir, run.state, run.cfg.trainer.keep_last)
+                save_checkpoint(
+                    run.accelerator, run.output_dir, run.state, run.cfg.trainer.keep_last, run.tracker.run_config
+                )
             if preempted:
                 run.tracker.finish()
                 raise Preempted("grpo", stats.step)

@@ -12,23 +12,33 @@ run directory also gets `results.json`, `results.md` (the table) and `curves.png
 and completion length over steps). Each stage is its own wandb run, grouped under the run directory's name.
 
 A finished stage writes `<stage dir>/stage.json` (its checkpoint); with `trainer.resume=auto` a pipeline skips the
-stages that finished and resumes the interrupted one from its newest checkpoint.
+stages that finished and resumes the interrupted one from its newest checkpoint. A SIGTERM stops the run with
+`Preempted` (exit status 75 from the command line) at the end of a training step after a checkpoint, between
+stages, or in the evaluation stage before its next generation batch (each evaluated model's metrics are saved as
+`metrics-<name>.json`, and a resumed run does not evaluate it again).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 
+from deepseek_rl.algo.reward_set import scoring_args
 from deepseek_rl.config.schema import Config, ModelConfig
 from deepseek_rl.data.prompts import build_prompt_set
+from deepseek_rl.data.sources import source_name
+from deepseek_rl.infra.checkpoint import storage_error
 from deepseek_rl.infra.distributed import launched_world_size
 from deepseek_rl.infra.plots import plot_training_curves
+from deepseek_rl.infra.preemption import Preempted, Preemption
+from deepseek_rl.infra.resume import flatten, require_same_run
+from deepseek_rl.infra.storage import check_writable
 from deepseek_rl.models.loading import eos_token_ids, load_model, load_tokenizer
-from deepseek_rl.rollout.engine import BuiltinEngine
+from deepseek_rl.rewards import check_reward_columns
+from deepseek_rl.rollout.engine import BuiltinEngine, RolloutEngine
 from deepseek_rl.rollout.tools import with_tools
 from deepseek_rl.stages.control import LABELS as CONTROL_LABELS
 from deepseek_rl.stages.control import run_control
@@ -47,19 +57,33 @@ LABELS = {
 STAGE_FILE = "stage.json"
 
 
-def finished_stage(stage_dir: Path) -> Path | None:
-    """The checkpoint a finished stage recorded, or None."""
+MAX_STEPS = {"grpo": "trainer.max_steps", "sft": "sft.max_steps", "rft": "rft.max_steps"}
+
+
+def finished_stage(stage_dir: Path, stage: str, config: dict, override: bool) -> Path | None:
+    """The checkpoint a finished stage recorded, or None when there is none or the stage should continue (its
+    max_steps was raised). A finished stage made with different run-changing settings stops the run
+    (CheckpointError) unless trainer.resume_override."""
     record = stage_dir / STAGE_FILE
     if not record.is_file():
         return None
-    return Path(json.loads(record.read_text())["checkpoint"])
+    saved = json.loads(record.read_text())
+    if "config" in saved:
+        key = MAX_STEPS.get(stage, "")  # a control's budget is the RL stage's, not a step count
+        before, now = flatten(saved["config"]).get(key), flatten(config).get(key)
+        if before != now:
+            print(f"deepseek-rl: stage {stage} finished with {MAX_STEPS[stage]}={before}; continuing it to {now}")
+            return None
+        require_same_run(saved["config"], config, stage, override, f"the finished {stage} stage in {stage_dir}")
+    return Path(saved["checkpoint"])
 
 
-def record_stage(stage_dir: Path, stage: str, checkpoint: Path) -> None:
+def record_stage(stage_dir: Path, stage: str, checkpoint: Path, config: dict) -> None:
     if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
         return
     stage_dir.mkdir(parents=True, exist_ok=True)
-    (stage_dir / STAGE_FILE).write_text(json.dumps({"stage": stage, "checkpoint": str(checkpoint)}) + "\n")
+    record = {"stage": stage, "checkpoint": str(checkpoint), "config": config}
+    (stage_dir / STAGE_FILE).write_text(json.dumps(record, default=str) + "\n")
 
 
 def run_stage(stage: str, cfg: Config, stage_dir: Path) -> Path:
@@ -72,7 +96,23 @@ def run_stage(stage: str, cfg: Config, stage_dir: Path) -> Path:
 
 
 def run_stages(cfg: Config, output_dir: Path) -> dict[str, Path]:
-    """Run cfg.stages; returns the checkpoint directory of each training stage."""
+    """Run cfg.stages; returns the checkpoint directory of each training stage. The output directory is checked
+    for writing before anything loads; a SIGTERM is honoured in every stage and between them (Preempted); a
+    write that fails for want of space becomes a StorageError naming what is intact."""
+    preemption = Preemption()  # one flag for the whole run (infra/preemption.py)
+    try:
+        check_writable(output_dir, "trainer.output_dir" if cfg.trainer.output_dir is not None else "hydra.run.dir")
+        return _run_stages(cfg, output_dir, preemption)
+    except Exception as err:
+        full = storage_error(err, output_dir, "writing the run's files")
+        if full is not None:
+            raise full from err
+        raise
+    finally:
+        preemption.close()
+
+
+def _run_stages(cfg: Config, output_dir: Path, preemption: Preemption) -> dict[str, Path]:
     several = len(cfg.stages) > 1
     group = cfg.logger.group or (output_dir.name if several else None)
     checkpoints: dict[str, Path] = {}
@@ -85,26 +125,34 @@ def run_stages(cfg: Config, output_dir: Path) -> dict[str, Path]:
             name=f"{cfg.logger.name or output_dir.name}-{stage}" if several else cfg.logger.name,
         )
         stage_cfg = replace(cfg, model=model, logger=logger)
-        done = finished_stage(stage_dir) if cfg.trainer.resume == "auto" and stage != "eval" else None
+        config = asdict(stage_cfg)
+        done = None
+        if cfg.trainer.resume == "auto" and stage != "eval":
+            done = finished_stage(stage_dir, stage, config, cfg.trainer.resume_override)
         if done is not None:
             print(f"deepseek-rl: stage {stage} already finished ({done}); skipping it")
             checkpoints[stage] = done
+        elif preemption.requested:
+            raise Preempted(stage, detail="before it started; the stages before it finished and are recorded")
         elif stage == "control":
             start = ModelConfig(path=str(checkpoints["sft"]), tokenizer=None)
             for kind in cfg.control.budgets:
                 name, control_dir = f"control_{kind}", output_dir / f"control_{kind}"
-                done = finished_stage(control_dir) if cfg.trainer.resume == "auto" else None
                 control_cfg = replace(stage_cfg, model=start, logger=replace(logger, name=f"{logger.name}-{kind}"))
+                control_config = asdict(control_cfg)
+                done = None
+                if cfg.trainer.resume == "auto":
+                    done = finished_stage(control_dir, name, control_config, cfg.trainer.resume_override)
                 checkpoints[name] = done or run_control(control_cfg, kind, control_dir, output_dir / "grpo")
-                record_stage(control_dir, name, checkpoints[name])
+                record_stage(control_dir, name, checkpoints[name], control_config)
         elif stage == "eval":
             # the starting checkpoint too (e.g. the RL policy before RFT), but not a tiny model's random init
             models = {"base": cfg.model} if cfg.model.path is not None else {}
             models |= {name: ModelConfig(path=str(path), tokenizer=None) for name, path in checkpoints.items()}
-            run_eval_stage(stage_cfg, models or {"base": model}, stage_dir, output_dir)
+            run_eval_stage(stage_cfg, models or {"base": model}, stage_dir, output_dir, preemption)
         else:
             checkpoints[stage] = run_stage(stage, stage_cfg, stage_dir)
-            record_stage(stage_dir, stage, checkpoints[stage])
+            record_stage(stage_dir, stage, checkpoints[stage], config)
         if stage in ("grpo", "control") and is_main_process():
             controls = {LABELS[n]: output_dir / n / "metrics.jsonl" for n in checkpoints if n.startswith("control_")}
             grpo_metrics = (output_dir / "grpo" if several else stage_dir) / "metrics.jsonl"
@@ -112,6 +160,27 @@ def run_stages(cfg: Config, output_dir: Path) -> dict[str, Path]:
         if stage in checkpoints:  # the next stage starts from this one's export (the controls branch off instead)
             model = ModelConfig(path=str(checkpoints[stage]), tokenizer=None)
     return checkpoints
+
+
+class StopOnSignal(RolloutEngine):
+    """The evaluation stage's engine: raises Preempted before the next generation batch once a SIGTERM arrived
+    (evaluation has no checkpoint; the models already evaluated keep their results)."""
+
+    def __init__(self, inner: RolloutEngine, preemption: Preemption, done: list[str]):
+        self.inner, self.preemption, self.done = inner, preemption, done
+        self.tokenizer = inner.tokenizer
+
+    def session(self):
+        return self.inner.session()
+
+    def generate(self, *args, **kwargs):
+        if self.preemption.requested:
+            kept = f"; the results of {', '.join(self.done)} are saved" if self.done else ""
+            raise Preempted("eval", detail=f"during evaluation{kept}")
+        return self.inner.generate(*args, **kwargs)
+
+    def close(self) -> None:
+        self.inner.close()
 
 
 def is_main_process() -> bool:
@@ -137,18 +206,33 @@ def eval_device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device())
 
 
-def run_eval_stage(cfg: Config, models: dict[str, ModelConfig], stage_dir: Path, run_dir: Path) -> dict[str, dict]:
-    """Evaluate each model on the held-out split (each rank a shard of it); per-sample JSONL per model and a
-    results table for the run, written by rank 0."""
+def run_eval_stage(
+    cfg: Config,
+    models: dict[str, ModelConfig],
+    stage_dir: Path,
+    run_dir: Path,
+    preemption: Preemption,
+) -> dict[str, dict]:
+    """Evaluate each model on the held-out split (each rank a shard of it); per-sample JSONL and metrics per model
+    and a results table for the run, written by rank 0. With trainer.resume=auto a model whose metrics were saved
+    (by a run preempted later in this stage) is not evaluated again."""
     results: dict[str, dict[str, float]] = {}
     shard, main = eval_shard(), is_main_process()
     for name, model_cfg in models.items():
+        saved = stage_dir / f"metrics-{name}.json"
+        if cfg.trainer.resume == "auto" and saved.is_file():
+            results[name] = json.loads(saved.read_text())
+            continue
         tokenizer = load_tokenizer(model_cfg)
-        model = load_model(model_cfg, tokenizer, seed=cfg.trainer.seed).to(eval_device())
         prompts = build_prompt_set(cfg.data, tokenizer, cfg.rollout.max_prompt_length, split="eval")
+        check_reward_columns([cfg.eval.correctness], cfg.reward.args, list(prompts.columns),
+                             source_name(cfg.data, "eval"))  # fmt: skip
+        model = load_model(model_cfg, tokenizer, seed=cfg.trainer.seed).to(eval_device())
         eos = eos_token_ids(tokenizer, model)
-        engine = with_tools(BuiltinEngine(model, tokenizer, eos), cfg.rollout, eos)
-        report = evaluate(engine, prompts, cfg.eval, cfg.rollout, cfg.trainer.seed, cfg.reward.args, shard)
+        inner = with_tools(BuiltinEngine(model, tokenizer, eos), cfg.rollout, eos)
+        engine = StopOnSignal(inner, preemption, list(results))
+        args = scoring_args(cfg.reward, [cfg.eval.correctness, cfg.eval.format_reward])
+        report = evaluate(engine, prompts, cfg.eval, cfg.rollout, cfg.trainer.seed, args, shard)
         engine.close()
         results[name] = report.metrics
         if main:
@@ -156,6 +240,7 @@ def run_eval_stage(cfg: Config, models: dict[str, ModelConfig], stage_dir: Path,
             with (stage_dir / f"samples-{name}.jsonl").open("w") as f:
                 for row in report.samples:
                     f.write(json.dumps(row) + "\n")
+            saved.write_text(json.dumps(report.metrics, indent=2) + "\n")
         del model, engine
     table = results_table(results)
     if main:

@@ -13,11 +13,13 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from deepseek_rl.algo.reward_set import RewardSet
+from deepseek_rl.algo.reward_set import RewardSet, scoring_args
 from deepseek_rl.config.schema import Config, RewardConfig
 from deepseek_rl.data.examples import tokenize_examples
 from deepseek_rl.data.prompts import build_prompt_set
+from deepseek_rl.data.sources import source_name
 from deepseek_rl.errors import DataError
+from deepseek_rl.rewards import check_reward_columns
 from deepseek_rl.stages.finetune import FineTuner, FineTuneSpec
 
 
@@ -43,11 +45,13 @@ def sample_and_verify(tuner: FineTuner, cfg: Config) -> tuple[list[tuple[str, st
     """Each rank samples its share of the prompts and keeps what the verifiers pass; returns every rank's kept
     (prompt, completion) pairs in rank order, and the number sampled in all."""
     prompts = build_prompt_set(cfg.data, tuner.tokenizer, cfg.rollout.max_prompt_length, split="train")
+    check_reward_columns(list(cfg.rft.verifiers), cfg.reward.args, list(prompts.columns), source_name(cfg.data))
     count = min(cfg.rft.num_prompts, len(prompts))
     share = -(-count // tuner.plan.world_size)
     mine = prompts.select(list(range(tuner.rank * share, min((tuner.rank + 1) * share, count))))
     rollout = replace(cfg.rollout, temperature=cfg.rft.temperature)
-    verifiers = RewardSet(RewardConfig(weights={name: 1.0 for name in cfg.rft.verifiers}, args=verifier_args(cfg)))
+    weights = {name: 1.0 for name in cfg.rft.verifiers}
+    verifiers = RewardSet(RewardConfig(weights=weights, args=verifier_args(cfg), sandbox=cfg.reward.sandbox))
     kept: list[tuple[str, str]] = []
     sampled = 0
     try:
@@ -66,7 +70,7 @@ def sample_and_verify(tuner: FineTuner, cfg: Config) -> tuple[list[tuple[str, st
 
 def verifier_args(cfg: Config) -> dict:
     """The recipe's reward.args of the verifiers, so that they judge as in training."""
-    return {name: dict(cfg.reward.args[name]) for name in cfg.rft.verifiers if name in cfg.reward.args}
+    return scoring_args(cfg.reward, list(cfg.rft.verifiers))
 
 
 def run_rft(cfg: Config, output_dir: Path) -> Path:
