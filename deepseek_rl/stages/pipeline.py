@@ -29,7 +29,7 @@ from deepseek_rl.infra.plots import plot_training_curves
 from deepseek_rl.models.loading import eos_token_ids, load_model, load_tokenizer
 from deepseek_rl.rollout.engine import BuiltinEngine
 from deepseek_rl.stages.evaluate import Shard, evaluate
-from deepseek_rl.stages.grpo import train
+from deepseek_rl.stages.grpo import RewardFunctions, train
 from deepseek_rl.stages.rft import run_rft
 from deepseek_rl.stages.sft import run_sft
 
@@ -52,16 +52,16 @@ def record_stage(stage_dir: Path, stage: str, checkpoint: Path) -> None:
     (stage_dir / STAGE_FILE).write_text(json.dumps({"stage": stage, "checkpoint": str(checkpoint)}) + "\n")
 
 
-def run_stage(stage: str, cfg: Config, stage_dir: Path) -> Path:
-    """One training stage; returns its HF checkpoint."""
+def run_stage(stage: str, cfg: Config, stage_dir: Path, reward_funcs: RewardFunctions | None = None) -> Path:
+    """One training stage; returns its HF checkpoint. `reward_funcs` (Python callables) are GRPO's extra rewards."""
     if stage == "sft":
         return run_sft(cfg, stage_dir)
     if stage == "grpo":
-        return train(cfg, stage_dir) / "final"
+        return train(cfg, stage_dir, reward_funcs) / "final"
     return run_rft(cfg, stage_dir)
 
 
-def run_stages(cfg: Config, output_dir: Path) -> dict[str, Path]:
+def run_stages(cfg: Config, output_dir: Path, reward_funcs: RewardFunctions | None = None) -> dict[str, Path]:
     """Run cfg.stages; returns the checkpoint directory of each training stage."""
     several = len(cfg.stages) > 1
     group = cfg.logger.group or (output_dir.name if several else None)
@@ -85,7 +85,7 @@ def run_stages(cfg: Config, output_dir: Path) -> dict[str, Path]:
             models |= {name: ModelConfig(path=str(path), tokenizer=None) for name, path in checkpoints.items()}
             run_eval_stage(stage_cfg, models or {"base": model}, stage_dir, output_dir)
         else:
-            checkpoints[stage] = run_stage(stage, stage_cfg, stage_dir)
+            checkpoints[stage] = run_stage(stage, stage_cfg, stage_dir, reward_funcs)
             record_stage(stage_dir, stage, checkpoints[stage])
         if stage == "grpo" and is_main_process():
             plot_training_curves(stage_dir / "metrics.jsonl", output_dir / "curves.png")
@@ -127,7 +127,7 @@ def run_eval_stage(cfg: Config, models: dict[str, ModelConfig], stage_dir: Path,
         model = load_model(model_cfg, tokenizer, seed=cfg.trainer.seed).to(eval_device())
         prompts = build_prompt_set(cfg.data, tokenizer, cfg.rollout.max_prompt_length, split="eval")
         engine = BuiltinEngine(model, tokenizer, eos_token_ids(tokenizer, model))
-        report = evaluate(engine, prompts, cfg.eval, cfg.rollout, cfg.trainer.seed, cfg.reward.args, shard)
+        report = evaluate(engine, prompts, cfg.eval, cfg.rollout, cfg.trainer.seed, cfg.reward, shard)
         results[name] = report.metrics
         if main:
             stage_dir.mkdir(parents=True, exist_ok=True)

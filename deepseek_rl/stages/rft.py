@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from deepseek_rl.algo.reward_set import RewardSet
-from deepseek_rl.config.schema import Config, RewardConfig
+from deepseek_rl.config.schema import Config
 from deepseek_rl.data.examples import tokenize_examples
 from deepseek_rl.data.prompts import build_prompt_set
 from deepseek_rl.errors import DataError
@@ -47,7 +47,7 @@ def sample_and_verify(tuner: FineTuner, cfg: Config) -> tuple[list[tuple[str, st
     share = -(-count // tuner.plan.world_size)
     mine = prompts.select(list(range(tuner.rank * share, min((tuner.rank + 1) * share, count))))
     rollout = replace(cfg.rollout, temperature=cfg.rft.temperature)
-    verifiers = RewardSet(RewardConfig(weights={name: 1.0 for name in cfg.rft.verifiers}, args=verifier_args(cfg)))
+    verifiers = RewardSet(cfg.reward.subset(list(cfg.rft.verifiers)))
     kept: list[tuple[str, str]] = []
     sampled = 0
     try:
@@ -55,18 +55,13 @@ def sample_and_verify(tuner: FineTuner, cfg: Config) -> tuple[list[tuple[str, st
             mine, len(mine), cfg.rft.samples, rollout, cfg.trainer.seed + tuner.rank, cfg.eval.batch_size
         )
         for out in batches:
-            terms = verifiers.score(out.completions, out.reward_columns())
+            terms = verifiers.score(out.completions, out.reward_columns(), out.group_size)
             verified = (terms == 1.0).all(dim=1).tolist()
             kept += select_verified(out.prompts, out.completions, verified, cfg.rft.samples, cfg.rft.max_per_prompt)
             sampled += len(out)
     finally:
         verifiers.close()
     return tuner.all_ranks(kept), sum(tuner.all_ranks([sampled]))
-
-
-def verifier_args(cfg: Config) -> dict:
-    """The recipe's reward.args of the verifiers, so that they judge as in training."""
-    return {name: dict(cfg.reward.args[name]) for name in cfg.rft.verifiers if name in cfg.reward.args}
 
 
 def run_rft(cfg: Config, output_dir: Path) -> Path:

@@ -30,7 +30,7 @@ def run_sft(cfg: Config, output_dir: Path) -> Path:
     if cfg.sft.eval_every:
         validation = build_prompt_set(cfg.data, tuner.tokenizer, cfg.rollout.max_prompt_length, split="validation")
         settings = replace(cfg.eval, num_prompts=cfg.sft.num_validation, samples=1, temperature=1.0)
-        evaluator = HeldOutEval(validation.subset(settings.num_prompts), settings, cfg.rollout, 0, cfg.reward.args)
+        evaluator = HeldOutEval(validation.subset(settings.num_prompts), settings, cfg.rollout, 0, cfg.reward)
 
         def check(step: int) -> bool:
             metrics = evaluator(tuner.engine, shard_of(tuner.accelerator), seed=step)
