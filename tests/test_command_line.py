@@ -86,6 +86,8 @@ def test_a_mistyped_recipe_lists_the_recipes_and_the_nearest(tmp_path: Path):
     assert "no such recipe. Did you mean 'smoke'?" in result.stderr
     assert "r1_pipeline" in result.stderr and "gsm8k_grpo_r1_distill" in result.stderr
     assert "Traceback" not in result.stderr and "Primary config" not in result.stderr
+    with pytest.raises(ConfigError, match="no such recipe. Did you mean 'smoke'"):
+        load_recipe("smok")  # Python and `deepseek-rl check` too
 
 
 def test_version_and_the_recipes_in_train_help(tmp_path: Path):

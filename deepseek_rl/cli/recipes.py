@@ -9,12 +9,10 @@ start from ours (`defaults: [smoke, _self_]`) and use our groups (`model: tiny`)
 from __future__ import annotations
 
 import argparse
-import difflib
 from pathlib import Path
 
 from deepseek_rl.config.overrides import check_override_keys
-from deepseek_rl.config.store import group_names
-from deepseek_rl.errors import ConfigError
+from deepseek_rl.config.store import check_recipe, group_names, recipe_files
 from deepseek_rl.paths import recipes_dir
 
 USAGE = "usage: deepseek-rl train [--config-name RECIPE] [--config-dir DIR] [key=value ...] [+dict.key=value ...]"
@@ -31,16 +29,6 @@ def search_dirs(config_dir: str | None) -> list[Path]:
     return ([Path(config_dir).expanduser().absolute()] if config_dir else []) + [recipes_dir()]
 
 
-def recipe_files(dirs: list[Path]) -> dict[str, Path]:
-    """Recipe name -> file: the YAML files at the top of each directory (not `_common.yaml`-style includes)."""
-    found: dict[str, Path] = {}
-    for directory in reversed(dirs):  # the first directory wins, as in Hydra's search path
-        for path in sorted(directory.glob("*.yaml")) if directory.is_dir() else []:
-            if not path.name.startswith("_"):
-                found[path.stem] = path
-    return dict(sorted(found.items()))
-
-
 def describe(path: Path) -> str:
     """The first comment line of a recipe file."""
     for line in path.read_text().splitlines():
@@ -51,21 +39,6 @@ def describe(path: Path) -> str:
 
 def shorten(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 3].rstrip() + "..."
-
-
-def check_recipe(name: str, dirs: list[Path]) -> None:
-    """ConfigError naming the nearest recipe and listing them all, for a recipe that is in none of `dirs`."""
-    name = name.removesuffix(".yaml")
-    if any((d / f"{name}.yaml").is_file() for d in dirs):
-        return
-    names = list(recipe_files(dirs))
-    close = difflib.get_close_matches(name, names, n=1)
-    hint = f" Did you mean '{close[0]}'?" if close else ""
-    where = ", ".join(str(d) for d in dirs)
-    raise ConfigError(
-        f"--config-name {name}: no such recipe.{hint} Recipes: {', '.join(names)} (in {where}); "
-        "your own: --config-dir DIR --config-name NAME"
-    )
 
 
 def help_text(dirs: list[Path]) -> str:
