@@ -3,6 +3,7 @@
 
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -38,10 +39,8 @@ def metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def console(*args: str, cwd: Path) -> "subprocess.CompletedProcess":  # noqa: F821
+def console(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     """The installed `deepseek-rl` script (not `python -m`: the working directory is not on its path)."""
-    import subprocess
-
     script = Path(sys.executable).parent / "deepseek-rl"
     return subprocess.run([str(script), *args], cwd=cwd, capture_output=True, text=True, timeout=300)
 
