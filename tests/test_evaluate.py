@@ -29,7 +29,7 @@ def test_majority_vote():
 
 def test_sampled_metrics_hand_computed():
     def row(correct, answer, fmt=True, length=10):
-        return {"correct": correct, "completion": f"<answer>{answer}</answer>", "format": fmt, "length": length}
+        return {"correct": correct, "answer_class": answer, "format": fmt, "length": length}
 
     # problem 0: 2 of 3 right (answer 5 wins the vote); problem 1: 0 of 3 right
     sampled = [row(True, 5), row(True, 5), row(False, 6, fmt=False)] + [row(False, 1, length=20)] * 3
@@ -112,7 +112,7 @@ class ScriptedEngine:
 
 def test_evaluation_scores_with_the_recipes_reward_args():
     """`reward.args` reach the verifier: with sources=[boxed] only the boxed answer counts, as in training."""
-    from deepseek_rl.config import EvalConfig, RolloutConfig
+    from deepseek_rl.config import EvalConfig, RewardConfig, RolloutConfig
     from deepseek_rl.data.prompts import PromptSet
     from deepseek_rl.stages.evaluate import evaluate
 
@@ -121,8 +121,10 @@ def test_evaluation_scores_with_the_recipes_reward_args():
     sampler = ScriptedEngine([r"so \boxed{7}", "it is 7"])
     settings = EvalConfig(num_prompts=2, samples=2, correctness="accuracy", format_reward=None)
     rollout = RolloutConfig()
-    default = evaluate(sampler, prompts, settings, rollout, reward_args={"accuracy": {}})
-    boxed = evaluate(sampler, prompts, settings, rollout, reward_args={"accuracy": {"sources": ["boxed"]}})
+    default = evaluate(sampler, prompts, settings, rollout, reward=RewardConfig(weights={"accuracy": 1.0}))
+    boxed_args = {"accuracy": {"sources": ["boxed"]}}
+    boxed_cfg = RewardConfig(weights={"accuracy": 1.0}, args=boxed_args)
+    boxed = evaluate(sampler, prompts, settings, rollout, reward=boxed_cfg)
     assert default.metrics["eval/sampled_accuracy"] == 1.0
     assert boxed.metrics["eval/sampled_accuracy"] == 0.5
     assert boxed.metrics["eval/greedy_accuracy"] == 0.5  # greedy: completion 0 for q1, completion 1 for q2
@@ -136,3 +138,27 @@ def test_eval_command_rejects_bad_reward_args(tmp_path):
     assert unknown.returncode == 2 and "no_such_arg" in unknown.stderr and "Traceback" not in unknown.stderr
     not_json = run_cli(*base, "--reward-args", "{sources: [boxed]", cwd=tmp_path)
     assert not_json.returncode == 2 and "not JSON" in not_json.stderr and "Traceback" not in not_json.stderr
+
+
+def test_majority_vote_counts_equivalent_answers_as_one():
+    """maj@k asks the verifier whether two answers are the same: with math-verify, \\frac{1}{2}, 0.5 and 1/2 are one
+    answer with 3 votes, which beats 3 with 2 votes (counted as strings, 3 would win and maj@5 would be 0)."""
+    from deepseek_rl.config import EvalConfig, RewardConfig, RolloutConfig
+    from deepseek_rl.data.prompts import PromptSet
+    from deepseek_rl.stages.evaluate import evaluate
+
+    prompts = PromptSet(["q"], [[1]], {"answer": ["1/2"]})
+    texts = [r"so \boxed{3}", r"\boxed{\frac{1}{2}}", r"\boxed{0.5}", r"\boxed{3}", r"\boxed{1/2}"]
+    settings = EvalConfig(num_prompts=1, samples=5, correctness="accuracy", format_reward=None)
+    reward = RewardConfig(weights={"accuracy": 1.0}, num_workers=0)
+    report = evaluate(ScriptedEngine(texts), prompts, settings, RolloutConfig(), reward=reward)
+    sampled = [row for row in report.samples if row["kind"] == "sampled"]
+    assert [row["answer_class"] for row in sampled] == [0, 1, 1, 0, 1]
+    assert report.metrics["eval/sampled_accuracy"] == pytest.approx(3 / 5)
+    assert report.metrics["eval/maj@5"] == 1.0
+    # answer_match compares strings exactly: there 3 is the majority and it is wrong
+    exact = RewardConfig(weights={"answer_match": 1.0}, num_workers=0)
+    settings = EvalConfig(num_prompts=1, samples=5, correctness="answer_match", format_reward=None)
+    texts = ["<answer>3</answer>", "<answer>1/2</answer>", "<answer>0.5</answer>", "<answer>3</answer>", "x"]
+    report = evaluate(ScriptedEngine(texts), prompts, settings, RolloutConfig(), reward=exact)
+    assert report.metrics["eval/maj@5"] == 0.0

@@ -1,8 +1,9 @@
 """Scoring rollouts: call every configured reward, combine them with weights, and summarise them as metrics.
 
-The rewards run through `deepseek_rl.rewards.runner.RewardRunner`: cheap text rewards in this process, the others
-in a pool of worker processes started at the first step that needs them and reused until `close()` (called by the
-owner, or by a finalizer when the RewardSet is collected or the interpreter exits).
+Function rewards run through `deepseek_rl.rewards.runner.RewardRunner`: cheap text rewards and Python callables in
+this process, the others in a pool of worker processes started at the first step that needs them and reused until
+`close()` (called by the owner, or by a finalizer when the RewardSet is collected or the interpreter exits). Reward
+models (`reward.models`) are scored here, on the trainer's device (`reward_model.ModelReward`).
 
 A reward that returns None for a completion ("cannot be scored") contributes 0 to that completion's total and
 is counted in `reward/<name>/none`; its mean and std are over the scored completions only. A sample whose reward
@@ -12,52 +13,62 @@ since the previous `pop_failures()`, i.e. per step, summed over ranks by the met
 
 from __future__ import annotations
 
-import inspect
 import math
 import weakref
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from deepseek_rl.algo.reward_model import ModelReward
 from deepseek_rl.config.schema import RewardConfig
-from deepseek_rl.rewards import resolve_reward
 from deepseek_rl.rewards.runner import RewardRunner
-
-
-def scoring_args(cfg: RewardConfig, names: list[str | None]) -> dict[str, dict[str, Any]]:
-    """reward.args for scoring `names` outside the training RewardSet (evaluation, rejection sampling), with
-    reward.sandbox passed to the rewards that run code, so that they are isolated as configured."""
-    names = [n for n in names if n is not None]
-    args = {n: dict(cfg.args[n]) for n in names if n in cfg.args}
-    for name in names:
-        if "sandbox" in inspect.signature(resolve_reward(name)).parameters:
-            args.setdefault(name, {}).setdefault("sandbox", cfg.sandbox)
-    return args
 
 
 class RewardSet:
     """The recipe's weighted rewards, resolved once; `context` fills reward parameters by name
-    (e.g. max_completion_length for soft_overlong and cosine) unless reward.args sets them."""
+    (e.g. max_completion_length for soft_overlong and cosine) unless reward.args sets them. `functions` adds
+    rewards given as Python callables (name -> callable, TRL's `reward_funcs`): they run in this process, weighted
+    by `cfg.weights[name]` when it is there, else 1.0. Reward models are loaded on `device`."""
 
-    def __init__(self, cfg: RewardConfig, context: dict[str, Any] | None = None):
-        self.names = list(cfg.weights)
-        self.weights = torch.tensor([cfg.weights[n] for n in self.names], dtype=torch.float32)  # [F]
-        context = {"sandbox": cfg.sandbox, **(context or {})}
-        self.runner = RewardRunner(self.names, cfg.args, cfg.num_workers, cfg.timeout, cfg.on_failure, context=context)
+    def __init__(
+        self,
+        cfg: RewardConfig,
+        context: dict[str, Any] | None = None,
+        functions: Mapping[str, Callable[..., list[float | None]]] | None = None,
+        device: torch.device | str = "cpu",
+    ):
+        assert cfg.weights is not None
+        weights = {**cfg.weights, **{n: cfg.weights.get(n, 1.0) for n in functions or {}}}
+        self.names = list(weights)
+        self.weights = torch.tensor([weights[n] for n in self.names], dtype=torch.float32)  # [F]
+        self.models = {n: ModelReward(n, cfg.models[n], device, cfg.model_batch_size) for n in cfg.models}
+        self.runner = RewardRunner(
+            [n for n in self.names if n not in self.models],
+            cfg.args,
+            cfg.num_workers,
+            cfg.timeout,
+            cfg.on_failure,
+            context={"sandbox": cfg.sandbox, **(context or {})},  # code rewards run as reward.sandbox says
+            functions={**cfg.functions, **(functions or {})},
+        )
         self.failures = torch.zeros(2, len(self.names))  # [2, F] timeouts, errors since pop_failures()
         self._finalizer = weakref.finalize(self, self.runner.close)
 
-    def score(self, completions: list[str], columns: dict[str, list[Any]]) -> Tensor:
-        """Scores of N completions -> [N, F] float with NaN for None. `columns` are keyword arguments, each [N]."""
-        scores = self.runner.score(completions, columns)
+    def score(self, completions: list[str], columns: dict[str, list[Any]], group_size: int | None = None) -> Tensor:
+        """Scores of N completions -> [N, F] float with NaN for None. `columns` are keyword arguments, each [N];
+        `group_size` consecutive completions share a prompt (for rewards that score a whole group)."""
+        scores = self.runner.score(completions, columns, group_size)
+        by_name: dict[str, list[float | None]] = dict(zip(scores.names, scores.values, strict=True))
+        for name, model in self.models.items():
+            by_name[name] = model.score(completions, columns) if completions else []
         for j, name in enumerate(self.names):
-            self.failures[0, j] += scores.count(name, "timeout")
-            self.failures[1, j] += scores.count(name, "error")
-        return torch.tensor(
-            [[math.nan if s is None else s for s in row] for row in zip(*scores.values, strict=True)],
-            dtype=torch.float32,
-        ).reshape(len(completions), len(self.names))
+            if name in scores.names:
+                self.failures[0, j] += scores.count(name, "timeout")
+                self.failures[1, j] += scores.count(name, "error")
+        columns_nf = [[math.nan if s is None else s for s in by_name[n]] for n in self.names]  # [F][N]
+        return torch.tensor(columns_nf, dtype=torch.float32).reshape(len(self.names), len(completions)).T.contiguous()
 
     def pop_failures(self) -> Tensor:
         """[2, F] timeouts and errors counted since the last call, then reset."""
@@ -83,5 +94,7 @@ class RewardSet:
         return out
 
     def close(self) -> None:
-        """Stop the reward workers; safe to call twice."""
+        """Stop the reward workers and drop the reward models; safe to call twice."""
         self._finalizer()
+        for model in self.models.values():
+            model.close()

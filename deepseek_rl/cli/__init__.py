@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import sys
 
-USAGE = """usage: deepseek-rl <command> [args]
+USAGE = """usage: deepseek-rl <command> [args]    (deepseek-rl --version; eval "$(deepseek-rl -sc install=bash)")
 
 commands:
-  train   run a recipe from recipes/: deepseek-rl train [--config-name RECIPE] [key=value ...]
-          (Hydra options work too: -m for sweeps, --cfg job to print the composed config)
+  train   run a recipe: deepseek-rl train [--config-name RECIPE] [--config-dir DIR] [key=value ...]
+          (train --help lists the recipes; Hydra options work too: -m for sweeps, --cfg job to print the config)
   eval    evaluate a model directory: deepseek-rl eval --model DIR --data addition|rows.jsonl --reward NAME
           [--samples 8] [--num-prompts 500] [--output samples.jsonl] (--help for more)
   score   score a JSONL file with rewards: deepseek-rl score --reward NAME[,NAME...] --input rows.jsonl
@@ -32,6 +32,16 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
+        return
+    if argv[0] in ("--version", "-V"):
+        from deepseek_rl.cli.recipes import version
+
+        print(version())
+        return
+    if "-sc" in argv[:2] or "--shell-completion" in argv[:2]:
+        from deepseek_rl.cli import completion
+
+        completion.main(argv)
         return
     command, rest = argv[0], argv[1:]
     if command == "train":

@@ -79,17 +79,13 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         correctness=args.reward,
         format_reward=None if args.format_reward.lower() == "none" else args.format_reward,
     )
-    from deepseek_rl.algo.reward_set import scoring_args
-
-    # checks the argument names before loading the model; code rewards run sandboxed as --sandbox says
-    reward_cfg = RewardConfig(weights={args.reward: 1.0}, args={args.reward: args.reward_args}, sandbox=args.sandbox)
-    reward_args = scoring_args(reward_cfg, [args.reward])
-    RewardConfig(weights={args.reward: 1.0}, args=reward_args)
+    # checks the reward's name and argument names before loading the model; code rewards run as --sandbox says
+    reward = RewardConfig(weights={args.reward: 1.0}, args={args.reward: args.reward_args}, sandbox=args.sandbox)
     tokenizer = load_tokenizer(model_cfg)
     model = load_model(model_cfg, tokenizer).to("cuda" if torch.cuda.is_available() else "cpu")
     prompts = build_prompt_set(data, tokenizer, rollout.max_prompt_length, split="eval")
     engine = BuiltinEngine(model, tokenizer, eos_token_ids(tokenizer, model))
-    report = evaluate(engine, prompts, settings, rollout, args.seed, reward_args)
+    report = evaluate(engine, prompts, settings, rollout, args.seed, reward)
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         with open(args.output, "w") as f:

@@ -3,9 +3,9 @@
     deepseek-rl train [--config-name RECIPE] [key=value ...]
     accelerate launch --config_file launch/zero2.yaml -m deepseek_rl.train --config-name RECIPE
 
-A configuration, data or launch error ends in one line on stderr and exit status 2, and so does a checkpoint that
-cannot be resumed; a full disk in one line and exit status 74; a preempted run (SIGTERM) in one line and exit
-status 75 after its checkpoint was written.
+A configuration, data or launch error ends in one line on stderr and exit status 2 (a mistyped recipe or key
+before Hydra composes: cli/recipes.py), and so does a checkpoint that cannot be resumed; a full disk in one line and
+exit status 74; a preempted run (SIGTERM) in one line and exit status 75 after its checkpoint was written.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from deepseek_rl.cli.recipes import prepare
+from deepseek_rl.config.overrides import check_composed
 from deepseek_rl.config.schema import Config
 from deepseek_rl.errors import ConfigError, DataError, LaunchError, UserError
 from deepseek_rl.infra.distributed import release_accelerator
@@ -29,6 +31,7 @@ from deepseek_rl.stages.pipeline import run_stages
 def run(dcfg: DictConfig) -> Path:
     """Validate the composed recipe and run its stages (GRPO alone by default)."""
     try:
+        check_composed(dcfg)  # a key the schema lacks (a recipe file, a `++` override) is an error, never ignored
         cfg: Config = OmegaConf.to_object(dcfg)
         cfg.logger = job_logger(cfg.logger, current_job())  # a multirun job logs to its sweep's wandb group
         output_dir = Path(cfg.trainer.output_dir or HydraConfig.get().runtime.output_dir)
@@ -48,5 +51,16 @@ def run(dcfg: DictConfig) -> Path:
 
 
 @hydra.main(config_path=str(recipes_dir()), config_name="default", version_base="1.3")
-def main(dcfg: DictConfig) -> None:
+def hydra_main(dcfg: DictConfig) -> None:
     run(dcfg)
+
+
+def main() -> None:
+    """Check the command line (recipe name, keys; --help lists the recipes) before Hydra composes and runs it."""
+    try:
+        if prepare(sys.argv[1:]):
+            return
+    except ConfigError as err:
+        print(f"deepseek-rl: configuration error: {err}", file=sys.stderr)
+        sys.exit(2)
+    hydra_main()

@@ -8,7 +8,8 @@ all of it runs before any model is loaded. Below the entry point code receives t
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import importlib.util
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from deepseek_rl.config.checks import one_of, require
@@ -17,6 +18,7 @@ from deepseek_rl.config.lora import LoraConfig
 from deepseek_rl.config.plan import BatchPlan, grpo_plan
 from deepseek_rl.config.rollout import RolloutConfig
 from deepseek_rl.config.stages import ControlConfig, EvalConfig, RFTConfig, SFTConfig
+from deepseek_rl.errors import ConfigError
 
 
 @dataclass
@@ -64,10 +66,19 @@ class ModelConfig:
 
 @dataclass
 class RewardConfig:
-    # Reward name -> weight in the total reward. Names come from the reward table (deepseek_rl.rewards.REWARDS)
-    # or are "module:function" import paths to your own `reward(completions, **columns)`.
-    # null: {answer_match: 1.0}.
+    # Reward name -> weight in the total reward. Names come from the reward table (deepseek_rl.rewards.REWARDS),
+    # from `functions` and `models` below, or are "module:function" import paths. null: {answer_match: 1.0}.
+    # On the command line `reward.weights={a: 1.0, b: 0.2}` replaces the recipe's weights; +reward.weights.c=0.5 adds.
     weights: dict[str, float] | None = None
+    # Your own reward functions `f(completions, **columns)`, name -> "file.py:function" (relative to the working
+    # directory) or "package.module:function", e.g. +reward.functions.brevity=my_rewards.py:brevity. They run in the
+    # reward workers; a name without a weight in `weights` gets 1.0.
+    functions: dict[str, str] = field(default_factory=dict)
+    # Reward models: name -> a Hugging Face sequence-classification model (local directory or Hub id) whose first
+    # logit on prompt + completion is the score, computed on the trainer's device (as TRL does); weight as above.
+    models: dict[str, str] = field(default_factory=dict)
+    # Completions a reward model scores per forward pass.
+    model_batch_size: int = 16
     # Extra keyword arguments per reward name, e.g. {soft_overlong: {buffer_length: 32}}.
     args: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Worker processes that score the non-text rewards (math, code, your own), one sample per task.
@@ -91,20 +102,59 @@ class RewardConfig:
 
         if self.weights is None:
             self.weights = {"answer_match": 1.0}
+        self.check_own_rewards()
         require(
             len(self.weights) > 0,
             "reward.weights is empty: give at least one reward, e.g. reward.weights={answer_match: 1.0}",
         )
         for name in self.weights:
-            resolve_reward(name)  # raises ConfigError naming the reward
+            if name not in self.models:
+                resolve_reward(name, self.functions)  # raises ConfigError naming the reward (or its file)
         for name in self.args:
             require(name in self.weights, f"reward.args.{name} is set but '{name}' is not in reward.weights")
-            check_reward_args(name, resolve_reward(name), self.args[name])
+            require(name not in self.models, f"reward.args.{name}: a reward model takes no arguments")
+            check_reward_args(name, resolve_reward(name, self.functions), self.args[name])
+        require(self.model_batch_size >= 1, f"reward.model_batch_size={self.model_batch_size} must be >= 1")
         require(
             self.num_workers is None or self.num_workers >= 0,
             f"reward.num_workers={self.num_workers} must be >= 0 (0: in the trainer process; null: one per core)",
         )
         require(self.timeout > 0, f"reward.timeout={self.timeout} must be > 0 seconds")
+
+    def subset(self, names: list[str]) -> RewardConfig:
+        """The rewards `names`, weight 1.0 each, with this config's arguments, functions, models and worker settings
+        (evaluation's verifier, RFT's verifiers judge as training does)."""
+        return replace(
+            self,
+            weights=dict.fromkeys(names, 1.0),
+            functions={n: f for n, f in self.functions.items() if n in names},
+            models={n: m for n, m in self.models.items() if n in names},
+            args={n: dict(a) for n, a in self.args.items() if n in names},
+        )
+
+    def check_own_rewards(self) -> None:
+        """reward.functions and reward.models: names that are not the table's, files made absolute (the reward
+        workers import them by path), model directories that exist; each gets weight 1.0 unless weighted."""
+        from deepseek_rl.rewards import REWARDS
+        from deepseek_rl.rewards.loading import absolute_spec
+
+        assert self.weights is not None
+        for key, table in (("functions", self.functions), ("models", self.models)):
+            for name in table:
+                require(
+                    name not in REWARDS,
+                    f"reward.{key}.{name}: '{name}' is the name of a built-in reward; give yours another name",
+                )
+                require(
+                    key == "functions" or name not in self.functions,
+                    f"reward.models.{name}: '{name}' is also in reward.functions; give each its own name",
+                )
+                self.weights.setdefault(name, 1.0)
+        self.functions = {name: absolute_spec(spec) for name, spec in self.functions.items()}
+        for name, path in self.models.items():
+            from deepseek_rl.hub import load_model_config
+
+            load_model_config(path, f"reward.models.{name}")  # config.json only: a clear error before any weights
 
 
 @dataclass
@@ -222,7 +272,8 @@ class TrainerConfig:
 
 @dataclass
 class LoggerConfig:
-    # wandb | none (metrics.jsonl in the run directory is always written).
+    # wandb | tensorboard | mlflow | none (metrics.jsonl in the run directory is always written). TensorBoard and
+    # MLflow go through accelerate's trackers (pip install tensorboard / mlflow); see infra/tracking.py.
     kind: str = "wandb"
     project: str = "deepseek-rl"
     entity: str | None = None
@@ -231,6 +282,9 @@ class LoggerConfig:
     # auto: online when an API key is configured, offline otherwise.
     mode: str = "auto"
     tags: list[str] = field(default_factory=list)
+    # MLflow's tracking URI (a server, or a local store such as sqlite:///mlflow.db); null: MLFLOW_TRACKING_URI,
+    # else MLflow's default.
+    tracking_uri: str | None = None
     # The run's Hydra overrides ("key=value"); filled in by `deepseek-rl train`, logged in the wandb run config and
     # summary.json. In a multirun, group and name default to the sweep and the swept values (docs/sweeps.md).
     overrides: list[str] = field(default_factory=list)
@@ -241,7 +295,13 @@ class LoggerConfig:
     rollout_table_groups: int = 4
 
     def __post_init__(self) -> None:
-        one_of("logger.kind", self.kind, ("wandb", "none"))
+        one_of("logger.kind", self.kind, ("wandb", "tensorboard", "mlflow", "none"))
+        packages = {"tensorboard": ("tensorboard", "tensorboardX"), "mlflow": ("mlflow",)}.get(self.kind)
+        if packages is not None:
+            require(
+                any(importlib.util.find_spec(p) for p in packages),
+                f"logger={self.kind} needs the {packages[0]} package: pip install {packages[0]} (or logger=none)",
+            )
         one_of("logger.mode", self.mode, ("auto", "online", "offline", "disabled"))
         require(self.rollout_table_every >= 0, f"logger.rollout_table_every={self.rollout_table_every} must be >= 0")
         require(self.rollout_table_groups >= 1, f"logger.rollout_table_groups={self.rollout_table_groups} must be >= 1")
@@ -283,6 +343,7 @@ class Config:
         for stage in ("sft", "rft"):
             if stage in self.stages:
                 getattr(self, stage).plan(world_size=1)
+        self.check_reward_names()
         self.check_lengths()
         require(
             self.algorithm.tis_cap is None or self.rollout.engine == "vllm",
@@ -293,6 +354,22 @@ class Config:
             "grpo" not in self.stages or self.rollout.temperature > 0,
             "rollout.temperature=0 is greedy decoding; GRPO needs sampled groups: set rollout.temperature > 0",
         )
+
+    def check_reward_names(self) -> None:
+        """eval.correctness, eval.format_reward and rft.verifiers name rewards of the table, reward.functions or
+        reward.models."""
+        from deepseek_rl.rewards import resolve_reward
+
+        named = {"eval.correctness": [self.eval.correctness], "rft.verifiers": list(self.rft.verifiers)}
+        named["eval.format_reward"] = [self.eval.format_reward] if self.eval.format_reward is not None else []
+        for key, names in named.items():
+            for name in names:
+                if name in self.reward.models:
+                    continue
+                try:
+                    resolve_reward(name, self.reward.functions)
+                except ConfigError as err:
+                    raise ConfigError(f"{key}={name}: {str(err).split(': ', 1)[-1]}") from err
 
     def grpo_plan(self, world_size: int) -> BatchPlan:
         """The GRPO step's batch plan on `world_size` ranks (ConfigError when the batch does not divide)."""

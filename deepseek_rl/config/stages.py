@@ -64,7 +64,7 @@ class RFTConfig:
     samples: int = 8
     temperature: float = 1.0
     max_per_prompt: int = 2
-    verifiers: list[str] = field(default_factory=lambda: ["answer_match", "format"])
+    verifiers: list[str] = field(default_factory=lambda: ["answer_match", "format"])  # checked by Config
     lr: float = 3.0e-5
     warmup_steps: int = 0
     batch_size: int = 64
@@ -72,13 +72,9 @@ class RFTConfig:
     max_steps: int = 100
 
     def __post_init__(self) -> None:
-        from deepseek_rl.rewards import resolve_reward
-
         require(self.samples >= 1 and self.num_prompts >= 1, "rft.samples and rft.num_prompts must be >= 1")
         require(self.lr > 0, f"rft.lr={self.lr} must be > 0")
         require(self.batch_size >= 1 and self.max_steps >= 1, "rft.batch_size and rft.max_steps must be >= 1")
-        for name in self.verifiers:
-            resolve_reward(name)
 
     def plan(self, world_size: int) -> BatchPlan:
         micro = self.micro_batch_size or self.batch_size // max(world_size, 1) or 1
@@ -114,23 +110,20 @@ class EvalConfig:
     every: int = 0
     every_prompts: int = 200
     every_samples: int = 0
-    # The verifier (a reward scoring 1.0 when correct) and the format reward (null: no format rate).
+    # The verifier (a reward scoring 1.0 when correct) and the format reward (null: no format rate): names of the
+    # reward table, of reward.functions or of reward.models (checked by Config). The verifier also decides which
+    # sampled answers are the same answer for maj@k.
     correctness: str = "answer_match"
     format_reward: str | None = "format"
     # Completions generated at once.
     batch_size: int = 512
 
     def __post_init__(self) -> None:
-        from deepseek_rl.rewards import resolve_reward
-
         require(self.every >= 0, f"eval.every={self.every} must be >= 0")
         require(
             self.num_prompts >= 1 and self.every_prompts >= 1, "eval.num_prompts and eval.every_prompts must be >= 1"
         )
         require(self.samples >= 0 and self.every_samples >= 0, "eval.samples and eval.every_samples must be >= 0")
-        resolve_reward(self.correctness)
-        if self.format_reward is not None:
-            resolve_reward(self.format_reward)
 
     def during_training(self) -> EvalConfig:
         return replace(self, num_prompts=self.every_prompts, samples=self.every_samples)

@@ -1,7 +1,8 @@
 """Prompts: rows -> rendered, tokenized prompts -> per-step, per-rank batches.
 
 Rendering: `plain` uses the prompt text as is; `r1_zero` wraps it in DeepSeek-R1-Zero's "think then answer"
-template (which ends by opening `<think>`); `chat` applies the tokenizer's chat template with the generation prompt.
+template (which ends by opening `<think>`); `chat` applies the tokenizer's chat template with the generation prompt,
+and keeps each prompt's messages in the `prompt_messages` column (users' rewards get them as `prompts`, as in TRL).
 Batches are drawn without replacement from a seeded permutation per epoch; step s uses global positions
 [s * prompts_per_step, (s + 1) * prompts_per_step) and rank r takes its contiguous share, so a step's prompts
 depend only on (seed, step) and resuming needs nothing but the step.
@@ -21,6 +22,7 @@ from deepseek_rl.config.data import DataConfig
 from deepseek_rl.data.files import row_labels
 from deepseek_rl.data.sources import load_rows, source_name, template_texts
 from deepseek_rl.errors import ConfigError, DataError
+from deepseek_rl.rewards.runner import PROMPT_MESSAGES
 
 R1_ZERO_TEMPLATE = (
     "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. "
@@ -40,10 +42,14 @@ def render_prompt(text: str, template: str, tokenizer: PreTrainedTokenizerBase, 
         raise ConfigError(
             "data.template=chat but the tokenizer has no chat template: use data.template=plain or r1_zero"
         )
-    messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
+    return tokenizer.apply_chat_template(chat_messages(text, system_prompt), tokenize=False, add_generation_prompt=True)
+
+
+def chat_messages(text: str, system_prompt: str | None) -> list[dict[str, str]]:
+    """The prompt as chat messages (what `data.template=chat` renders, and what users' rewards get as `prompts`)."""
+    return ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
         {"role": "user", "content": text}
     ]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
 @dataclass
@@ -95,7 +101,7 @@ def build_prompt_set(
     columns = {name: list(dataset[name]) for name in dataset.column_names}
     source = source_name(cfg, split)
     labels = row_labels(source, columns)  # '<file>, line N' (pops the line column: rewards never see it)
-    texts, token_ids, kept = [], [], []
+    texts, token_ids, kept, messages = [], [], [], []
     template = cfg.prompt_template
     raw_texts = columns[cfg.prompt_column] if template is None else template_texts(template, columns)
     for row, raw in enumerate(raw_texts):
@@ -114,6 +120,7 @@ def build_prompt_set(
         texts.append(text)
         token_ids.append(ids)
         kept.append(row)
+        messages.append(chat_messages(raw, cfg.system_prompt))
     if len(kept) < len(raw_texts):
         print(
             f"deepseek-rl: dropped {len(raw_texts) - len(kept)} of {len(raw_texts)} {split} prompts longer than "
@@ -123,6 +130,8 @@ def build_prompt_set(
         columns = {name: [values[i] for i in kept] for name, values in columns.items()}
     if not kept:
         raise DataError(f"{source}: every {split} prompt is longer than rollout.max_prompt_length")
+    if cfg.template == "chat":  # users' rewards get the prompt as messages, as TRL passes conversational prompts
+        columns[PROMPT_MESSAGES] = messages
     return PromptSet(texts=texts, token_ids=token_ids, columns=columns)
 
 

@@ -1,7 +1,15 @@
-"""Run tracking: metrics.jsonl in the run directory always, and wandb unless logger.kind=none.
+"""Run tracking: metrics.jsonl in the run directory always, plus the tracker of `logger.kind`.
 
-wandb runs online only when an API key is configured (WANDB_API_KEY or a netrc login) and offline otherwise,
-so a run never fails or sends traffic for want of an account. This is the only module that imports wandb.
+- wandb (the default): online only when an API key is configured (WANDB_API_KEY or a netrc login) and offline
+  otherwise, so a run never fails or sends traffic for want of an account; tables, alerts and resumed runs too.
+  This is the only module that imports wandb.
+- tensorboard and mlflow: accelerate's trackers (`accelerate.tracking`, what `Accelerator(log_with=...)` builds):
+  scalar metrics per step and the flattened config as hyperparameters. TensorBoard writes event files to
+  `<run>/tensorboard/<run name>/` (`tensorboard --logdir runs`); MLflow logs to `logger.tracking_uri`, else
+  MLFLOW_TRACKING_URI, else MLflow's default (a local store in the working directory), into the experiment named
+  `logger.project`, with '/' in metric names written as '.' (`reward.format.mean`: MLflow's file store keeps a
+  metric in a file at its name's path, so `reward` and `reward/format/mean` cannot both exist there). Rollout tables
+  stay local files with these two; a resumed run starts a new MLflow run.
 
 Besides metrics:
 - tables (`log_table`): one wandb table per step under its own key, `<name>/step_<N>`, so a new table never replaces
@@ -110,6 +118,7 @@ class RunTracker:
         self.started = time.time()
         self.resumed_step = state.step if state is not None else 0
         self.wandb_run = None
+        self.tracker: Any = None  # accelerate's TensorBoard or MLflow tracker
         if not enabled:
             return
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -133,6 +142,9 @@ class RunTracker:
             if state is not None:
                 state.wandb_run_id = self.wandb_run.id
 
+        elif cfg.kind in ("tensorboard", "mlflow"):
+            self.tracker = accelerate_tracker(cfg, output_dir, run_config)
+
     def _drop_lines_after(self, step: int) -> None:
         if not self.path.exists():
             return
@@ -154,6 +166,11 @@ class RunTracker:
             raise
         if self.wandb_run is not None:
             self.wandb_run.log(metrics, step=step)
+        if self.tracker is not None:
+            numbers = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and math.isfinite(v)}
+            if self.tracker.name == "mlflow":
+                numbers = {k.replace("/", "."): v for k, v in numbers.items()}
+            self.tracker.log(numbers, step=step)
 
     def history(self) -> list[dict[str, Any]]:
         """The lines of metrics.jsonl (after a resume: up to the checkpoint's step); [] on other ranks."""
@@ -211,3 +228,37 @@ class RunTracker:
         if self.wandb_run is not None:
             self.wandb_run.finish()
             self.wandb_run = None
+        if self.tracker is not None:
+            self.tracker.finish()
+            self.tracker = None
+
+
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str | int | float | bool]:
+    """A nested config as {"group.key": value} with scalars only (lists and None as text), for hyperparameters."""
+    flat: dict[str, str | int | float | bool] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat |= flatten(value, f"{prefix}{key}.")
+        else:
+            flat[prefix + key] = value if isinstance(value, str | int | float | bool) else str(value)
+    return flat
+
+
+def accelerate_tracker(cfg: LoggerConfig, output_dir: Path, run_config: dict[str, Any]) -> Any:
+    """accelerate's TensorBoard or MLflow tracker for this run, started, with the config as hyperparameters."""
+    name = cfg.name or output_dir.name
+    if cfg.kind == "tensorboard":
+        from accelerate.tracking import TensorBoardTracker
+
+        tracker = TensorBoardTracker(name, output_dir / "tensorboard")
+    else:
+        import mlflow
+        from accelerate.tracking import MLflowTracker
+
+        if cfg.tracking_uri:
+            mlflow.set_tracking_uri(cfg.tracking_uri)
+        tags = {"group": cfg.group} if cfg.group else {}
+        tracker = MLflowTracker(cfg.project, run_name=name, tags=tags | dict.fromkeys(cfg.tags, "true"))
+    tracker.start()
+    tracker.store_init_configuration(flatten(run_config))
+    return tracker

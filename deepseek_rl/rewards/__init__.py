@@ -6,19 +6,22 @@ every dataset column arrives as a keyword argument holding one value per complet
 `**kwargs` and ignore the columns they do not use. This package never imports torch, and imports math-verify
 only when a math reward first runs, so that the trainer and the scoring workers start fast.
 
-Recipes pick rewards by name from `REWARDS` (or by a "module:function" import path) with weights, and pass extra
-keyword arguments with `reward.args`. The rewards in `INLINE` are linear-time text checks that run in the trainer
-process; every other reward (math-verify, the code sandbox, users' functions) runs one sample at a time in the
-worker pool of `deepseek_rl.rewards.pool`, under a timeout. A reward function may carry a `warm_up` attribute, a
-function that a worker calls once before it takes tasks (e.g. to import math-verify). See docs/rewards.md.
+Recipes pick rewards by name from `REWARDS` with weights, add their own with `reward.functions` (name ->
+"file.py:function" or "module:function", see `loading`), and pass extra keyword arguments with `reward.args`. The
+rewards in `INLINE` are linear-time text checks that run in the trainer process; every other reward (math-verify,
+the code sandbox, users' functions) runs in the worker pool of `deepseek_rl.rewards.pool`, under a timeout, one
+sample at a time or one group at a time for a reward marked `per_group` (`group_reward`). A reward function may
+carry a `warm_up` attribute, a function that a worker calls once before it takes tasks (e.g. to import
+math-verify). Rewards are called with `completions=` by keyword when they have that parameter, as TRL calls them,
+so `def f(prompts, completions, **kwargs)` works too. See docs/rewards.md.
 """
 
 from __future__ import annotations
 
 import difflib
-import importlib
+import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from deepseek_rl.errors import ConfigError, DataError
@@ -31,6 +34,7 @@ from deepseek_rl.rewards.basic import (
     think_format,
 )
 from deepseek_rl.rewards.coding import binary_code, code
+from deepseek_rl.rewards.loading import group_reward, is_per_group, load_function
 from deepseek_rl.rewards.math_answer import accuracy, cosine
 from deepseek_rl.rewards.shaping import language_consistency, repetition, soft_overlong
 
@@ -65,24 +69,24 @@ INLINE = frozenset(
 )
 
 
-def resolve_reward(name: str) -> RewardFunction:
-    """The reward called `name` in the table, or the function at import path "module:function"."""
+__all__ = ["INLINE", "REWARDS", "call_reward", "check_reward_args", "group_reward", "is_per_group", "resolve_reward"]
+
+
+def resolve_reward(name: str, functions: Mapping[str, Any] | None = None) -> RewardFunction:
+    """The reward called `name`: a user's function in `functions` (a callable, or "file.py:function" /
+    "module:function"), a reward of the table, or the function at the import path `name` itself."""
+    if functions and name in functions:
+        target = functions[name]
+        return target if callable(target) else load_function(str(target), f"reward.functions.{name}")
     if name in REWARDS:
         return REWARDS[name]
     if ":" in name:
-        module_name, _, attr = name.partition(":")
-        try:
-            func = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as err:
-            raise ConfigError(f"reward.weights.{name}: cannot import '{attr}' from '{module_name}' ({err})") from err
-        if not callable(func):
-            raise ConfigError(f"reward.weights.{name}: '{name}' is not callable")
-        return func
+        return load_function(name, f"reward.weights.{name}")
     close = difflib.get_close_matches(name, REWARDS, n=1)
     hint = f" Did you mean '{close[0]}'?" if close else ""
     raise ConfigError(
         f"reward.weights.{name}: unknown reward '{name}'.{hint} Known rewards: {', '.join(sorted(REWARDS))}; "
-        "or give your own as 'module:function'"
+        f"or add your own: +reward.functions.{name}=my_rewards.py:{name}"
     )
 
 
@@ -92,7 +96,8 @@ def check_reward_args(name: str, func: RewardFunction, args: dict[str, Any]) -> 
     Table rewards are checked by name (they take **kwargs only for the dataset columns); a user's function that
     takes **kwargs may accept anything."""
     parameters = inspect.signature(func).parameters
-    named = [p for p, v in parameters.items() if v.kind in (v.POSITIONAL_OR_KEYWORD, v.KEYWORD_ONLY)][1:]
+    named = [p for p, v in parameters.items() if v.kind in (v.POSITIONAL_OR_KEYWORD, v.KEYWORD_ONLY)]
+    named = [p for p in named if p != "completions"] if "completions" in parameters else named[1:]
     open_ended = name not in REWARDS and any(v.kind == v.VAR_KEYWORD for v in parameters.values())
     for key in args:
         if key not in named and not open_ended:
@@ -118,14 +123,16 @@ def required_columns(func: RewardFunction) -> tuple[str, ...]:
 
 
 def check_reward_columns(
-    names: list[str], args: dict[str, dict[str, Any]], columns: list[str], source: str, provided: tuple[str, ...] = ()
+    reward: Any, columns: list[str], source: str, provided: tuple[str, ...] = (), functions: Mapping | None = None
 ) -> None:
-    """Raise DataError, before any training, when a reward needs a column that the data does not have: such a
-    reward would score None ("cannot be scored") on every sample, and the run would learn nothing from it.
-    `args` (reward.args) and `provided` (values the trainer fills in by name) count as present."""
-    for name in names:
-        present = set(columns) | PROVIDED | set(args.get(name, {})) | set(provided)
-        for column in required_columns(resolve_reward(name)):
+    """Raise DataError, before any training, when a reward of `reward` (a RewardConfig: its weights, args,
+    functions; its models need no column) needs a column that the data does not have: such a reward would score
+    None ("cannot be scored") on every sample, and the run would learn nothing from it. reward.args and `provided`
+    (values the trainer fills in by name) count as present; `functions` overrides reward.functions."""
+    functions = reward.functions if functions is None else functions
+    for name in (n for n in reward.weights if n not in reward.models):
+        present = set(columns) | PROVIDED | set(reward.args.get(name, {})) | set(provided)
+        for column in required_columns(resolve_reward(name, functions)):
             if column not in present:
                 other = next((c for c in sorted(columns) if c != "prompt"), "<column>")
                 raise DataError(
@@ -135,11 +142,27 @@ def check_reward_columns(
                 )
 
 
+@functools.lru_cache(maxsize=256)
+def _takes_completions_by_name(func: RewardFunction) -> bool:
+    try:
+        return "completions" in inspect.signature(func).parameters
+    except (TypeError, ValueError):  # a builtin or an object without a signature: positional
+        return False
+
+
 def call_reward(
-    name: str, func: RewardFunction, completions: list[str], kwargs: dict[str, Any], columns: dict[str, list[Any]]
+    name: str, func: RewardFunction, completions: list[Any], kwargs: dict[str, Any], columns: dict[str, list[Any]]
 ) -> list[float | None]:
-    """Call one reward and check that it kept the contract (one float or None per completion)."""
-    scores = list(func(completions, **columns, **kwargs))
+    """Call one reward (with `completions=` by keyword when it has that parameter, as TRL does) and check that it
+    kept the contract (one float or None per completion)."""
+    try:
+        by_name = _takes_completions_by_name(func)
+    except TypeError:  # an unhashable callable object
+        by_name = "completions" in inspect.signature(func).parameters
+    if by_name:
+        scores = list(func(completions=completions, **columns, **kwargs))
+    else:
+        scores = list(func(completions, **columns, **kwargs))
     if len(scores) != len(completions):
         raise ValueError(f"reward '{name}' returned {len(scores)} scores for {len(completions)} completions")
     return [None if s is None else float(s) for s in scores]

@@ -15,8 +15,9 @@ with the reward's arguments that it takes by name), then says it is ready; a
   finalizer at exit). They ignore SIGINT (the trainer decides when to stop) and die with the trainer through a
   parent-death signal, so they cannot outlive it.
 
-Outcomes are (status, score, message) with status ok | timeout | error. A reward that raises TimeoutError (e.g.
-math-verify's own timeout) is a timeout; any other exception, or a worker that dies, is an error.
+A task is one call of one reward: one sample, or one group of G samples for a reward marked `per_group`. Its
+outcome is (status, scores, message) with status ok | timeout | error (then scores is None). A reward that raises
+TimeoutError (e.g. math-verify's own timeout) is a timeout; any other exception, or a worker that dies, is an error.
 """
 
 from __future__ import annotations
@@ -45,13 +46,15 @@ class PoolError(RuntimeError):
 
 @dataclass
 class Task:
-    name: str  # reward name, as in the reward table or "module:function"
-    completion: str
-    row: dict[str, Any]  # this sample's column values
+    """One call of one reward: on one sample, or on the G samples of a group for a `per_group` reward."""
+
+    name: str  # reward name, as in the reward table, reward.functions, or "module:function"
+    completions: list[Any]  # [K] completion texts (or TRL's message lists)
+    columns: dict[str, list[Any]]  # column -> [K] values of these samples
     timeout: float
 
 
-Outcome = tuple[str, "float | None", str]  # (ok | timeout | error, score, message)
+Outcome = tuple[str, "list[float | None] | None", str]  # (ok | timeout | error, K scores or None, message)
 
 
 @dataclass
@@ -64,13 +67,15 @@ class _Worker:
 
 
 class WorkerPool:
-    """`num_workers` processes serving the rewards `args` names (reward name -> keyword arguments)."""
+    """`num_workers` processes serving the rewards `args` names (reward name -> keyword arguments); `functions`
+    maps users' reward names to "file.py:function" / "module:function" (files by absolute path)."""
 
-    def __init__(self, num_workers: int, args: dict[str, dict[str, Any]]):
+    def __init__(self, num_workers: int, args: dict[str, dict[str, Any]], functions: dict[str, str] | None = None):
         if num_workers < 1:
             raise ValueError(f"num_workers={num_workers} must be >= 1")
         self.num_workers = num_workers
         self.args = args
+        self.functions = dict(functions or {})
         self.workers: list[_Worker] = []
         self.failed_starts = 0
 
@@ -80,7 +85,7 @@ class WorkerPool:
             [sys.executable, "-m", "deepseek_rl.rewards.pool", str(child.fileno())], pass_fds=(child.fileno(),)
         )
         child.close()
-        parent.send({"sys_path": list(sys.path), "args": self.args})
+        parent.send({"sys_path": list(sys.path), "args": self.args, "functions": self.functions})
         return _Worker(proc, parent, time.monotonic())
 
     def _ensure_started(self) -> None:
@@ -102,7 +107,7 @@ class WorkerPool:
                     index = queue.popleft()
                     task = tasks[index]
                     try:
-                        worker.conn.send((index, task.name, task.completion, task.row))
+                        worker.conn.send((index, task.name, task.completions, task.columns))
                     except OSError:  # it died while idle: the task goes back to the queue
                         queue.appendleft(index)
                         self._replace(worker)
@@ -127,8 +132,8 @@ class WorkerPool:
             if message == "ready":
                 worker.ready = True
             else:
-                index, status, score, text = message
-                outcomes[index] = (status, score, text)
+                index, status, scores, text = message
+                outcomes[index] = (status, scores, text)
                 worker.task = None
         now = time.monotonic()
         for worker in list(self.workers):
@@ -179,13 +184,14 @@ def _stop(worker: _Worker, kill: bool) -> None:
     worker.conn.close()
 
 
-def run_one(func: Any, name: str, kwargs: dict[str, Any], completion: str, row: dict[str, Any]) -> Outcome:
-    """Call one reward on one sample; never raises. Used by workers and by in-process scoring."""
+def run_task(
+    func: Any, name: str, kwargs: dict[str, Any], completions: list[Any], columns: dict[str, list[Any]]
+) -> Outcome:
+    """Call one reward on some samples (one, or a group); never raises. Used by workers and in-process scoring."""
     from deepseek_rl.rewards import call_reward
 
     try:
-        score = call_reward(name, func, [completion], kwargs, {k: [v] for k, v in row.items()})[0]
-        return "ok", score, ""
+        return "ok", call_reward(name, func, completions, kwargs, columns), ""
     except TimeoutError as err:
         return "timeout", None, f"{type(err).__name__}: {err}"
     except BaseException as err:  # noqa: BLE001 - a reward must never stop training, whatever it raises
@@ -214,7 +220,7 @@ def worker_main(fd: int) -> None:
     sys.path[:] = setup["sys_path"]
     from deepseek_rl.rewards import resolve_reward
 
-    functions = {name: resolve_reward(name) for name in setup["args"]}
+    functions = {name: resolve_reward(name, setup["functions"]) for name in setup["args"]}
     for name, func in functions.items():
         warm_up = getattr(func, "warm_up", None)
         if warm_up is not None:  # with the reward's own arguments that it takes by name (e.g. the sandbox mode)
@@ -228,8 +234,8 @@ def worker_main(fd: int) -> None:
             return
         if message is None:
             return
-        index, name, completion, row = message
-        conn.send((index, *run_one(functions[name], name, setup["args"][name], completion, row)))
+        index, name, completions, columns = message
+        conn.send((index, *run_task(functions[name], name, setup["args"][name], completions, columns)))
 
 
 if __name__ == "__main__":

@@ -1,10 +1,22 @@
 """Score completions with a set of named rewards: inline text rewards in this process, the rest in a worker pool.
 
-This is the torch-free engine behind `deepseek_rl.scoring.RewardSet` (training) and `deepseek-rl score` (offline).
-Every reward is called one sample at a time (a list of one completion and one value per column), so one slow or
-broken sample costs only itself: a timeout or an exception scores `on_failure` (0.0, or None for "cannot be
-scored") and is counted by status, and nothing raises into the caller. Rewards that compare across the samples of a
-batch therefore do not fit here.
+This is the torch-free engine behind `deepseek_rl.algo.reward_set.RewardSet` (training, evaluation) and
+`deepseek-rl score` (offline). A reward is called one sample at a time (a list of one completion and one value per
+column), so one slow or broken sample costs only itself; a reward marked `per_group` is called once per group of G
+completions of one prompt (the caller says how long groups are; without groups, once on everything). A timeout or
+an exception scores `on_failure` (0.0, or None for "cannot be scored") for the samples of that call and is counted
+by status, and nothing raises into the caller.
+
+Where rewards run: the cheap table rewards of `INLINE` in this process; callables given from Python (they may hold
+state, a client, a model) in this process too; every other reward (math-verify, the code sandbox, users'
+"file.py:function" rewards) in the worker pool.
+
+TRL's conversational format: when the columns hold `prompt_messages` (the prompt set adds it when the data is
+rendered with a chat template, `data.template=chat`), users' rewards receive `completions` as message lists,
+`[[{"role": "assistant", "content": text}], ...]`, and `prompts` as each prompt's messages, exactly as TRL passes
+them, so a reward written for TRL's `completion[0]["content"]` runs unchanged. The table rewards always receive text
+(they read the rendered prompt: e.g. `format` checks whether it opened `<think>`), and no reward receives the
+`prompt_messages` column itself.
 
 With num_workers=0 everything runs in this process: no per-sample timeout beyond math-verify's own (which needs
 the main thread), for debugging and for machines where processes are expensive.
@@ -14,16 +26,20 @@ from __future__ import annotations
 
 import inspect
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from deepseek_rl.rewards import INLINE, resolve_reward
-from deepseek_rl.rewards.pool import Task, WorkerPool, run_one
+from deepseek_rl.rewards import INLINE, REWARDS, resolve_reward
+from deepseek_rl.rewards.loading import absolute_spec, is_per_group
+from deepseek_rl.rewards.pool import Outcome, Task, WorkerPool, run_task
 from deepseek_rl.rewards.sandbox import resolve_mode
 
 STATUSES = ("ok", "timeout", "error")
 # Extra seconds a reward with its own `timeout` argument (the code sandbox) gets in the pool, to clean up first.
 OWN_TIMEOUT_MARGIN = 2.0
+# The column holding each prompt's chat messages when the data is rendered with a chat template (data/prompts.py).
+PROMPT_MESSAGES = "prompt_messages"
 
 
 @dataclass
@@ -63,7 +79,8 @@ def pool_timeout(func: Any, kwargs: dict[str, Any], timeout: float) -> float:
 
 class RewardRunner:
     """Named rewards with their arguments (plus `context` values they take by name, e.g. max_completion_length),
-    scored inline or in a lazily started WorkerPool of `num_workers` processes with `timeout` seconds per task."""
+    scored inline or in a lazily started WorkerPool of `num_workers` processes with `timeout` seconds per task.
+    `functions` maps users' reward names to callables or to "file.py:function" / "module:function"."""
 
     def __init__(
         self,
@@ -73,12 +90,18 @@ class RewardRunner:
         timeout: float = 10.0,
         on_failure: float | None = 0.0,
         context: dict[str, Any] | None = None,
+        functions: Mapping[str, Any] | None = None,
     ):
         self.names = list(names)
-        self.functions = {n: resolve_reward(n) for n in self.names}
+        given = {n: v for n, v in (functions or {}).items() if n in self.names}
+        self.specs = {n: absolute_spec(v) for n, v in given.items() if isinstance(v, str)}
+        self.functions = {n: resolve_reward(n, {**given, **self.specs}) for n in self.names}
         self.kwargs = {n: with_context(self.functions[n], dict((args or {}).get(n, {})), context or {}) for n in names}
         self.num_workers = default_workers() if num_workers is None else num_workers
-        self.inline = {n for n in self.names if n in INLINE or self.num_workers == 0}
+        objects = {n for n in given if n not in self.specs}  # callables from Python: this process
+        cheap = {n for n in self.names if n in INLINE and n not in given}
+        self.inline = {n for n in self.names if n in cheap or n in objects or not self.num_workers}
+        self.users = {n for n in self.names if n in given or n not in REWARDS}  # get TRL's conversational format
         self.timeouts = {n: pool_timeout(self.functions[n], self.kwargs[n], timeout) for n in self.names}
         for name in self.names:  # untrusted code: decide the isolation now, and refuse before any training
             if "sandbox" in inspect.signature(self.functions[name]).parameters:
@@ -89,28 +112,53 @@ class RewardRunner:
     def _pool(self) -> WorkerPool:
         if self.pool is None:
             served = {n: self.kwargs[n] for n in self.names if n not in self.inline}
-            self.pool = WorkerPool(self.num_workers, served)
+            self.pool = WorkerPool(self.num_workers, served, {n: s for n, s in self.specs.items() if n in served})
         return self.pool
 
-    def score(self, completions: list[str], columns: dict[str, list[Any]]) -> Scores:
-        """Scores of every reward on every completion; `columns` hold one value per completion."""
-        rows = [{k: v[i] for k, v in columns.items()} for i in range(len(completions))]
-        outcomes: dict[str, list[tuple[str, float | None, str]]] = {}
+    @staticmethod
+    def _views(completions: list[str], columns: dict[str, list[Any]]) -> dict[bool, tuple[list, dict]]:
+        """(completions, columns) as text for the table rewards, and for users' rewards: TRL's messages when the
+        data is chat-formatted, the same text otherwise."""
+        text = {k: v for k, v in columns.items() if k != PROMPT_MESSAGES}
+        if PROMPT_MESSAGES not in columns:
+            return {False: (completions, text), True: (completions, text)}
+        messages = [[{"role": "assistant", "content": c}] for c in completions]
+        return {False: (completions, text), True: (messages, {**text, "prompts": columns[PROMPT_MESSAGES]})}
+
+    def score(self, completions: list[str], columns: dict[str, list[Any]], group_size: int | None = None) -> Scores:
+        """Scores of every reward on every completion; `columns` hold one value per completion. Groups are the
+        `group_size` consecutive completions of one prompt (None: all of them form one group)."""
+        count = len(completions)
+        views = self._views(completions, columns)
+        calls: dict[str, list[tuple[int, int]]] = {}
+        for name in self.names:
+            size = (group_size or count) if is_per_group(self.functions[name]) else 1
+            calls[name] = [(i, min(i + size, count)) for i in range(0, count, max(size, 1))]
+        results: dict[str, list[Outcome]] = {}
         for name in self.names:
             if name in self.inline:
                 func, kwargs = self.functions[name], self.kwargs[name]
-                outcomes[name] = [run_one(func, name, kwargs, c, r) for c, r in zip(completions, rows, strict=True)]
+                texts, cols = views[name in self.users]
+                results[name] = [
+                    run_task(func, name, kwargs, texts[a:b], {k: v[a:b] for k, v in cols.items()})
+                    for a, b in calls[name]
+                ]
         pooled = [n for n in self.names if n not in self.inline]
-        if pooled and completions:
-            tasks = [Task(n, c, r, self.timeouts[n]) for n in pooled for c, r in zip(completions, rows, strict=True)]
-            done = self._pool().run(tasks)
-            for j, name in enumerate(pooled):
-                outcomes[name] = done[j * len(completions) : (j + 1) * len(completions)]
+        if pooled and count:
+            tasks, owners = [], []
+            for name in pooled:
+                texts, cols = views[name in self.users]
+                for a, b in calls[name]:
+                    tasks.append(Task(name, texts[a:b], {k: v[a:b] for k, v in cols.items()}, self.timeouts[name]))
+                    owners.append(name)
+            for name, outcome in zip(owners, self._pool().run(tasks), strict=True):
+                results.setdefault(name, []).append(outcome)
+        per_sample = {n: expand(results.get(n, []), calls[n]) for n in self.names}
         return Scores(
             names=self.names,
-            values=[[s if st == "ok" else self.on_failure for st, s, _ in outcomes.get(n, [])] for n in self.names],
-            status=[[st for st, _, _ in outcomes.get(n, [])] for n in self.names],
-            messages=[[m for _, _, m in outcomes.get(n, [])] for n in self.names],
+            values=[[s if st == "ok" else self.on_failure for st, s, _ in per_sample[n]] for n in self.names],
+            status=[[st for st, _, _ in per_sample[n]] for n in self.names],
+            messages=[[m for _, _, m in per_sample[n]] for n in self.names],
         )
 
     def close(self) -> None:
@@ -118,3 +166,12 @@ class RewardRunner:
         if self.pool is not None:
             self.pool.close()
             self.pool = None
+
+
+def expand(outcomes: list[Outcome], spans: list[tuple[int, int]]) -> list[tuple[str, float | None, str]]:
+    """Per-call outcomes -> one (status, score, message) per sample; a failed call fails each of its samples."""
+    samples = []
+    for (status, scores, message), (a, b) in zip(outcomes, spans, strict=True):
+        for j in range(b - a):
+            samples.append((status, scores[j] if status == "ok" and scores is not None else None, message))
+    return samples

@@ -36,7 +36,7 @@ def derived_seed(seed: int, step: int, round_: int = 0) -> int:
 
 def score_rollouts(rollout: RolloutBatch, rewards: RewardSet) -> ScoredBatch:
     """Rewards [N, F] and [N] for a rollout batch; advantages are filled in once the batch is final."""
-    terms = rewards.score(rollout.completions, rollout.reward_columns())  # [N, F]
+    terms = rewards.score(rollout.completions, rollout.reward_columns(), rollout.group_size)  # [N, F]
     total = rewards.total(terms)  # [N]
     return ScoredBatch(
         rollout=rollout,

@@ -21,7 +21,6 @@ import math
 from dataclasses import replace
 from pathlib import Path
 
-from deepseek_rl.algo.reward_set import scoring_args
 from deepseek_rl.config.schema import Config
 from deepseek_rl.data.prompts import build_prompt_set
 from deepseek_rl.errors import ConfigError
@@ -53,8 +52,7 @@ def run_control(cfg: Config, kind: str, stage_dir: Path, grpo_dir: Path) -> Path
     settings = cfg.eval.during_training()
     held_out = build_prompt_set(cfg.data, tuner.tokenizer, cfg.rollout.max_prompt_length, split="eval")
     prompts = held_out.subset(settings.num_prompts)
-    args = scoring_args(cfg.reward, [cfg.eval.correctness, cfg.eval.format_reward])
-    evaluator = HeldOutEval(prompts, settings, cfg.rollout, cfg.trainer.seed, args)
+    evaluator = HeldOutEval(prompts, settings, cfg.rollout, cfg.trainer.seed, cfg.reward)
     total = spent[kind]
     done = [math.floor(share(tuner, kind, total) * cfg.control.evaluations)]  # evaluations already logged
 

@@ -18,6 +18,7 @@ checkpoint and raises `Preempted`; `trainer.resume=auto` continues from the newe
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm import tqdm
 
-from deepseek_rl.algo.reward_set import RewardSet, scoring_args
+from deepseek_rl.algo.reward_set import RewardSet
 from deepseek_rl.algo.update import UpdateSettings, add_old_and_ref_logprobs, build_loss_inputs, update_policy
 from deepseek_rl.config.plan import BatchPlan
 from deepseek_rl.config.schema import Config
@@ -55,6 +56,9 @@ from deepseek_rl.stages.collect import RolloutCollector
 from deepseek_rl.stages.evaluate import HeldOutEval, shard_of
 from deepseek_rl.stages.metrics import rollout_metrics, update_metrics
 from deepseek_rl.stages.observability import RolloutObserver
+
+# Rewards given from Python: name -> reward(completions, **columns) -> list[float | None].
+RewardFunctions = Mapping[str, Callable[..., list]]
 
 
 @dataclass
@@ -90,8 +94,9 @@ class GRPORun:
     preemption: Preemption
 
 
-def setup(cfg: Config, output_dir: Path) -> GRPORun:
-    """Build the run (config errors surface here before any model loads) and restore a checkpoint if resuming."""
+def setup(cfg: Config, output_dir: Path, reward_funcs: RewardFunctions | None = None) -> GRPORun:
+    """Build the run (config errors surface here before any model loads) and restore a checkpoint if resuming.
+    `reward_funcs` adds rewards given as Python callables (name -> callable), as TRL's `reward_funcs`."""
     plan = cfg.grpo_plan(launched_world_size())
     preflight_before_training(cfg)  # memory and precision, before any weights load (deepseek-rl check)
     accelerator = make_accelerator(plan, cfg.optimizer.max_grad_norm)
@@ -100,14 +105,14 @@ def setup(cfg: Config, output_dir: Path) -> GRPORun:
     tokenizer = load_tokenizer(cfg.model)
     prompts = build_prompt_set(cfg.data, tokenizer, cfg.rollout.max_prompt_length)
     context = {"max_completion_length": cfg.rollout.max_completion_length}
-    check_reward_columns(list(cfg.reward.weights), cfg.reward.args, list(prompts.columns), source_name(cfg.data),
-                         tuple(context))  # fmt: skip
+    functions = {**cfg.reward.functions, **(reward_funcs or {})}
+    check_reward_columns(cfg.reward, list(prompts.columns), source_name(cfg.data), tuple(context), functions)
     held_out = None
     if cfg.eval.every:
         held_out = build_prompt_set(cfg.data, tokenizer, cfg.rollout.max_prompt_length, split="eval")
-        check_reward_columns([cfg.eval.correctness], cfg.reward.args, list(held_out.columns),
-                             source_name(cfg.data, "eval"))  # fmt: skip
-    rewards = RewardSet(cfg.reward, context=context)
+        check_reward_columns(cfg.reward.subset([cfg.eval.correctness]), list(held_out.columns),
+                             source_name(cfg.data, "eval"), functions=functions)  # fmt: skip
+    rewards = RewardSet(cfg.reward, context, functions=reward_funcs, device=accelerator.device)
     set_seed(cfg.trainer.seed)
     policy = load_model(cfg.model, tokenizer, seed=cfg.trainer.seed, trainable=True)
     # a second copy from the same weights (deepcopy would not work on a ZeRO-3 partitioned model); for a LoRA
@@ -147,11 +152,7 @@ def setup(cfg: Config, output_dir: Path) -> GRPORun:
     if held_out is not None:
         settings = cfg.eval.during_training()
         evaluator = HeldOutEval(
-            held_out.subset(settings.num_prompts),
-            settings,
-            cfg.rollout,
-            cfg.trainer.seed,
-            scoring_args(cfg.reward, [cfg.eval.correctness, cfg.eval.format_reward]),
+            held_out.subset(settings.num_prompts), settings, cfg.rollout, cfg.trainer.seed, cfg.reward
         )
     return GRPORun(
         cfg=cfg,
@@ -255,9 +256,9 @@ def close(run: GRPORun) -> None:
     run.preemption.close()
 
 
-def train(cfg: Config, output_dir: Path) -> Path:
+def train(cfg: Config, output_dir: Path, reward_funcs: RewardFunctions | None = None) -> Path:
     """Run GRPO as configured; returns the run directory. Raises `Preempted` after a SIGTERM (checkpoint saved)."""
-    run = setup(cfg, output_dir)
+    run = setup(cfg, output_dir, reward_funcs)
     try:
         if run.evaluator is not None and run.state.step == 0:
             run.tracker.log(0, held_out_metrics(run))

@@ -26,7 +26,6 @@ from pathlib import Path
 
 import torch
 
-from deepseek_rl.algo.reward_set import scoring_args
 from deepseek_rl.config.schema import Config, ModelConfig
 from deepseek_rl.data.prompts import build_prompt_set
 from deepseek_rl.data.sources import source_name
@@ -43,7 +42,7 @@ from deepseek_rl.rollout.tools import with_tools
 from deepseek_rl.stages.control import LABELS as CONTROL_LABELS
 from deepseek_rl.stages.control import run_control
 from deepseek_rl.stages.evaluate import Shard, evaluate
-from deepseek_rl.stages.grpo import train
+from deepseek_rl.stages.grpo import RewardFunctions, train
 from deepseek_rl.stages.rft import run_rft
 from deepseek_rl.stages.sft import run_sft
 
@@ -86,23 +85,24 @@ def record_stage(stage_dir: Path, stage: str, checkpoint: Path, config: dict) ->
     (stage_dir / STAGE_FILE).write_text(json.dumps(record, default=str) + "\n")
 
 
-def run_stage(stage: str, cfg: Config, stage_dir: Path) -> Path:
-    """One training stage; returns its HF checkpoint."""
+def run_stage(stage: str, cfg: Config, stage_dir: Path, reward_funcs: RewardFunctions | None = None) -> Path:
+    """One training stage; returns its HF checkpoint. `reward_funcs` (Python callables) are GRPO's extra rewards."""
     if stage == "sft":
         return run_sft(cfg, stage_dir)
     if stage == "grpo":
-        return train(cfg, stage_dir) / "final"
+        return train(cfg, stage_dir, reward_funcs) / "final"
     return run_rft(cfg, stage_dir)
 
 
-def run_stages(cfg: Config, output_dir: Path) -> dict[str, Path]:
+def run_stages(cfg: Config, output_dir: Path, reward_funcs: RewardFunctions | None = None) -> dict[str, Path]:
     """Run cfg.stages; returns the checkpoint directory of each training stage. The output directory is checked
     for writing before anything loads; a SIGTERM is honoured in every stage and between them (Preempted); a
-    write that fails for want of space becomes a StorageError naming what is intact."""
+    write that fails for want of space becomes a StorageError naming what is intact. `reward_funcs` (Python
+    callables) are GRPO's extra rewards."""
     preemption = Preemption()  # one flag for the whole run (infra/preemption.py)
     try:
         check_writable(output_dir, "trainer.output_dir" if cfg.trainer.output_dir is not None else "hydra.run.dir")
-        return _run_stages(cfg, output_dir, preemption)
+        return _run_stages(cfg, output_dir, preemption, reward_funcs)
     except Exception as err:
         full = storage_error(err, output_dir, "writing the run's files")
         if full is not None:
@@ -112,7 +112,9 @@ def run_stages(cfg: Config, output_dir: Path) -> dict[str, Path]:
         preemption.close()
 
 
-def _run_stages(cfg: Config, output_dir: Path, preemption: Preemption) -> dict[str, Path]:
+def _run_stages(
+    cfg: Config, output_dir: Path, preemption: Preemption, reward_funcs: RewardFunctions | None
+) -> dict[str, Path]:
     several = len(cfg.stages) > 1
     group = cfg.logger.group or (output_dir.name if several else None)
     checkpoints: dict[str, Path] = {}
@@ -151,7 +153,7 @@ def _run_stages(cfg: Config, output_dir: Path, preemption: Preemption) -> dict[s
             models |= {name: ModelConfig(path=str(path), tokenizer=None) for name, path in checkpoints.items()}
             run_eval_stage(stage_cfg, models or {"base": model}, stage_dir, output_dir, preemption)
         else:
-            checkpoints[stage] = run_stage(stage, stage_cfg, stage_dir)
+            checkpoints[stage] = run_stage(stage, stage_cfg, stage_dir, reward_funcs)
             record_stage(stage_dir, stage, checkpoints[stage], config)
         if stage in ("grpo", "control") and is_main_process():
             controls = {LABELS[n]: output_dir / n / "metrics.jsonl" for n in checkpoints if n.startswith("control_")}
@@ -225,14 +227,13 @@ def run_eval_stage(
             continue
         tokenizer = load_tokenizer(model_cfg)
         prompts = build_prompt_set(cfg.data, tokenizer, cfg.rollout.max_prompt_length, split="eval")
-        check_reward_columns([cfg.eval.correctness], cfg.reward.args, list(prompts.columns),
+        check_reward_columns(cfg.reward.subset([cfg.eval.correctness]), list(prompts.columns),
                              source_name(cfg.data, "eval"))  # fmt: skip
         model = load_model(model_cfg, tokenizer, seed=cfg.trainer.seed).to(eval_device())
         eos = eos_token_ids(tokenizer, model)
         inner = with_tools(BuiltinEngine(model, tokenizer, eos), cfg.rollout, eos)
         engine = StopOnSignal(inner, preemption, list(results))
-        args = scoring_args(cfg.reward, [cfg.eval.correctness, cfg.eval.format_reward])
-        report = evaluate(engine, prompts, cfg.eval, cfg.rollout, cfg.trainer.seed, args, shard)
+        report = evaluate(engine, prompts, cfg.eval, cfg.rollout, cfg.trainer.seed, cfg.reward, shard)
         engine.close()
         results[name] = report.metrics
         if main:

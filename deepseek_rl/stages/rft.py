@@ -13,8 +13,8 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from deepseek_rl.algo.reward_set import RewardSet, scoring_args
-from deepseek_rl.config.schema import Config, RewardConfig
+from deepseek_rl.algo.reward_set import RewardSet
+from deepseek_rl.config.schema import Config
 from deepseek_rl.data.examples import tokenize_examples
 from deepseek_rl.data.prompts import build_prompt_set
 from deepseek_rl.data.sources import source_name
@@ -45,13 +45,12 @@ def sample_and_verify(tuner: FineTuner, cfg: Config) -> tuple[list[tuple[str, st
     """Each rank samples its share of the prompts and keeps what the verifiers pass; returns every rank's kept
     (prompt, completion) pairs in rank order, and the number sampled in all."""
     prompts = build_prompt_set(cfg.data, tuner.tokenizer, cfg.rollout.max_prompt_length, split="train")
-    check_reward_columns(list(cfg.rft.verifiers), cfg.reward.args, list(prompts.columns), source_name(cfg.data))
+    check_reward_columns(cfg.reward.subset(list(cfg.rft.verifiers)), list(prompts.columns), source_name(cfg.data))
     count = min(cfg.rft.num_prompts, len(prompts))
     share = -(-count // tuner.plan.world_size)
     mine = prompts.select(list(range(tuner.rank * share, min((tuner.rank + 1) * share, count))))
     rollout = replace(cfg.rollout, temperature=cfg.rft.temperature)
-    weights = {name: 1.0 for name in cfg.rft.verifiers}
-    verifiers = RewardSet(RewardConfig(weights=weights, args=verifier_args(cfg), sandbox=cfg.reward.sandbox))
+    verifiers = RewardSet(cfg.reward.subset(list(cfg.rft.verifiers)))
     kept: list[tuple[str, str]] = []
     sampled = 0
     try:
@@ -59,18 +58,13 @@ def sample_and_verify(tuner: FineTuner, cfg: Config) -> tuple[list[tuple[str, st
             mine, len(mine), cfg.rft.samples, rollout, cfg.trainer.seed + tuner.rank, cfg.eval.batch_size
         )
         for out in batches:
-            terms = verifiers.score(out.completions, out.reward_columns())
+            terms = verifiers.score(out.completions, out.reward_columns(), out.group_size)
             verified = (terms == 1.0).all(dim=1).tolist()
             kept += select_verified(out.prompts, out.completions, verified, cfg.rft.samples, cfg.rft.max_per_prompt)
             sampled += len(out)
     finally:
         verifiers.close()
     return tuner.all_ranks(kept), sum(tuner.all_ranks([sampled]))
-
-
-def verifier_args(cfg: Config) -> dict:
-    """The recipe's reward.args of the verifiers, so that they judge as in training."""
-    return scoring_args(cfg.reward, list(cfg.rft.verifiers))
 
 
 def run_rft(cfg: Config, output_dir: Path) -> Path:

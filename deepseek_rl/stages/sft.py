@@ -14,7 +14,6 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
 
-from deepseek_rl.algo.reward_set import scoring_args
 from deepseek_rl.config.schema import Config
 from deepseek_rl.data.examples import Examples, load_examples
 from deepseek_rl.data.prompts import build_prompt_set
@@ -39,11 +38,10 @@ def run_sft(cfg: Config, output_dir: Path) -> Path:
     check = None
     if cfg.sft.eval_every:
         validation = build_prompt_set(cfg.data, tuner.tokenizer, cfg.rollout.max_prompt_length, split="validation")
-        check_reward_columns([cfg.eval.correctness], cfg.reward.args, list(validation.columns),
+        check_reward_columns(cfg.reward.subset([cfg.eval.correctness]), list(validation.columns),
                              source_name(cfg.data, "validation"))  # fmt: skip
         settings = replace(cfg.eval, num_prompts=cfg.sft.num_validation, samples=1, temperature=1.0)
-        args = scoring_args(cfg.reward, [cfg.eval.correctness, cfg.eval.format_reward])
-        evaluator = HeldOutEval(validation.subset(settings.num_prompts), settings, cfg.rollout, 0, args)
+        evaluator = HeldOutEval(validation.subset(settings.num_prompts), settings, cfg.rollout, 0, cfg.reward)
 
         def check(step: int) -> bool:
             metrics = evaluator(tuner.engine, shard_of(tuner.accelerator), seed=step)

@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from deepseek_rl.paths import REPO_DIR
+from deepseek_rl.paths import launch_dir
 
 BACKENDS = {
     "1 process": None,
@@ -35,7 +35,7 @@ def run_backend(config: str | None, recipe: str, overrides: list[str], output_di
     if config is None:
         cmd = [sys.executable, *train]
     else:
-        launch = ["--config_file", str(REPO_DIR / "launch" / config), "--num_processes", "2"]
+        launch = ["--config_file", str(launch_dir() / config), "--num_processes", "2"]
         cmd = [sys.executable, "-m", "accelerate.commands.launch", *launch, *train]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
