@@ -44,12 +44,14 @@ CPU_OVERRIDES = [
 ]
 
 
-# Cold-start recipes of real models (tests/test_finetune.py runs them with model=tiny_like).
+# Cold-start and tool-use recipes of real models (tests/test_finetune.py and tests/test_tools.py run them with
+# model=tiny_like).
 SFT_RECIPES = ["gsm8k_sft_r1_distill"]
+TOOL_RECIPES = ["math_tir_qwen25_math"]
 
 
 def test_the_real_recipes_are_the_hub_model_recipes():
-    assert hub_model_recipes() == sorted(RECIPES + SFT_RECIPES)
+    assert hub_model_recipes() == sorted(RECIPES + SFT_RECIPES + TOOL_RECIPES)
 
 
 @pytest.mark.parametrize("name", RECIPES)

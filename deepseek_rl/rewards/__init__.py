@@ -109,17 +109,23 @@ def check_reward_args(name: str, func: RewardFunction, args: dict[str, Any]) -> 
 def required_columns(func: RewardFunction) -> tuple[str, ...]:
     """The dataset columns a reward cannot score without: its `required_columns` attribute when it has one (the
     table's rewards take their columns as optional keywords, e.g. answer_match's `answer`), else its parameters
-    after `completions` that have no default (TRL style: `def reward(completions, solution, **kwargs)`).
+    without a default other than the completions (the first parameter, or the one named `completions` wherever it
+    is, as TRL calls rewards by keyword) and what the trainer provides (`prompts`, `completion_ids`).
 
     >>> required_columns(answer_match), required_columns(lambda completions, solution, **kwargs: [])
     (('answer',), ('solution',))
+    >>> required_columns(lambda prompts, completions, answer, **kwargs: [])
+    ('answer',)
     """
     declared = getattr(func, "required_columns", None)
     if declared is not None:
         return tuple(declared)
-    parameters = list(inspect.signature(func).parameters.values())[1:]
+    parameters = list(inspect.signature(func).parameters.values())
+    by_name = any(p.name == "completions" for p in parameters)
+    parameters = [p for p in parameters if p.name != "completions"] if by_name else parameters[1:]
     kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    return tuple(p.name for p in parameters if p.kind in kinds and p.default is inspect.Parameter.empty)
+    needed = [p for p in parameters if p.kind in kinds and p.default is inspect.Parameter.empty]
+    return tuple(p.name for p in needed if p.name not in PROVIDED)
 
 
 def check_reward_columns(
