@@ -68,3 +68,27 @@ def test_curves(tmp_path):
     png = tmp_path / "curves.png"
     plot_grid({"task": [Curves("seed 0", run / "grpo" / "metrics.jsonl", {"more SFT": run / "missing.jsonl"})]}, png)
     assert png.stat().st_size > 10_000
+
+
+def test_tool_demo_page(tmp_path):
+    from deepseek_rl.tools.tool_demo import METRICS as TOOL_METRICS
+    from deepseek_rl.tools.tool_demo import page, plot
+
+    def fake(run: Path, after: float, use: float) -> Path:
+        before = {m: 0.0 for m in TOOL_METRICS} | {"eval/tool_use": 0.2}
+        grpo = {m: after for m in TOOL_METRICS} | {"eval/greedy_tool_use": use, "eval/tool_use": use}
+        (run / "grpo").mkdir(parents=True)
+        (run / "results.json").write_text(json.dumps({"sft": before, "grpo": grpo}))
+        (run / "wall_seconds.txt").write_text("300.0\n")
+        lines = [{"step": 0, "eval/greedy_accuracy": 0.0, "eval/greedy_tool_use": 0.0}]
+        lines += [{"step": 80, "eval/greedy_accuracy": after, "eval/greedy_tool_use": use}]
+        (run / "grpo" / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in lines))
+        return run
+
+    runs = {0: {"tool": fake(tmp_path / "t", 0.6, 0.9), "no tool": fake(tmp_path / "n", 0.01, 0.0)}}
+    text = page(runs)
+    assert "accuracy after RL: +59.0 points" in text  # 0.6 - 0.01
+    assert "| 0 | tool | 300.0 s | greedy_accuracy | 0.000 | 0.600 |" in text
+    assert "| | | | tool_use | 0.200 | 0.900 |" in text
+    plot(runs, tmp_path / "demo.png")
+    assert (tmp_path / "demo.png").stat().st_size > 5_000
