@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"rft: {run_seed(seed, run / 'rft-after-rl', recipe):.0f} s", flush=True)
     args.docs.mkdir(parents=True, exist_ok=True)
     rows = {
-        TASKS[t][0]: [
+        TASKS[t][0].split(" (")[0].removeprefix("addition, "): [
             Curves(f"seed {s}", r / "grpo" / "metrics.jsonl", {LABELS[c]: r / c / "metrics.jsonl" for c in CONTROLS})
             for s, r in runs.items()
         ]
