@@ -100,9 +100,8 @@ class FineTuner:
         )  # fmt: skip
         self.state = state or TrainerState(step=0)
         self.tracker = RunTracker(cfg.logger, self.output_dir, config, self.is_main, self.state)
-        self.engine = with_tools(
-            BuiltinEngine(self.policy, self.tokenizer, eos_ids, self.accelerator), cfg.rollout, eos_ids
-        )
+        builtin = BuiltinEngine(self.policy, self.tokenizer, eos_ids, self.accelerator)
+        self.engine = with_tools(builtin, cfg.rollout, eos_ids, cfg.reward.sandbox)
         self.preemption = Preemption()
 
     @property

@@ -180,12 +180,14 @@ def setup(cfg: Config, output_dir: Path, reward_funcs: RewardFunctions | None = 
 def make_engine(cfg: Config, policy, tokenizer, eos_ids: list[int], accelerator: Accelerator, run_dir: Path):
     """The rollout engine of `rollout.engine` (vLLM is imported only when selected)."""
     if cfg.rollout.engine == "builtin":
-        return with_tools(BuiltinEngine(policy, tokenizer, eos_ids, accelerator), cfg.rollout, eos_ids)
-    from deepseek_rl.rollout.vllm_engine import VLLMEngine, engine_model_dir
+        engine = BuiltinEngine(policy, tokenizer, eos_ids, accelerator)
+    else:
+        from deepseek_rl.rollout.vllm_engine import VLLMEngine, engine_model_dir
 
-    model_dir = engine_model_dir(cfg.model, accelerator.unwrap_model(policy), tokenizer, run_dir)
-    engine = VLLMEngine(model_dir, cfg.model, cfg.rollout, policy, tokenizer, eos_ids, accelerator, cfg.trainer.seed)
-    return with_tools(engine, cfg.rollout, eos_ids)
+        model_dir = engine_model_dir(cfg.model, accelerator.unwrap_model(policy), tokenizer, run_dir)
+        seed = cfg.trainer.seed
+        engine = VLLMEngine(model_dir, cfg.model, cfg.rollout, policy, tokenizer, eos_ids, accelerator, seed)
+    return with_tools(engine, cfg.rollout, eos_ids, cfg.reward.sandbox)  # tool calls isolated as reward.sandbox says
 
 
 def held_out_metrics(run: GRPORun) -> dict[str, float]:

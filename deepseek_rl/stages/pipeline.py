@@ -231,7 +231,7 @@ def run_eval_stage(
                              source_name(cfg.data, "eval"))  # fmt: skip
         model = load_model(model_cfg, tokenizer, seed=cfg.trainer.seed).to(eval_device())
         eos = eos_token_ids(tokenizer, model)
-        inner = with_tools(BuiltinEngine(model, tokenizer, eos), cfg.rollout, eos)
+        inner = with_tools(BuiltinEngine(model, tokenizer, eos), cfg.rollout, eos, cfg.reward.sandbox)
         engine = StopOnSignal(inner, preemption, list(results))
         report = evaluate(engine, prompts, cfg.eval, cfg.rollout, cfg.trainer.seed, cfg.reward, shard)
         engine.close()
