@@ -3,8 +3,9 @@
     python -m deepseek_rl.tools.tool_demo --seeds 0 1 2 --runs runs/tool_demo --docs docs
 
 For each seed: `deepseek-rl train --config-name tool_demo trainer.seed=S` (the cold start on demonstrations of
-which a quarter call the Python tool, then GRPO with multi-turn tool rollouts, then held-out evaluation) and the same
-pipeline with `rollout.tools.enabled=false` (the model may still write code, but nothing runs it). Writes
+which a quarter call the Python tool, then GRPO with multi-turn tool rollouts, then held-out evaluation) and, from
+that run's cold-start checkpoint, the same GRPO and evaluation with `rollout.tools.enabled=false` (the model may still
+write code, but nothing runs it): both arms start from the same model. Runs whose results exist are kept. Writes
 `<docs>/tool_demo.md` (a table per seed: held-out accuracy and tool use before and after RL, with and without the
 tool, wall times) and `<docs>/tool_demo.png` (held-out greedy accuracy and greedy tool use over GRPO steps).
 """
@@ -26,7 +27,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from deepseek_rl.infra.plots import read_metrics, series  # noqa: E402
 
-VARIANTS = {"tool": [], "no tool": ["rollout.tools.enabled=false"]}
+VARIANTS = {"tool": [], "no tool": ["stages=[grpo,eval]", "rollout.tools.enabled=false", "model.tokenizer=null"]}
 METRICS = ("eval/greedy_accuracy", "eval/sampled_accuracy", "eval/pass@4", "eval/greedy_tool_use", "eval/tool_use")
 
 
@@ -51,10 +52,11 @@ def table(runs: dict[int, dict[str, Path]]) -> list[str]:
             wall = (
                 (run_dir / "wall_seconds.txt").read_text().strip() if (run_dir / "wall_seconds.txt").exists() else "?"
             )
+            start = results.get("sft", results.get("base"))  # the no-tool arm evaluates the same cold start as "base"
             for i, metric in enumerate(m for m in METRICS if m in results["grpo"]):
                 lead = f"| {seed} | {variant} | {wall} s " if i == 0 else "| | | "
                 name = metric.removeprefix("eval/")
-                lines.append(f"{lead}| {name} | {results['sft'][metric]:.3f} | {results['grpo'][metric]:.3f} |")
+                lines.append(f"{lead}| {name} | {start[metric]:.3f} | {results['grpo'][metric]:.3f} |")
     return lines
 
 
@@ -125,7 +127,10 @@ def main(argv: list[str] | None = None) -> None:
     if not args.no_run:
         for seed, variants in runs.items():
             for variant, run_dir in variants.items():
-                print(f"seed {seed}, {variant}: {run(seed, run_dir, VARIANTS[variant]):.0f} s", flush=True)
+                if (run_dir / "results.json").exists():
+                    continue
+                extra = [f"model.path={variants['tool'] / 'sft' / 'final'}"] if variant == "no tool" else []
+                print(f"seed {seed}, {variant}: {run(seed, run_dir, [*VARIANTS[variant], *extra]):.0f} s", flush=True)
     args.docs.mkdir(parents=True, exist_ok=True)
     plot(runs, args.docs / "tool_demo.png")
     (args.docs / "tool_demo.md").write_text(page(runs))
