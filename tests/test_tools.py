@@ -2,7 +2,10 @@
 tokens out of the loss, demonstrations that do not train on tool outputs, and the demo and real-model recipes."""
 
 import json
+import os
+import tempfile
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,6 +17,8 @@ from deepseek_rl.batch import PromptBatch, RolloutBatch, ScoredBatch
 from deepseek_rl.config import AlgorithmConfig, RolloutConfig, ToolsConfig
 from deepseek_rl.data.examples import tokenize_examples
 from deepseek_rl.models.char_tokenizer import build_char_tokenizer
+from deepseek_rl.rewards.sandbox import Limits, isolation
+from deepseek_rl.rewards.session import SandboxSession
 from deepseek_rl.rollout import tools
 from deepseek_rl.rollout.engine import RolloutEngine
 from deepseek_rl.rollout.tools import ToolEngine, last_code_block, run_tool
@@ -111,7 +116,7 @@ def test_calls_of_a_batch_run_at_once(monkeypatch):
     would time out if they ran one after another)."""
     barrier = threading.Barrier(4, timeout=20)
 
-    def together(code, cfg, mode):
+    def together(code, cfg, mode, session=None):
         barrier.wait()
         return "\nok\n```\n", "ok"
 
@@ -119,6 +124,44 @@ def test_calls_of_a_batch_run_at_once(monkeypatch):
     engine = ToolEngine(ScriptedEngine({i: [CALL, "done"] for i in range(4)}), ToolsConfig(enabled=True), [EOS])
     out = engine.generate(prompts(4), 1, RolloutConfig(max_completion_length=100), 0, 0, 4)
     assert out.tool_stats["calls"].tolist() == [1, 1, 1, 1]
+
+
+def test_a_session_keeps_state_until_it_ends():
+    """rewards/session.py: variables, imports and files persist between calls; an error leaves the state; a call
+    over its time kills the sandbox (every process in it), and the next call starts with no state."""
+    session = SandboxSession(isolation(), Limits())
+    assert session.run("import math\nx = 6\nopen('f', 'w').write('kept')", 2.0).finished
+    first = session.proc.pid
+    result = session.run("print(x * 7, math.isqrt(49), open('f').read())\n1/0", 2.0)
+    assert result.output.startswith("42 7 kept\n") and "ZeroDivisionError" in result.output and not result.finished
+    assert session.run("print(x)", 2.0).output == "6\n" and session.proc.pid == first
+    slow = session.run("import subprocess\nsubprocess.Popen(['sleep', '60'])\nwhile True: pass", 1.0)
+    assert slow.timed_out and not session.alive
+    with pytest.raises(ProcessLookupError):
+        os.kill(first, 0)  # the sandbox's first process is gone (and with it its pid namespace or session)
+    fresh = session.run("print('x' in dir())", 2.0)
+    assert fresh.output == "False\n" and session.restarts == 1
+    session.close()
+    assert not session.alive
+
+
+def test_tool_sessions_follow_their_trajectories():
+    """With rollout.tools.session, a trajectory's second call sees its first call's variables, another
+    trajectory's calls do not, and every session is closed when generate returns."""
+    define, use = "```python\nv = 7\n```\n```output", "```python\nprint(v * 6)\n```\n```output"
+    script = {0: [define, use, "done"], 1: [use, "done"]}
+    cfg = ToolsConfig(enabled=True, session=True, timeout=2.0)
+    engine = ToolEngine(ScriptedEngine(script), cfg, [EOS], sandbox_mode=isolation())
+    before = set(Path(tempfile.gettempdir()).glob("deepseek-rl-session-*"))
+    out = engine.generate(prompts(2), 1, RolloutConfig(max_completion_length=300), 0, 0, 2)
+    assert f"{use}\n42\n```\n" in out.completions[0]
+    assert "NameError: name 'v' is not defined" in out.completions[1]
+    assert out.tool_stats["calls"].tolist() == [2, 1] and out.tool_stats["errors"].tolist() == [0, 1]
+    assert set(Path(tempfile.gettempdir()).glob("deepseek-rl-session-*")) == before  # closed and removed
+    # without a session the same trajectory's second call runs alone
+    engine = ToolEngine(ScriptedEngine(script), replace(cfg, session=False), [EOS], sandbox_mode=isolation())
+    out = engine.generate(prompts(2), 1, RolloutConfig(max_completion_length=300), 0, 0, 2)
+    assert "NameError" in out.completions[0]
 
 
 def scored(rollout: RolloutBatch) -> ScoredBatch:

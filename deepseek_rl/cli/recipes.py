@@ -61,7 +61,7 @@ def help_text(dirs: list[Path]) -> str:
         "  --cfg job                 print the composed config instead of running",
         "  -m, --multirun            a sweep: algorithm.lr=1e-3,3e-3",
         "  --config-dir DIR          your own recipes, composed with ours (defaults: [smoke, _self_])",
-        "  -sc install=bash          shell completion: eval \"$(deepseek-rl -sc install=bash)\"",
+        '  -sc install=bash          shell completion: eval "$(deepseek-rl -sc install=bash)"',
         "  --hydra-help              Hydra's own help",
         "",
         "Coming from TRL or verl: docs/coming-from-trl-verl.md maps their settings to these keys.",

@@ -42,9 +42,7 @@ TRL: dict[str, Alias] = {
     "reward_weights": Alias("reward.weights", "a dict by reward name, not a list"),
     "reward_funcs": Alias("reward.functions", "name -> file.py:function (Python: train(cfg, reward_funcs=...))"),
     "per_device_train_batch_size": Alias("trainer.micro_batch_size", "completions per forward pass on one rank"),
-    "gradient_accumulation_steps": Alias(
-        "trainer.batch_size", "derived: batch_size / (micro_batch_size x processes)"
-    ),
+    "gradient_accumulation_steps": Alias("trainer.batch_size", "derived: batch_size / (micro_batch_size x processes)"),
     "generation_batch_size": Alias("trainer.batch_size", "completions per step across ranks"),
     "max_steps": Alias("trainer.max_steps"),
     "seed": Alias("trainer.seed"),

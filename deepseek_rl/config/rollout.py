@@ -43,7 +43,7 @@ class VLLMConfig:
 @dataclass
 class ToolsConfig:
     # Tool-integrated reasoning (docs/tools.md): the model writes a fenced ```python block and then `call_marker`;
-    # generation pauses, the block runs in a fresh code sandbox (reward.sandbox's isolation), its output (cut to
+    # generation pauses, the block runs in the code sandbox (reward.sandbox's isolation), its output (cut to
     # max_output_chars, errors and timeouts as text) is appended as environment tokens, which the loss never counts,
     # and generation goes on, up to max_tool_calls calls and the completion budget (outputs count in it).
     enabled: bool = False
@@ -53,6 +53,9 @@ class ToolsConfig:
     timeout: float = 5.0
     workers: int = 8
     max_output_chars: int = 256
+    # false: each call is a fresh program (nothing persists); true: one sandbox process per trajectory runs its calls
+    # one after another in the same namespace (variables, imports, files persist), killed at the trajectory's end.
+    session: bool = False
 
     def __post_init__(self) -> None:
         require(self.max_tool_calls >= 1, f"rollout.tools.max_tool_calls={self.max_tool_calls} must be >= 1")

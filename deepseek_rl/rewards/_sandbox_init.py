@@ -23,6 +23,10 @@ mode it is pid 1 of the namespace, so its exit kills every process the program l
 signal it. Results go to the caller on a separate pipe, each line prefixed by a nonce that only the harness knows:
 `ready` (isolation done), `pass <i>` (test i ran without raising), `done` (all tests ran). Output that the program
 forges without the nonce, and exits before `done`, count for nothing.
+
+A session (`command_fd` in the job: tool calls that keep their state, rewards/session.py) runs programs one after
+another in the same namespace, each read from that pipe, reporting `end <k>` or `fail <k>` after each, until the
+pipe closes; the caller enforces each call's timeout by killing the whole sandbox.
 """
 
 from __future__ import annotations
@@ -161,6 +165,7 @@ def _run(source: str, filename: str, namespace: dict) -> bool:
         return True
     except BaseException:  # noqa: BLE001 - untrusted code may raise anything, exit() included
         try:
+            sys.stdout.flush()  # what it printed before the error comes first
             import traceback
 
             traceback.print_exc(limit=-2)
@@ -196,6 +201,39 @@ def run_program(job: dict, nonce: str, fd: int) -> None:
         except BaseException:  # noqa: BLE001
             pass
     os._exit(0)
+
+
+def run_session(job: dict, nonce: str, fd: int) -> None:
+    """The child of a session (tool calls with state): limits, then one program after another in one namespace,
+    each read from the command pipe as a 4-byte length and UTF-8 source; after each, its output is flushed and
+    `end <k>` (ran) or `fail <k>` (raised) reported. Exits at the end of the pipe (the caller closed it or died)."""
+    commands, write = job["command_fd"], os.write
+    try:
+        set_limits(job["limits"])
+    except OSError as err:
+        print(f"sandbox: cannot set limits: {err}", file=sys.stderr)
+        os._exit(3)
+    builtins.exit = builtins.quit = _sitebuiltins.Quitter("exit", "Ctrl-D (i.e. EOF)")
+    namespace = {"__name__": "__main__", "__builtins__": builtins}
+
+    def read(n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = os.read(commands, n - len(data))
+            if not chunk:
+                os._exit(0)
+            data += chunk
+        return data
+
+    for k in range(1 << 30):
+        source = read(int.from_bytes(read(4), "big")).decode("utf-8", "replace")
+        ok = _run(source, f"call_{k}.py", namespace)
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except BaseException:  # noqa: BLE001
+                pass
+        write(fd, f"{nonce} {'end' if ok else 'fail'} {k}\n".encode())
 
 
 def reap(child: int, timeout: float) -> bool:
@@ -236,7 +274,7 @@ def main() -> None:
     os.write(fd, f"{nonce} ready\n".encode())
     child = os.fork()
     if child == 0:
-        run_program(job, nonce, fd)
+        (run_session if job.get("command_fd") is not None else run_program)(job, nonce, fd)
     if reap(child, job["limits"]["timeout"]):
         os.write(fd, f"{nonce} timeout\n".encode())
     os._exit(0)

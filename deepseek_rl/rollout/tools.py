@@ -8,16 +8,20 @@ model turns and tool outputs. For the B x G trajectories of a batch:
      budget: one call of the inner engine for all of them, each row seeded by its row in the step's global batch and
      the turn, so 1 or N ranks sample alike;
   2. each trajectory that ended with the marker, with calls left, has its last ```python block run in a fresh
-     sandbox (rewards/sandbox.py: no network, limits, a timeout), all of them at once on a thread pool, never one
-     after another; the output (stdout and stderr, a traceback or a timeout as text; cut to max_output_chars,
-     keeping the beginning of a flood and the end of an error) is
-     appended as `\\n<output>\\n```\\n`, tokenized: environment tokens;
+     sandbox or in its session (rewards/sandbox.py: no network, limits, a timeout), all of them at once on a thread
+     pool, never one after another; the output (stdout and stderr, a traceback or a timeout as text; cut to
+     max_output_chars, keeping the beginning of a flood and the end of an error) is appended as
+     `\\n<output>\\n```\\n`, tokenized: environment tokens;
   3. repeat until no trajectory runs. A trajectory whose tokens (its own and the environment's) reach
      max_completion_length is cut there and marked truncated.
 
 Environment tokens are marked in `RolloutBatch.tool_mask`: they are context for the tokens after them, but the loss,
-the KL and the entropy never count them (`RolloutBatch.model_mask`). Rewards see the whole trajectory as text. State
-does not persist between calls: each call is a new program (a per-trajectory session is not implemented).
+the KL and the entropy never count them (`RolloutBatch.model_mask`). Rewards see the whole trajectory as text.
+
+State: by default each call is a new program and nothing persists. With `rollout.tools.session`, each trajectory
+gets one sandbox process at its first call (rewards/session.py) that runs its calls one after another in the same
+namespace; it is killed when the trajectory ends (and at the end of generate, whatever happens). A call that runs
+over its time kills its session; the output says so and the next call starts with no state.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from transformers import PreTrainedTokenizerBase
 from deepseek_rl.batch import PromptBatch, RolloutBatch
 from deepseek_rl.config.rollout import RolloutConfig, ToolsConfig
 from deepseek_rl.rewards.sandbox import Limits, SandboxError, execute
+from deepseek_rl.rewards.session import SandboxSession
 from deepseek_rl.rollout.engine import RolloutEngine
 
 CODE_RE = re.compile(r"```python\n(.*?)```", re.DOTALL)
@@ -50,12 +55,16 @@ def last_code_block(text: str) -> str | None:
     return found[-1] if found else None
 
 
-def run_tool(code: str | None, cfg: ToolsConfig, mode: str) -> tuple[str, str]:
-    """Run one call; returns (text to append after the marker, status: ok | error | timeout)."""
+def run_tool(code: str | None, cfg: ToolsConfig, mode: str, session: SandboxSession | None = None) -> tuple[str, str]:
+    """Run one call, in a fresh sandbox or in the trajectory's `session`; returns (text to append after the
+    marker, status: ok | error | timeout)."""
     if code is None:
         return "\nno ```python block to run before the call\n```\n", "error"
-    try:
-        result = execute(code, [], limits=Limits(timeout=cfg.timeout), mode=mode)  # 16 kB kept: an error's end too
+    try:  # 16 kB of output kept: an error's end too
+        if session is not None:
+            result = session.run(code, cfg.timeout)
+        else:
+            result = execute(code, [], limits=Limits(timeout=cfg.timeout), mode=mode)
     except (SandboxError, ValueError) as err:
         return f"\nthe tool could not run: {err}\n```\n", "error"
     # the harness's own frame is not the model's business (and would show a host path)
@@ -65,6 +74,8 @@ def run_tool(code: str | None, cfg: ToolsConfig, mode: str) -> tuple[str, str]:
         text, status = (text + "\n" if text else "") + f"TimeoutError: the call ran over {cfg.timeout:g} s", "timeout"
     elif not result.finished:
         status = "error"
+    if session is not None and not session.alive:
+        text += "\n[the session ended: the next call starts with no state]"
     cut, keep = len(text) - cfg.max_output_chars, cfg.max_output_chars
     if cut > 0 and status == "ok":  # a flood: its beginning
         text = text[:keep] + f"\n... [{cut} more characters cut]"
@@ -124,9 +135,28 @@ class ToolEngine(RolloutEngine):
             ids[mask.bool()].tolist() for ids, mask in zip(prompts.input_ids, prompts.attention_mask, strict=True)
         ]
         trajectories = [Trajectory(unpadded[i // group_size]) for i in range(len(global_rows))]
+        sessions: dict[int, SandboxSession] = {}  # rollout.tools.session: trajectory -> its sandbox
+        try:
+            return self.turns(prompts, group_size, cfg, seed, total_rows, global_rows, trajectories, sessions)
+        finally:
+            list(self.pool.map(SandboxSession.close, sessions.values()))
+
+    def turns(
+        self,
+        prompts: PromptBatch,
+        group_size: int,
+        cfg: RolloutConfig,
+        seed: int,
+        total_rows: int,
+        global_rows: list[int],
+        trajectories: list[Trajectory],
+        sessions: dict[int, SandboxSession],
+    ) -> RolloutBatch:
         with_logprobs, device = True, prompts.input_ids.device
         for turn in range(self.cfg.max_tool_calls + 1):
             active = [i for i, t in enumerate(trajectories) if t.running]
+            ended = [sessions.pop(i) for i in list(sessions) if not trajectories[i].running]
+            list(self.pool.map(SandboxSession.close, ended))  # a trajectory's session ends with it
             if not active:
                 break
             budget = max(cfg.max_completion_length - len(trajectories[i].tokens) for i in active)
@@ -138,11 +168,13 @@ class ToolEngine(RolloutEngine):
             out = self.inner.generate(batch, 1, segment_cfg, turn_seed, 0, total_rows, [global_rows[i] for i in active])
             with_logprobs, device = with_logprobs and out.sampling_logprobs is not None, out.completion_ids.device
             calls = self.extend(trajectories, active, out, cfg.max_completion_length)
-            outputs = list(
-                self.pool.map(
-                    lambda i: run_tool(last_code_block(self.text(trajectories[i])), self.cfg, self.mode), calls
-                )
-            )
+            if self.cfg.session:
+                sessions.update({i: SandboxSession(self.mode, Limits()) for i in calls if i not in sessions})
+
+            def call(i: int) -> tuple[str, str]:
+                return run_tool(last_code_block(self.text(trajectories[i])), self.cfg, self.mode, sessions.get(i))
+
+            outputs = list(self.pool.map(call, calls))
             for i, (text, status) in zip(calls, outputs, strict=True):
                 self.append_output(trajectories[i], text, status, cfg.max_completion_length)
         return self.assemble(prompts, group_size, trajectories, with_logprobs, device)

@@ -1,0 +1,171 @@
+"""A code sandbox that keeps its state between programs: one per tool-using trajectory (`rollout.tools.session`).
+
+`SandboxSession` starts the same sandbox as `sandbox.execute` (same isolation, uid, limits, tmpfs root), but the
+program process stays alive: each `run(code)` sends the code on a command pipe, the harness executes it in the
+namespace of the calls before it (variables, imports and files persist), and reports the end of the call. The
+caller enforces each call's timeout: a call that runs over it kills the whole sandbox (its state is lost, which the
+output says), and the next call starts a fresh one. `close()` kills it; so does the end of the command pipe (the
+trainer closed it or died), and, as a backstop for a program that blocks while the trainer is gone, the harness's
+own wall clock (`LIFETIME`).
+"""
+
+from __future__ import annotations
+
+import marshal
+import os
+import secrets
+import selectors
+import shutil
+import subprocess
+import tempfile
+import time
+
+from deepseek_rl.rewards.sandbox import (
+    HARNESS,
+    UNSHARE,
+    UNSHARE_USER,
+    Execution,
+    Limits,
+    SandboxError,
+    _job,
+    _kill_tree,
+    interpreter,
+    resolve_mode,
+    strong_flavor,
+)
+
+LIFETIME = 1800.0  # seconds a session's sandbox may live at most (the harness kills it after that)
+
+
+class SandboxSession:
+    """One sandbox process that runs program after program in the same namespace (see the module docstring)."""
+
+    def __init__(self, mode: str = "auto", limits: Limits | None = None):
+        self.mode, self.limits = mode, limits or Limits()
+        self.proc: subprocess.Popen | None = None
+        self.calls = 0  # calls in the current sandbox
+        self.started = False
+        self.restarts = 0  # sandboxes started after the first one (after a timeout or an exit)
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self) -> None:
+        mode = resolve_mode(self.mode)
+        flavor = strong_flavor()[0] if mode == "strong" else ""
+        self.tmp = tempfile.mkdtemp(prefix="deepseek-rl-session-")
+        os.makedirs(os.path.join(self.tmp, "work"))
+        self.nonce = secrets.token_hex(16)
+        self.verdict_fd, verdict_w = os.pipe()
+        command_r, self.command_fd = os.pipe()
+        lifetime = Limits(**{**self.limits.__dict__, "timeout": LIFETIME})
+        job = _job(mode, flavor, self.tmp, self.nonce, verdict_w, "", "", [], lifetime)
+        job["command_fd"] = command_r
+        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
+        home = "/work" if mode == "strong" else job["workdir"]
+        env.update(HOME=home, TMPDIR="/tmp" if mode == "strong" else home)
+        prefix = {"root": UNSHARE, "userns": UNSHARE_USER}.get(flavor, ()) if mode == "strong" else ()
+        try:
+            self.proc = subprocess.Popen(
+                [*prefix, interpreter(), "-I", "-S", "-B", str(HARNESS)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                pass_fds=(verdict_w, command_r),
+                start_new_session=True,
+                env=env,
+                cwd=self.tmp,
+            )
+        except OSError as err:
+            for fd in (self.verdict_fd, self.command_fd):
+                os.close(fd)
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise SandboxError(f"cannot start the sandbox: {err}") from err
+        finally:
+            os.close(verdict_w)
+            os.close(command_r)
+        self.selector = selectors.DefaultSelector()
+        for fd in (self.proc.stdout.fileno(), self.verdict_fd):
+            os.set_blocking(fd, False)
+            self.selector.register(fd, selectors.EVENT_READ)
+        try:
+            self.proc.stdin.write(marshal.dumps(job))
+            self.proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        self.verdict, self.calls, self.mode_used = b"", 0, mode
+        output, status = self._collect({"ready": f"{self.nonce} ready\n".encode()}, time.monotonic() + 30.0)
+        if status != "ready":
+            text = output.decode("utf-8", "replace").strip()[-500:]
+            self.close()
+            raise SandboxError(f"the {mode} session sandbox did not start: {text or 'no output'}")
+
+    def run(self, code: str, timeout: float) -> Execution:
+        """Run `code` after the calls before it: its output, whether it ran without raising (`finished`), whether
+        it ran over `timeout`. A call that runs over its time or ends the process closes the session."""
+        start = time.monotonic()
+        if not self.alive:
+            self.close()
+            self.restarts += self.started
+            self.start()
+            self.started = True
+        k = self.calls
+        self.calls += 1
+        data = code.encode()
+        try:
+            os.write(self.command_fd, len(data).to_bytes(4, "big") + data)  # a pipe buffer holds 64 kB
+        except OSError:
+            self.close()
+            return Execution(0, 0, False, False, "the session had ended; run the call again", 0.0, self.mode_used)
+        markers = {status: f"{self.nonce} {status} {k}\n".encode() for status in ("end", "fail")}
+        output, status = self._collect(markers, time.monotonic() + timeout)
+        if status not in markers:
+            self.close()  # a call over its time, or a program that ended its process: the state is gone
+        text = output.decode("utf-8", "replace")
+        return Execution(0, 0, status == "end", status == "timeout", text, time.monotonic() - start, self.mode_used)
+
+    def _collect(self, markers: dict[str, bytes], deadline: float) -> tuple[bytes, str]:
+        """Read the program's output (kept up to the output cap) until one of `markers` arrives on the verdict pipe
+        (its key is returned), or the deadline: timeout, or the sandbox is gone: exited."""
+        out, cap, out_fd = bytearray(), self.limits.output_bytes, self.proc.stdout.fileno()
+        exited_at = None
+        while True:
+            found = next((name for name, marker in markers.items() if marker in self.verdict), None)
+            if found is not None:
+                self.verdict = self.verdict.split(markers[found], 1)[1]
+                if out_fd in self.selector.get_map():  # written before the marker: already in the pipe
+                    try:
+                        while chunk := os.read(out_fd, 65536):
+                            out += chunk[: max(0, cap - len(out))]
+                    except BlockingIOError:
+                        pass
+                return bytes(out), found
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return bytes(out), "timeout"
+            events = self.selector.select(timeout=min(remaining, 0.05)) if self.selector.get_map() else []
+            for key, _ in events:
+                chunk = os.read(key.fd, 65536)
+                if not chunk:
+                    self.selector.unregister(key.fd)
+                elif key.fd == self.verdict_fd:
+                    self.verdict += chunk
+                else:
+                    out += chunk[: max(0, cap - len(out))]
+            if not events and self.proc.poll() is not None:
+                exited_at = exited_at or time.monotonic()
+                if time.monotonic() - exited_at > 0.2 or not self.selector.get_map():
+                    return bytes(out), "exited"
+
+    def close(self) -> None:
+        """Kill the sandbox (every process in it) and remove its files; a later run() starts a new one."""
+        if self.proc is None:
+            return
+        proc, self.proc = self.proc, None
+        _kill_tree(proc)
+        proc.stdout.close()
+        self.selector.close()
+        for fd in (self.verdict_fd, self.command_fd):
+            os.close(fd)
+        shutil.rmtree(self.tmp, ignore_errors=True)
