@@ -7,7 +7,8 @@ which a quarter call the Python tool, then GRPO with multi-turn tool rollouts, t
 that run's cold-start checkpoint, the same GRPO and evaluation with `rollout.tools.enabled=false` (the model may still
 write code, but nothing runs it): both arms start from the same model. Runs whose results exist are kept. Writes
 `<docs>/tool_demo.md` (a table per seed: held-out accuracy and tool use before and after RL, with and without the
-tool, wall times) and `<docs>/tool_demo.png` (held-out greedy accuracy and greedy tool use over GRPO steps).
+tool, wall times) and `<docs>/tool_demo.png` (held-out greedy accuracy and tool use over GRPO steps, and the share
+of training rollouts that call the tool).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -25,7 +27,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from deepseek_rl.infra.plots import read_metrics, series  # noqa: E402
+from deepseek_rl.infra.plots import moving_average, read_metrics, series  # noqa: E402
 
 VARIANTS = {"tool": [], "no tool": ["stages=[grpo,eval]", "rollout.tools.enabled=false", "model.tokenizer=null"]}
 METRICS = ("eval/greedy_accuracy", "eval/sampled_accuracy", "eval/pass@4", "eval/greedy_tool_use", "eval/tool_use")
@@ -61,25 +63,25 @@ def table(runs: dict[int, dict[str, Path]]) -> list[str]:
 
 
 def plot(runs: dict[int, dict[str, Path]], png: Path) -> None:
-    figure, (accuracy, use) = plt.subplots(1, 2, figsize=(11, 3.8))
+    figure, (accuracy, use, sampled) = plt.subplots(1, 3, figsize=(15, 3.8))
     palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (seed, variants) in enumerate(runs.items()):
         for variant, run_dir in variants.items():
             lines = read_metrics(run_dir / "grpo" / "metrics.jsonl")
-            style = "-" if variant == "tool" else "--"
+            style, label = ("-" if variant == "tool" else "--"), f"seed {seed}, {variant}"
             for ax, key in ((accuracy, "eval/greedy_accuracy"), (use, "eval/greedy_tool_use")):
                 steps, values = series(lines, key)
                 if steps:
-                    ax.plot(
-                        steps,
-                        values,
-                        style,
-                        color=palette[i],
-                        marker="o",
-                        markersize=3,
-                        label=f"seed {seed}, {variant}",
-                    )
-    for ax, title in ((accuracy, "held-out greedy accuracy"), (use, "held-out greedy completions that call the tool")):
+                    ax.plot(steps, values, style, color=palette[i], marker="o", markersize=3, label=label)
+            steps, values = series(lines, "tools/used_share")
+            if steps:
+                sampled.plot(steps, moving_average(values), style, color=palette[i], label=label)
+    titles = (
+        (accuracy, "held-out greedy accuracy"),
+        (use, "held-out greedy completions that call the tool"),
+        (sampled, "rollouts that call the tool (training, 9-step mean)"),
+    )
+    for ax, title in titles:
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("GRPO step", fontsize=8)
         ax.set_ylim(-0.02, 1.02)
@@ -88,6 +90,22 @@ def plot(runs: dict[int, dict[str, Path]], png: Path) -> None:
     figure.tight_layout()
     figure.savefig(png, dpi=100)
     plt.close(figure)
+
+
+def failures(run_dir: Path) -> str:
+    """Where the tool arm's greedy answers after RL are still wrong: how many, how many of those had the right
+    product in the tool's output (a miscopy), and the digit counts of the products they missed."""
+    rows = [json.loads(line) for line in (run_dir / "eval" / "samples-grpo.jsonl").open()]
+    wrong = [r for r in rows if r["kind"] == "greedy" and not r["correct"]]
+    greedy = sum(r["kind"] == "greedy" for r in rows)
+    miscopied, digits = 0, {}
+    for r in wrong:
+        a, b = map(int, re.findall(r"\d+", r["prompt"])[:2])
+        printed = re.search(r"```output\n(\S+)", r["completion"])
+        miscopied += bool(printed) and printed.group(1) == str(a * b)
+        digits[len(str(a * b))] = digits.get(len(str(a * b)), 0) + 1
+    shares = ", ".join(f"{n} with {d} digits" for d, n in sorted(digits.items()))
+    return f"{len(wrong)} of {greedy} wrong, {miscopied} of them with the right product in the tool's output ({shares})"
 
 
 def page(runs: dict[int, dict[str, Path]]) -> str:
@@ -111,6 +129,10 @@ def page(runs: dict[int, dict[str, Path]]) -> str:
             *table(runs),
             "",
             "![held-out accuracy and tool use](tool_demo.png)",
+            "",
+            "Where the tool variant is still wrong after RL (greedy): "
+            + "; ".join(f"seed {seed}: {failures(variants['tool'])}" for seed, variants in runs.items())
+            + " (a miss with the right product in the tool's output is an error in copying it, not in computing).",
             "",
         ]
     )
