@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from dataclasses import replace
 
 from deepseek_rl.rewards.sandbox import (
     HARNESS,
@@ -59,7 +60,7 @@ class SandboxSession:
         self.nonce = secrets.token_hex(16)
         self.verdict_fd, verdict_w = os.pipe()
         command_r, self.command_fd = os.pipe()
-        lifetime = Limits(**{**self.limits.__dict__, "timeout": LIFETIME})
+        lifetime = replace(self.limits, timeout=LIFETIME)  # the harness's own clock; each call's is ours
         job = _job(mode, flavor, self.tmp, self.nonce, verdict_w, "", "", [], lifetime)
         job["command_fd"] = command_r
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
