@@ -81,8 +81,18 @@ def test_tool_demo_page(tmp_path):
         (run / "results.json").write_text(json.dumps({"sft": before, "grpo": grpo}))
         (run / "wall_seconds.txt").write_text("300.0\n")
         lines = [{"step": 0, "eval/greedy_accuracy": 0.0, "eval/greedy_tool_use": 0.0}]
+        lines += [{"step": s, "tools/used_share": s / 100} for s in range(1, 81)]
         lines += [{"step": 80, "eval/greedy_accuracy": after, "eval/greedy_tool_use": use}]
         (run / "grpo" / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in lines))
+        samples = [  # 1122 * 2485 = 2788170 (7 digits), 8220 * 2914 = 23953080
+            ("greedy", "Q:1122*2485=", "```output\n2788170\n```\n</think><answer>22788170</answer>", False),
+            ("greedy", "Q:8220*2914=", "```output\n23953080\n```\n</think><answer>23953080</answer>", True),
+            ("greedy", "Q:8220*2914=", "```output\nNameError\n```\n</think><answer>23953000</answer>", False),
+            ("sampled", "Q:8220*2914=", "</think><answer>1</answer>", False),
+        ]
+        rows = [{"kind": k, "prompt": p, "completion": c, "correct": ok} for k, p, c, ok in samples]
+        (run / "eval").mkdir()
+        (run / "eval" / "samples-grpo.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         return run
 
     runs = {0: {"tool": fake(tmp_path / "t", 0.6, 0.9), "no tool": fake(tmp_path / "n", 0.01, 0.0)}}
@@ -90,5 +100,7 @@ def test_tool_demo_page(tmp_path):
     assert "accuracy after RL: +59.0 points" in text  # 0.6 - 0.01
     assert "| 0 | tool | 300.0 s | greedy_accuracy | 0.000 | 0.600 |" in text
     assert "| | | | tool_use | 0.200 | 0.900 |" in text
+    failures = "seed 0: 2 of 3 wrong, 1 of them with the right product in the tool's output (1 with 7 digits, 1 with 8"
+    assert failures in text
     plot(runs, tmp_path / "demo.png")
     assert (tmp_path / "demo.png").stat().st_size > 5_000
