@@ -42,12 +42,13 @@ def _train_step(model, opt, sched):
 def test_round_trip_restores_model_optimizer_scheduler(setup, tmp_path: Path):
     acc, model, opt, sched = setup
     _train_step(model, opt, sched)
-    path = save_checkpoint(acc, tmp_path, TrainerState(step=1, wandb_run_id="abc"), keep_last=2)
+    saved = TrainerState(step=1, wandb_run_id="abc", mlflow_run_id="def", train_seconds=2.5, train_tokens=640.0)
+    path = save_checkpoint(acc, tmp_path, saved, keep_last=2)
     weights, lr, adam = model.weight.clone(), sched.get_last_lr(), opt.state_dict()["state"][0]["exp_avg"].clone()
     _train_step(model, opt, sched)
     assert not torch.equal(model.weight, weights)
     state = load_checkpoint(acc, path)
-    assert state == TrainerState(step=1, wandb_run_id="abc")
+    assert state == saved  # the tracker runs and the training budget spent so far (the control's) come back too
     assert torch.equal(model.weight, weights)
     assert sched.get_last_lr() == lr
     assert torch.equal(opt.state_dict()["state"][0]["exp_avg"], adam)

@@ -69,6 +69,31 @@ def test_mlflow_logs_every_step_to_a_local_store(tmp_path: Path):
     assert "reward.answer_match.mean" in run.data.metrics  # '/' is '.' in MLflow (see infra/tracking.py)
 
 
+def test_a_resumed_run_continues_its_mlflow_run(tmp_path: Path):
+    """2 steps with a checkpoint, then trainer.resume=auto to step 4: one MLflow run holds steps 1-4."""
+    need("mlflow")
+    import mlflow
+
+    uri = f"file:{tmp_path / 'mlruns'}"
+    env = {"MLFLOW_ALLOW_FILE_STORE": "true"}
+    base = [*RUN, "logger=mlflow", f"logger.tracking_uri={uri}", "trainer.save_every=2"]
+    first = run_cli("train", *base, cwd=tmp_path, env=env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = run_cli("train", *base, "trainer.max_steps=4", "trainer.resume=auto", cwd=tmp_path, env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    os.environ.update(env)
+    try:
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        (run,) = client.search_runs([client.get_experiment_by_name("deepseek-rl").experiment_id])
+        history = client.get_metric_history(run.info.run_id, "reward")
+    finally:
+        del os.environ["MLFLOW_ALLOW_FILE_STORE"]
+    assert sorted(m.step for m in history) == [1, 2, 3, 4]
+    assert [m.value for m in sorted(history, key=lambda m: m.step)] == pytest.approx(jsonl_rewards(tmp_path / "out"))
+    saved = json.loads((tmp_path / "out" / "checkpoints" / "step-00000004" / "trainer_state.json").read_text())
+    assert saved["mlflow_run_id"] == run.info.run_id
+
+
 def test_a_tracker_that_is_not_installed_fails_before_anything_loads(monkeypatch):
     from deepseek_rl.config import ConfigError, LoggerConfig
 

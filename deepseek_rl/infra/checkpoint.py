@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,8 @@ CHECKPOINT_RE = re.compile(r"^step-(\d+)$")
 @dataclass
 class TrainerState:
     step: int  # optimizer steps completed
-    wandb_run_id: str | None = None
+    wandb_run_id: str | None = None  # the tracker's run, continued on resume
+    mlflow_run_id: str | None = None
     train_seconds: float = 0.0  # seconds spent in training steps so far (evaluations excluded)
     train_tokens: float = 0.0  # completion tokens trained on so far, all ranks
 
@@ -117,7 +118,10 @@ def save_checkpoint(
 def read_state(path: Path) -> tuple[TrainerState, dict[str, int]]:
     """The trainer state of a checkpoint and the sizes of its files ({} for a checkpoint saved without them)."""
     saved = json.loads((path / STATE_FILE).read_text())
-    return TrainerState(step=int(saved["step"]), wandb_run_id=saved.get("wandb_run_id")), saved.get("files", {})
+    known = {f.name for f in fields(TrainerState)}  # a checkpoint written before a field existed has its default
+    state = TrainerState(**{k: v for k, v in saved.items() if k in known})
+    state.step = int(state.step)
+    return state, saved.get("files", {})
 
 
 def load_checkpoint(accelerator: Accelerator, path: Path) -> TrainerState:

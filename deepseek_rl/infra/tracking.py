@@ -9,7 +9,7 @@
   MLFLOW_TRACKING_URI, else MLflow's default (a local store in the working directory), into the experiment named
   `logger.project`, with '/' in metric names written as '.' (`reward.format.mean`: MLflow's file store keeps a
   metric in a file at its name's path, so `reward` and `reward/format/mean` cannot both exist there). Rollout tables
-  stay local files with these two; a resumed run starts a new MLflow run.
+  stay local files with these two; a resumed run continues its MLflow run (its id is kept in the checkpoints).
 
 Besides metrics:
 - tables (`log_table`): one wandb table per step under its own key, `<name>/step_<N>`, so a new table never replaces
@@ -100,7 +100,7 @@ class RunTracker:
     """Writes one JSON line per logged step and mirrors it to wandb.
 
     On resume, lines logged after the checkpoint's step (by the run that was interrupted) are dropped, and the
-    same wandb run continues (its id is kept in the trainer state that checkpoints save).
+    same wandb or MLflow run continues (its id is kept in the trainer state that checkpoints save).
     """
 
     def __init__(
@@ -143,7 +143,10 @@ class RunTracker:
                 state.wandb_run_id = self.wandb_run.id
 
         elif cfg.kind in ("tensorboard", "mlflow"):
-            self.tracker = accelerate_tracker(cfg, output_dir, run_config)
+            resumed = state.mlflow_run_id if state is not None and cfg.kind == "mlflow" else None
+            self.tracker = accelerate_tracker(cfg, output_dir, run_config, resumed)
+            if state is not None and cfg.kind == "mlflow":
+                state.mlflow_run_id = self.tracker.active_run.info.run_id
 
     def _drop_lines_after(self, step: int) -> None:
         if not self.path.exists():
@@ -244,8 +247,11 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str | int | f
     return flat
 
 
-def accelerate_tracker(cfg: LoggerConfig, output_dir: Path, run_config: dict[str, Any]) -> Any:
-    """accelerate's TensorBoard or MLflow tracker for this run, started, with the config as hyperparameters."""
+def accelerate_tracker(
+    cfg: LoggerConfig, output_dir: Path, run_config: dict[str, Any], mlflow_run_id: str | None = None
+) -> Any:
+    """accelerate's TensorBoard or MLflow tracker for this run, started, with the config as hyperparameters;
+    `mlflow_run_id` continues that MLflow run (a resume: its parameters are already logged)."""
     name = cfg.name or output_dir.name
     if cfg.kind == "tensorboard":
         from accelerate.tracking import TensorBoardTracker
@@ -258,7 +264,9 @@ def accelerate_tracker(cfg: LoggerConfig, output_dir: Path, run_config: dict[str
         if cfg.tracking_uri:
             mlflow.set_tracking_uri(cfg.tracking_uri)
         tags = {"group": cfg.group} if cfg.group else {}
-        tracker = MLflowTracker(cfg.project, run_name=name, tags=tags | dict.fromkeys(cfg.tags, "true"))
+        tags |= dict.fromkeys(cfg.tags, "true")
+        tracker = MLflowTracker(cfg.project, run_id=mlflow_run_id, run_name=name, tags=tags)
     tracker.start()
-    tracker.store_init_configuration(flatten(run_config))
+    if mlflow_run_id is None:  # MLflow refuses to change a logged parameter (trainer.resume_override may have)
+        tracker.store_init_configuration(flatten(run_config))
     return tracker
