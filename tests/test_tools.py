@@ -131,10 +131,10 @@ def test_a_session_keeps_state_until_it_ends():
     over its time kills the sandbox (every process in it), and the next call starts with no state."""
     session = SandboxSession(isolation(), Limits())
     assert session.run("import math\nx = 6\nopen('f', 'w').write('kept')", 2.0).finished
-    first = session.proc.pid
+    first = session.sandbox.proc.pid
     result = session.run("print(x * 7, math.isqrt(49), open('f').read())\n1/0", 2.0)
     assert result.output.startswith("42 7 kept\n") and "ZeroDivisionError" in result.output and not result.finished
-    assert session.run("print(x)", 2.0).output == "6\n" and session.proc.pid == first
+    assert session.run("print(x)", 2.0).output == "6\n" and session.sandbox.proc.pid == first
     slow = session.run("import subprocess\nsubprocess.Popen(['sleep', '60'])\nwhile True: pass", 1.0)
     assert slow.timed_out and not session.alive
     with pytest.raises(ProcessLookupError):
@@ -152,12 +152,12 @@ def test_tool_sessions_follow_their_trajectories():
     script = {0: [define, use, "done"], 1: [use, "done"]}
     cfg = ToolsConfig(enabled=True, session=True, timeout=2.0)
     engine = ToolEngine(ScriptedEngine(script), cfg, [EOS], sandbox_mode=isolation())
-    before = set(Path(tempfile.gettempdir()).glob("deepseek-rl-session-*"))
+    before = set(Path(tempfile.gettempdir()).glob("deepseek-rl-sandbox-*"))
     out = engine.generate(prompts(2), 1, RolloutConfig(max_completion_length=300), 0, 0, 2)
     assert f"{use}\n42\n```\n" in out.completions[0]
     assert "NameError: name 'v' is not defined" in out.completions[1]
     assert out.tool_stats["calls"].tolist() == [2, 1] and out.tool_stats["errors"].tolist() == [0, 1]
-    assert set(Path(tempfile.gettempdir()).glob("deepseek-rl-session-*")) == before  # closed and removed
+    assert set(Path(tempfile.gettempdir()).glob("deepseek-rl-sandbox-*")) == before  # closed and removed
     # without a session the same trajectory's second call runs alone
     engine = ToolEngine(ScriptedEngine(script), replace(cfg, session=False), [EOS], sandbox_mode=isolation())
     out = engine.generate(prompts(2), 1, RolloutConfig(max_completion_length=300), 0, 0, 2)

@@ -174,16 +174,30 @@ def _run(source: str, filename: str, namespace: dict) -> bool:
         return False
 
 
-def run_program(job: dict, nonce: str, fd: int) -> None:
-    """The child: limits, then solution, setup and each test in one namespace; report with the nonce; exit."""
-    write = os.write
+def _program_namespace(job: dict, name: str) -> dict:
+    """In the child: the resource limits (exit 3 if they cannot be set), `exit`/`quit` as `site` would add them,
+    and the namespace the programs run in."""
     try:
         set_limits(job["limits"])
     except OSError as err:
         print(f"sandbox: cannot set limits: {err}", file=sys.stderr)
         os._exit(3)
-    builtins.exit = builtins.quit = _sitebuiltins.Quitter("exit", "Ctrl-D (i.e. EOF)")  # what `site` would add
-    namespace = {"__name__": "__solution__", "__builtins__": builtins}
+    builtins.exit = builtins.quit = _sitebuiltins.Quitter("exit", "Ctrl-D (i.e. EOF)")
+    return {"__name__": name, "__builtins__": builtins}
+
+
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BaseException:  # noqa: BLE001
+            pass
+
+
+def run_program(job: dict, nonce: str, fd: int) -> None:
+    """The child: limits, then solution, setup and each test in one namespace; report with the nonce; exit."""
+    write = os.write
+    namespace = _program_namespace(job, "__solution__")
     ok = _run(job["solution"], "solution.py", namespace)
     ok = ok and (not job["setup"] or _run(job["setup"], "setup.py", namespace))
     if ok:
@@ -195,11 +209,7 @@ def run_program(job: dict, nonce: str, fd: int) -> None:
                 break  # a statement the tests depend on failed: the remaining tests cannot pass
         else:
             write(fd, f"{nonce} done\n".encode())
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except BaseException:  # noqa: BLE001
-            pass
+    _flush()
     os._exit(0)
 
 
@@ -207,14 +217,8 @@ def run_session(job: dict, nonce: str, fd: int) -> None:
     """The child of a session (tool calls with state): limits, then one program after another in one namespace,
     each read from the command pipe as a 4-byte length and UTF-8 source; after each, its output is flushed and
     `end <k>` (ran) or `fail <k>` (raised) reported. Exits at the end of the pipe (the caller closed it or died)."""
-    commands, write = job["command_fd"], os.write
-    try:
-        set_limits(job["limits"])
-    except OSError as err:
-        print(f"sandbox: cannot set limits: {err}", file=sys.stderr)
-        os._exit(3)
-    builtins.exit = builtins.quit = _sitebuiltins.Quitter("exit", "Ctrl-D (i.e. EOF)")
-    namespace = {"__name__": "__main__", "__builtins__": builtins}
+    commands = job["command_fd"]
+    namespace = _program_namespace(job, "__main__")
 
     def read(n: int) -> bytes:
         data = b""
@@ -228,12 +232,8 @@ def run_session(job: dict, nonce: str, fd: int) -> None:
     for k in range(1 << 30):
         source = read(int.from_bytes(read(4), "big")).decode("utf-8", "replace")
         ok = _run(source, f"call_{k}.py", namespace)
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except BaseException:  # noqa: BLE001
-                pass
-        write(fd, f"{nonce} {'end' if ok else 'fail'} {k}\n".encode())
+        _flush()
+        os.write(fd, f"{nonce} {'end' if ok else 'fail'} {k}\n".encode())
 
 
 def reap(child: int, timeout: float) -> bool:
@@ -274,7 +274,7 @@ def main() -> None:
     os.write(fd, f"{nonce} ready\n".encode())
     child = os.fork()
     if child == 0:
-        (run_session if job.get("command_fd") is not None else run_program)(job, nonce, fd)
+        (run_program if job["command_fd"] is None else run_session)(job, nonce, fd)
     if reap(child, job["limits"]["timeout"]):
         os.write(fd, f"{nonce} timeout\n".encode())
     os._exit(0)

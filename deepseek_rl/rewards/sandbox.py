@@ -217,6 +217,72 @@ def _verdict(lines: bytes, nonce: str) -> tuple[bool, set[int], bool, bool]:
     return ready, passed, done, timed_out
 
 
+@dataclass
+class Launched:
+    """A started harness: its process, its temporary root, the nonce of its verdict lines and where they arrive."""
+
+    proc: subprocess.Popen
+    tmp: str
+    nonce: str
+    verdict_fd: int
+    mode: str
+
+    def kill(self) -> None:
+        """Kill the whole sandbox and remove its files."""
+        _kill_tree(self.proc)
+        self.proc.stdout.close()
+        os.close(self.verdict_fd)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def resolve(mode: str, flavor: str | None = None) -> tuple[str, str]:
+    """(mode, flavor) to launch with: `mode` resolved (resolve_mode), or strong through `flavor` when forced."""
+    if flavor is not None:
+        return "strong", flavor
+    mode = resolve_mode(mode)  # raises when the mode cannot be had here
+    return mode, strong_flavor()[0] if mode == "strong" else ""
+
+
+def launch(
+    mode: str, flavor: str, limits: Limits, solution: str = "", setup: str = "", tests=(), command_fd: int | None = None
+) -> Launched:
+    """Start the harness (isolated as `mode`/`flavor` say) with its job on stdin. `command_fd`, the read end of a
+    pipe, makes it a session (programs sent one after another, rewards/session.py). SandboxError if it cannot."""
+    tmp = tempfile.mkdtemp(prefix="deepseek-rl-sandbox-")
+    os.makedirs(os.path.join(tmp, "work"))
+    nonce = secrets.token_hex(16)
+    read_fd, write_fd = os.pipe()
+    job = _job(mode, flavor, tmp, nonce, write_fd, solution, setup, list(tests), limits)
+    job["command_fd"] = command_fd
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
+    home = "/work" if mode == "strong" else job["workdir"]
+    env.update(HOME=home, TMPDIR="/tmp" if mode == "strong" else home)
+    prefix = {"root": UNSHARE, "userns": UNSHARE_USER}.get(flavor, ()) if mode == "strong" else ()
+    try:
+        proc = subprocess.Popen(
+            [*prefix, interpreter(), "-I", "-S", "-B", str(HARNESS)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            pass_fds=(write_fd,) if command_fd is None else (write_fd, command_fd),
+            start_new_session=True,
+            env=env,
+            cwd=tmp,
+        )
+    except OSError as err:
+        os.close(read_fd)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise SandboxError(f"cannot start the sandbox: {err}") from err
+    finally:
+        os.close(write_fd)
+    try:
+        proc.stdin.write(marshal.dumps(job))
+        proc.stdin.close()
+    except BrokenPipeError:
+        pass
+    return Launched(proc, tmp, nonce, read_fd, mode)
+
+
 def execute(
     solution: str,
     tests: str | list[str],
@@ -231,53 +297,15 @@ def execute(
     Raises SandboxError when the sandbox could not start, ConfigError when the mode cannot be had here, ValueError
     when `tests` do not parse.
     """
-    if flavor is None:
-        mode = resolve_mode(mode)  # raises when the mode cannot be had here
-        flavor = strong_flavor()[0] if mode == "strong" else ""
-    else:
-        mode = "strong"
+    mode, flavor = resolve(mode, flavor)
     pieces = split_tests(tests)
     start = time.monotonic()
-    tmp = tempfile.mkdtemp(prefix="deepseek-rl-sandbox-")
-    os.makedirs(os.path.join(tmp, "work"))
-    nonce = secrets.token_hex(16)
-    read_fd, write_fd = os.pipe()
-    job = _job(mode, flavor, tmp, nonce, write_fd, solution, setup or "", pieces, limits)
-    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
-    home = "/work" if mode == "strong" else job["workdir"]
-    env.update(HOME=home, TMPDIR="/tmp" if mode == "strong" else home)
-    prefix = {"root": UNSHARE, "userns": UNSHARE_USER}.get(flavor, ()) if mode == "strong" else ()
-    command = [*prefix, interpreter(), "-I", "-S", "-B", str(HARNESS)]
+    sandbox = launch(mode, flavor, limits, solution, setup or "", pieces)
     try:
-        proc = subprocess.Popen(
-            command,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            pass_fds=(write_fd,),
-            start_new_session=True,
-            env=env,
-            cwd=tmp,
-        )
-    except OSError as err:
-        os.close(read_fd)
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise SandboxError(f"cannot start the sandbox: {err}") from err
+        output, verdict = _read(sandbox.proc, sandbox.verdict_fd, start + limits.timeout + 2.0, limits.output_bytes)
     finally:
-        os.close(write_fd)
-    try:
-        try:
-            proc.stdin.write(marshal.dumps(job))
-            proc.stdin.close()
-        except BrokenPipeError:
-            pass
-        output, verdict = _read(proc, read_fd, start + limits.timeout + 2.0, limits.output_bytes)
-    finally:
-        _kill_tree(proc)
-        proc.stdout.close()
-        os.close(read_fd)
-        shutil.rmtree(tmp, ignore_errors=True)
-    ready, passed, done, timed_out = _verdict(verdict, nonce)
+        sandbox.kill()
+    ready, passed, done, timed_out = _verdict(verdict, sandbox.nonce)
     text = output.decode("utf-8", "replace")
     if not ready:
         raise SandboxError(f"the {mode} sandbox did not start: {text.strip()[-500:] or 'no output'}")

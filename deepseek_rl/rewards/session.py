@@ -11,29 +11,12 @@ own wall clock (`LIFETIME`).
 
 from __future__ import annotations
 
-import marshal
 import os
-import secrets
 import selectors
-import shutil
-import subprocess
-import tempfile
 import time
 from dataclasses import replace
 
-from deepseek_rl.rewards.sandbox import (
-    HARNESS,
-    UNSHARE,
-    UNSHARE_USER,
-    Execution,
-    Limits,
-    SandboxError,
-    _job,
-    _kill_tree,
-    interpreter,
-    resolve_mode,
-    strong_flavor,
-)
+from deepseek_rl.rewards.sandbox import Execution, Launched, Limits, SandboxError, launch, resolve
 
 LIFETIME = 1800.0  # seconds a session's sandbox may live at most (the harness kills it after that)
 
@@ -43,60 +26,32 @@ class SandboxSession:
 
     def __init__(self, mode: str = "auto", limits: Limits | None = None):
         self.mode, self.limits = mode, limits or Limits()
-        self.proc: subprocess.Popen | None = None
+        self.sandbox: Launched | None = None
         self.calls = 0  # calls in the current sandbox
         self.started = False
         self.restarts = 0  # sandboxes started after the first one (after a timeout or an exit)
 
     @property
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return self.sandbox is not None and self.sandbox.proc.poll() is None
 
     def start(self) -> None:
-        mode = resolve_mode(self.mode)
-        flavor = strong_flavor()[0] if mode == "strong" else ""
-        self.tmp = tempfile.mkdtemp(prefix="deepseek-rl-session-")
-        os.makedirs(os.path.join(self.tmp, "work"))
-        self.nonce = secrets.token_hex(16)
-        self.verdict_fd, verdict_w = os.pipe()
+        mode, flavor = resolve(self.mode)
         command_r, self.command_fd = os.pipe()
-        lifetime = replace(self.limits, timeout=LIFETIME)  # the harness's own clock; each call's is ours
-        job = _job(mode, flavor, self.tmp, self.nonce, verdict_w, "", "", [], lifetime)
-        job["command_fd"] = command_r
-        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
-        home = "/work" if mode == "strong" else job["workdir"]
-        env.update(HOME=home, TMPDIR="/tmp" if mode == "strong" else home)
-        prefix = {"root": UNSHARE, "userns": UNSHARE_USER}.get(flavor, ()) if mode == "strong" else ()
-        try:
-            self.proc = subprocess.Popen(
-                [*prefix, interpreter(), "-I", "-S", "-B", str(HARNESS)],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                pass_fds=(verdict_w, command_r),
-                start_new_session=True,
-                env=env,
-                cwd=self.tmp,
-            )
-        except OSError as err:
-            for fd in (self.verdict_fd, self.command_fd):
-                os.close(fd)
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            raise SandboxError(f"cannot start the sandbox: {err}") from err
+        try:  # the harness's own clock is the lifetime; each call's timeout is ours
+            self.sandbox = launch(mode, flavor, replace(self.limits, timeout=LIFETIME), command_fd=command_r)
+        except SandboxError:
+            os.close(self.command_fd)
+            raise
         finally:
-            os.close(verdict_w)
             os.close(command_r)
         self.selector = selectors.DefaultSelector()
-        for fd in (self.proc.stdout.fileno(), self.verdict_fd):
+        for fd in (self.sandbox.proc.stdout.fileno(), self.sandbox.verdict_fd):
             os.set_blocking(fd, False)
             self.selector.register(fd, selectors.EVENT_READ)
-        try:
-            self.proc.stdin.write(marshal.dumps(job))
-            self.proc.stdin.close()
-        except BrokenPipeError:
-            pass
-        self.verdict, self.calls, self.mode_used = b"", 0, mode
-        output, status = self._collect({"ready": f"{self.nonce} ready\n".encode()}, time.monotonic() + 30.0)
+        self.verdict, self.calls = b"", 0
+        ready = f"{self.sandbox.nonce} ready\n".encode()
+        output, status = self._collect({"ready": ready}, time.monotonic() + 30.0)
         if status != "ready":
             text = output.decode("utf-8", "replace").strip()[-500:]
             self.close()
@@ -111,25 +66,26 @@ class SandboxSession:
             self.restarts += self.started
             self.start()
             self.started = True
-        k = self.calls
+        k, mode = self.calls, self.sandbox.mode
         self.calls += 1
         data = code.encode()
         try:
             os.write(self.command_fd, len(data).to_bytes(4, "big") + data)  # a pipe buffer holds 64 kB
         except OSError:
             self.close()
-            return Execution(0, 0, False, False, "the session had ended; run the call again", 0.0, self.mode_used)
-        markers = {status: f"{self.nonce} {status} {k}\n".encode() for status in ("end", "fail")}
+            return Execution(0, 0, False, False, "the session had ended; run the call again", 0.0, mode)
+        markers = {status: f"{self.sandbox.nonce} {status} {k}\n".encode() for status in ("end", "fail")}
         output, status = self._collect(markers, time.monotonic() + timeout)
         if status not in markers:
             self.close()  # a call over its time, or a program that ended its process: the state is gone
         text = output.decode("utf-8", "replace")
-        return Execution(0, 0, status == "end", status == "timeout", text, time.monotonic() - start, self.mode_used)
+        return Execution(0, 0, status == "end", status == "timeout", text, time.monotonic() - start, mode)
 
     def _collect(self, markers: dict[str, bytes], deadline: float) -> tuple[bytes, str]:
         """Read the program's output (kept up to the output cap) until one of `markers` arrives on the verdict pipe
         (its key is returned), or the deadline: timeout, or the sandbox is gone: exited."""
-        out, cap, out_fd = bytearray(), self.limits.output_bytes, self.proc.stdout.fileno()
+        out, cap, proc = bytearray(), self.limits.output_bytes, self.sandbox.proc
+        out_fd = proc.stdout.fileno()
         exited_at = None
         while True:
             found = next((name for name, marker in markers.items() if marker in self.verdict), None)
@@ -150,23 +106,20 @@ class SandboxSession:
                 chunk = os.read(key.fd, 65536)
                 if not chunk:
                     self.selector.unregister(key.fd)
-                elif key.fd == self.verdict_fd:
+                elif key.fd == self.sandbox.verdict_fd:
                     self.verdict += chunk
                 else:
                     out += chunk[: max(0, cap - len(out))]
-            if not events and self.proc.poll() is not None:
+            if not events and proc.poll() is not None:
                 exited_at = exited_at or time.monotonic()
                 if time.monotonic() - exited_at > 0.2 or not self.selector.get_map():
                     return bytes(out), "exited"
 
     def close(self) -> None:
         """Kill the sandbox (every process in it) and remove its files; a later run() starts a new one."""
-        if self.proc is None:
+        if self.sandbox is None:
             return
-        proc, self.proc = self.proc, None
-        _kill_tree(proc)
-        proc.stdout.close()
+        sandbox, self.sandbox = self.sandbox, None
         self.selector.close()
-        for fd in (self.verdict_fd, self.command_fd):
-            os.close(fd)
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        os.close(self.command_fd)
+        sandbox.kill()
