@@ -34,6 +34,7 @@ from typing import Any
 
 from deepseek_rl.config.schema import LoggerConfig
 from deepseek_rl.infra.checkpoint import TrainerState
+from deepseek_rl.infra.resume import flatten
 
 
 def has_wandb_key() -> bool:
@@ -236,17 +237,6 @@ class RunTracker:
             self.tracker = None
 
 
-def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str | int | float | bool]:
-    """A nested config as {"group.key": value} with scalars only (lists and None as text), for hyperparameters."""
-    flat: dict[str, str | int | float | bool] = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            flat |= flatten(value, f"{prefix}{key}.")
-        else:
-            flat[prefix + key] = value if isinstance(value, str | int | float | bool) else str(value)
-    return flat
-
-
 def accelerate_tracker(
     cfg: LoggerConfig, output_dir: Path, run_config: dict[str, Any], mlflow_run_id: str | None = None
 ) -> Any:
@@ -268,5 +258,8 @@ def accelerate_tracker(
         tracker = MLflowTracker(cfg.project, run_id=mlflow_run_id, run_name=name, tags=tags)
     tracker.start()
     if mlflow_run_id is None:  # MLflow refuses to change a logged parameter (trainer.resume_override may have)
-        tracker.store_init_configuration(flatten(run_config))
+        scalars = (str, int, float, bool)  # what trackers take as hyperparameters; lists and None as text
+        tracker.store_init_configuration(
+            {k: v if isinstance(v, scalars) else str(v) for k, v in flatten(run_config).items()}
+        )
     return tracker
