@@ -1,6 +1,6 @@
 """The errors a user can cause or suffer, each a one-line message that names the key, file or row and the fix.
 
-They live in this leaf module (no imports) so that every layer can raise them, the torch-free rewards included,
+They live in this leaf module (no project imports) so that every layer can raise them, the torch-free rewards included,
 and the command line turns them into one line on stderr and an exit status instead of a traceback:
 
     ConfigError, DataError, LaunchError   "configuration error: ..."   exit 2
@@ -9,6 +9,14 @@ and the command line turns them into one line on stderr and an exit status inste
     StorageError                          "storage error: ..."         exit 74  (the disk filled up; says what is
                                                                                   intact)
 """
+
+import difflib
+
+
+def did_you_mean(value: str, choices) -> str:
+    """' Did you mean 'X'?' with the closest of `choices` to `value`, or '' when none is close."""
+    close = difflib.get_close_matches(value, list(choices), n=1)
+    return f" Did you mean '{close[0]}'?" if close else ""
 
 
 class UserError(Exception):

@@ -7,7 +7,6 @@ Registration also makes a `KEY={...}` override replace a dict field instead of m
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 
 from hydra.core.config_store import ConfigStore
@@ -15,7 +14,7 @@ from omegaconf import OmegaConf
 
 from deepseek_rl.config.overrides import check_composed, check_override_keys, install_dict_replacement
 from deepseek_rl.config.schema import Config
-from deepseek_rl.errors import ConfigError
+from deepseek_rl.errors import ConfigError, did_you_mean
 from deepseek_rl.paths import recipes_dir, shared_dir
 
 
@@ -49,8 +48,7 @@ def check_recipe(name: str, dirs: list[Path]) -> None:
     if any((d / f"{name}.yaml").is_file() for d in dirs):
         return
     names = list(recipe_files(dirs))
-    close = difflib.get_close_matches(name, names, n=1)
-    hint = f" Did you mean '{close[0]}'?" if close else ""
+    hint = did_you_mean(name, names)
     where = ", ".join(str(d) for d in dirs)
     raise ConfigError(
         f"--config-name {name}: no such recipe.{hint} Recipes: {', '.join(names)} (in {where}); "

@@ -18,13 +18,12 @@ so `def f(prompts, completions, **kwargs)` works too. See docs/rewards.md.
 
 from __future__ import annotations
 
-import difflib
 import functools
 import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from deepseek_rl.errors import ConfigError, DataError
+from deepseek_rl.errors import ConfigError, DataError, did_you_mean
 from deepseek_rl.rewards.basic import (
     answer_match,
     format_lenient,
@@ -82,8 +81,7 @@ def resolve_reward(name: str, functions: Mapping[str, Any] | None = None) -> Rew
         return REWARDS[name]
     if ":" in name:
         return load_function(name, f"reward.weights.{name}")
-    close = difflib.get_close_matches(name, REWARDS, n=1)
-    hint = f" Did you mean '{close[0]}'?" if close else ""
+    hint = did_you_mean(name, REWARDS)
     raise ConfigError(
         f"reward.weights.{name}: unknown reward '{name}'.{hint} Known rewards: {', '.join(sorted(REWARDS))}; "
         f"or add your own: +reward.functions.{name}=my_rewards.py:{name}"

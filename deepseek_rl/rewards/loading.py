@@ -15,7 +15,6 @@ package), and then it is called once with the G completions of one prompt. This 
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import importlib
 import importlib.util
@@ -26,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from deepseek_rl.errors import ConfigError
+from deepseek_rl.errors import ConfigError, did_you_mean
 
 RewardFunction = Callable[..., list[float | None]]
 
@@ -94,8 +93,7 @@ def load_function(spec: str, key: str) -> RewardFunction:
     func = getattr(module, attr, None)
     if func is None:
         found = sorted(n for n, v in vars(module).items() if inspect.isfunction(v) and not n.startswith("_"))
-        close = difflib.get_close_matches(attr, found, n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
+        hint = did_you_mean(attr, found)
         raise ConfigError(
             f"{key}: '{target}' has no function '{attr}'.{hint} It defines: {', '.join(found) or 'no function'}"
         )
