@@ -136,48 +136,44 @@ class ToolEngine(RolloutEngine):
         ]
         trajectories = [Trajectory(unpadded[i // group_size]) for i in range(len(global_rows))]
         sessions: dict[int, SandboxSession] = {}  # rollout.tools.session: trajectory -> its sandbox
-        try:
-            return self.turns(prompts, group_size, cfg, seed, total_rows, global_rows, trajectories, sessions)
-        finally:
-            list(self.pool.map(SandboxSession.close, sessions.values()))
-
-    def turns(
-        self,
-        prompts: PromptBatch,
-        group_size: int,
-        cfg: RolloutConfig,
-        seed: int,
-        total_rows: int,
-        global_rows: list[int],
-        trajectories: list[Trajectory],
-        sessions: dict[int, SandboxSession],
-    ) -> RolloutBatch:
         with_logprobs, device = True, prompts.input_ids.device
-        for turn in range(self.cfg.max_tool_calls + 1):
-            active = [i for i, t in enumerate(trajectories) if t.running]
-            ended = [sessions.pop(i) for i in list(sessions) if not trajectories[i].running]
-            list(self.pool.map(SandboxSession.close, ended))  # a trajectory's session ends with it
-            if not active:
-                break
-            budget = max(cfg.max_completion_length - len(trajectories[i].tokens) for i in active)
-            segment_cfg = replace(
-                cfg, max_completion_length=budget, stop_strings=[*cfg.stop_strings, self.cfg.call_marker]
-            )
-            batch = context_batch([trajectories[i] for i in active], self.tokenizer.pad_token_id)
-            turn_seed = seed * 31 + turn
-            out = self.inner.generate(batch, 1, segment_cfg, turn_seed, 0, total_rows, [global_rows[i] for i in active])
-            with_logprobs, device = with_logprobs and out.sampling_logprobs is not None, out.completion_ids.device
-            calls = self.extend(trajectories, active, out, cfg.max_completion_length)
-            if self.cfg.session:
-                sessions.update({i: SandboxSession(self.mode, Limits()) for i in calls if i not in sessions})
-
-            def call(i: int) -> tuple[str, str]:
-                return run_tool(last_code_block(self.text(trajectories[i])), self.cfg, self.mode, sessions.get(i))
-
-            outputs = list(self.pool.map(call, calls))
-            for i, (text, status) in zip(calls, outputs, strict=True):
-                self.append_output(trajectories[i], text, status, cfg.max_completion_length)
+        try:
+            for turn in range(self.cfg.max_tool_calls + 1):
+                self.end_sessions(sessions, [i for i in sessions if not trajectories[i].running])
+                active = [i for i, t in enumerate(trajectories) if t.running]
+                if not active:
+                    break
+                budget = max(cfg.max_completion_length - len(trajectories[i].tokens) for i in active)
+                segment_cfg = replace(
+                    cfg, max_completion_length=budget, stop_strings=[*cfg.stop_strings, self.cfg.call_marker]
+                )
+                batch = context_batch([trajectories[i] for i in active], self.tokenizer.pad_token_id)
+                rows_now = [global_rows[i] for i in active]
+                out = self.inner.generate(batch, 1, segment_cfg, seed * 31 + turn, 0, total_rows, rows_now)
+                with_logprobs, device = with_logprobs and out.sampling_logprobs is not None, out.completion_ids.device
+                calls = self.extend(trajectories, active, out, cfg.max_completion_length)
+                for i, (text, status) in zip(calls, self.run_calls(trajectories, calls, sessions), strict=True):
+                    self.append_output(trajectories[i], text, status, cfg.max_completion_length)
+        finally:
+            self.end_sessions(sessions, list(sessions))  # whatever happens, no sandbox outlives the rollout
         return self.assemble(prompts, group_size, trajectories, with_logprobs, device)
+
+    def run_calls(
+        self, trajectories: list[Trajectory], calls: list[int], sessions: dict[int, SandboxSession]
+    ) -> list[tuple[str, str]]:
+        """Run the last code block of each calling trajectory, all at once (in its session with
+        rollout.tools.session, started at its first call); (output text, status) for each."""
+        if self.cfg.session:
+            sessions.update({i: SandboxSession(self.mode) for i in calls if i not in sessions})
+
+        def call(i: int) -> tuple[str, str]:
+            return run_tool(last_code_block(self.text(trajectories[i])), self.cfg, self.mode, sessions.get(i))
+
+        return list(self.pool.map(call, calls))
+
+    def end_sessions(self, sessions: dict[int, SandboxSession], rows: list[int]) -> None:
+        """Kill the sessions of these trajectories (they ended)."""
+        list(self.pool.map(SandboxSession.close, [sessions.pop(i) for i in rows]))
 
     def text(self, trajectory: Trajectory) -> str:
         return self.tokenizer.decode(trajectory.tokens, skip_special_tokens=True)
