@@ -62,7 +62,7 @@ def run_completion(
     if solution is None:
         return 0.0
     try:
-        return execute(solution, tests, setup or "", limits, resolve_mode(mode))
+        return execute(solution, tests, setup or "", limits, mode)
     except SyntaxError:
         return None  # the row's tests do not parse: the row cannot be scored
 
