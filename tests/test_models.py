@@ -38,3 +38,18 @@ def test_real_r1_tokenizer_loads(shared):
     )
     tok = load_tokenizer(cfg)
     assert len(tok) == 151665 and tok.pad_token_id == 151643 and tok.padding_side == "left"
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    """model.gradient_checkpointing on the transformers release installed (5.16-5.19 name it
+    gradient_checkpointing_enable, 5.20+ activation_checkpointing_enable: the GPU check found the first missing)."""
+    tok = build_char_tokenizer()
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    grads = []
+    for checkpointing in (False, True):
+        model = load_model(ModelConfig(gradient_checkpointing=checkpointing), tok, seed=3, trainable=True)
+        model.train()
+        model(input_ids=ids, use_cache=False).logits.square().mean().backward()
+        grads.append(model.model.layers[0].mlp.up_proj.weight.grad.clone())
+    assert grads[0].abs().sum() > 0
+    torch.testing.assert_close(grads[0], grads[1])

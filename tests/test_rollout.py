@@ -81,7 +81,7 @@ def test_eos_stop_strings_truncation_and_early_exit():
     prompt = torch.tensor([_ids(tok, "Q:") for _ in scripts])
     model = ScriptedLM(scripts, len(tok), prompt.shape[1])
     cfg = RolloutConfig(max_completion_length=6, stop_strings=["</answer>"])
-    ids, mask, truncated = sample_completions(
+    ids, mask, truncated, _ = sample_completions(
         model,
         prompt,
         torch.ones_like(prompt),
@@ -106,7 +106,7 @@ def test_loop_stops_as_soon_as_every_row_ended():
     prompt = torch.tensor([_ids(tok, "Q:")] * 2)
     model = ScriptedLM(scripts, len(tok), prompt.shape[1])
     cfg = RolloutConfig(max_completion_length=50)
-    ids, mask, truncated = sample_completions(
+    ids, mask, truncated, _ = sample_completions(
         model,
         prompt,
         torch.ones_like(prompt),
@@ -139,7 +139,7 @@ def test_cached_sampling_matches_training_logprobs_with_left_padding(arch):
     enc = tok(texts, padding=True, add_special_tokens=False, return_tensors="pt")
     assert enc["attention_mask"][0, 0] == 0  # the short prompt is left-padded
     cfg = RolloutConfig(max_completion_length=12, temperature=0.7)
-    ids, mask, _ = sample_completions(
+    ids, mask, _, _ = sample_completions(
         model,
         enc["input_ids"],
         enc["attention_mask"],

@@ -53,10 +53,13 @@ class UpdateSums:
 
 
 def build_loss_inputs(scored: ScoredBatch, mask_truncated: bool) -> LossInputs:
+    """The loss inputs on the rollout's device (the engine's: a GPU), whatever device the rewards were scored on."""
     rollout = scored.rollout
-    loss_mask = rollout.model_mask.float() * scored.loss_weight.unsqueeze(1)  # [N, C]: tool outputs never count
+    device = rollout.completion_ids.device
+    weight = scored.loss_weight.to(device).unsqueeze(1)
+    loss_mask = rollout.model_mask.float() * weight  # [N, C]: tool outputs never count
     if mask_truncated:
-        loss_mask = loss_mask * (~rollout.truncated).float().unsqueeze(1)
+        loss_mask = loss_mask * (~rollout.truncated.to(device)).float().unsqueeze(1)
     return LossInputs(
         input_ids=rollout.input_ids,
         attention_mask=rollout.attention_mask,

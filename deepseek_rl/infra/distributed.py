@@ -92,8 +92,23 @@ def prepare_reference(accelerator: Accelerator, reference: nn.Module) -> nn.Modu
 def generation_model(accelerator: Accelerator, model: nn.Module) -> Iterator[nn.Module]:
     """The bare policy for sampling. Under ZeRO-3 its parameters are gathered once for the whole rollout phase,
     and ZeRO-3's per-module forward hooks are lifted meanwhile (with the parameters already whole they only add
-    Python overhead to every decoded token), then put back for training."""
+    Python overhead to every decoded token), then put back for training. Under FSDP2 every sharded module is
+    unsharded for the phase (the decoder reads the parameters directly) and resharded after it."""
     unwrapped = accelerator.unwrap_model(model)
+    sharded = fsdp2_modules(unwrapped)
+    if sharded:
+        # the outermost module becomes FSDP's root before any inner one is touched (as its first forward would make
+        # it); else the first sharded module used claims to be the root and FSDP refuses
+        root_state = sharded[0]._get_fsdp_state()
+        root_state._lazy_init()
+        for module in sharded:
+            module.unshard()
+        try:
+            yield unwrapped
+        finally:
+            for module in sharded:
+                module.reshard()
+        return
     if not is_zero3(accelerator):
         yield unwrapped
         return
@@ -111,14 +126,31 @@ def generation_model(accelerator: Accelerator, model: nn.Module) -> Iterator[nn.
                 offload.setup_zero_stage3_hooks()
 
 
+def fsdp2_modules(model: nn.Module) -> list[nn.Module]:
+    """The modules that FSDP2 (`fully_shard`) sharded, outermost first (none without FSDP2)."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # torch < 2.6
+        return []
+    return [m for m in model.modules() if isinstance(m, FSDPModule)]
+
+
+def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of an FSDP2 DTensor shard (a collective: every rank calls it); any other tensor as is."""
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+
+
 def parameter_digest(model: nn.Module) -> tuple[str, int]:
     """sha256 of the full parameters in name order (gathered one at a time under ZeRO-3), and this rank's share
     of the elements (smaller than the model under ZeRO-3: evidence that it is really partitioned)."""
     digest, local = hashlib.sha256(), 0
     for _, param in sorted(model.named_parameters()):
-        local += param.ds_tensor.numel() if hasattr(param, "ds_tensor") else param.numel()
+        if hasattr(param, "ds_tensor"):  # ZeRO-3
+            local += param.ds_tensor.numel()
+        else:  # an FSDP2 DTensor's own shard, or the whole tensor
+            local += param.to_local().numel() if hasattr(param, "to_local") else param.numel()
         with gathered(param):
-            digest.update(param.detach().float().cpu().numpy().tobytes())
+            digest.update(full_tensor(param.detach()).float().cpu().numpy().tobytes())
     return digest.hexdigest(), local
 
 

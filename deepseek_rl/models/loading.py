@@ -91,13 +91,22 @@ def load_model(
     if model.generation_config.eos_token_id is None:
         model.generation_config.eos_token_id = tokenizer.eos_token_id
     if trainable and cfg.gradient_checkpointing:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(model)
         model.train()
     if trainable and cfg.lora.enabled:
         from deepseek_rl.models.lora import apply_lora
 
         model = apply_lora(model, cfg.lora)
     return model
+
+
+def enable_checkpointing(model: PreTrainedModel) -> None:
+    """Recompute each decoder layer in the backward pass: `activation_checkpointing_enable` since transformers 5.20,
+    `gradient_checkpointing_enable` before (5.16-5.19, the releases vLLM pins; found by the GPU check)."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 @torch.no_grad()

@@ -61,8 +61,10 @@ class StaticCache:
 
 
 def _projection(module: nn.Module):
-    """A plain Linear as F.linear on its parameters (no module-call overhead); anything else (LoRA) as a module."""
-    if type(module) is nn.Linear:
+    """A plain Linear as F.linear on its parameters (no module-call overhead); anything else (LoRA, a quantized
+    Linear with a forward of its own) as a module. A Linear that FSDP2 sharded (class FSDPLinear, nn.Linear's own
+    forward) counts as plain: calling it would run FSDP's hooks, which must not run inside a rollout."""
+    if isinstance(module, nn.Linear) and type(module).forward is nn.Linear.forward:
         weight, bias = module.weight, module.bias
         return lambda x: F.linear(x, weight, bias)
     return module

@@ -90,20 +90,28 @@ def sample_completions(
     pad_id: int,
     stop: StopStrings,
     uniforms: RowUniforms,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """B prompts [B, P] -> G completions each: completion_ids [B * G, C], completion_mask [B * G, C], truncated."""
+    with_logprobs: bool = False,
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """B prompts [B, P] -> G completions each: completion_ids [B * G, C], completion_mask [B * G, C], truncated
+    [B * G], and with `with_logprobs` the sampler's log-prob of each sampled token [B * G, C] (log softmax of the
+    logits / temperature, unfiltered: the trainer's definition; 0 on padding), else None."""
     decoder = make_decoder(model)
     logits = decoder.prefill(prompt_ids, prompt_mask, group_size, cfg.max_completion_length)  # [N, V]
     n, device = logits.shape[0], logits.device
     eos = torch.tensor(eos_ids, device=device)
     tokens: list[Tensor] = []
     masks: list[Tensor] = []
+    logprobs: list[Tensor] = []
     done = torch.zeros(n, dtype=torch.bool, device=device)
     for _ in range(cfg.max_completion_length):
         token = sample_tokens(logits, cfg, uniforms.next())
         token = torch.where(done, torch.full_like(token, pad_id), token)
         masks.append((~done).long())
         tokens.append(token)
+        if with_logprobs:
+            scaled = logits.float() / (cfg.temperature or 1.0)
+            chosen = scaled.gather(-1, token.unsqueeze(-1)).squeeze(-1) - scaled.logsumexp(dim=-1)
+            logprobs.append(torch.where(done, torch.zeros_like(chosen), chosen))
         ended = ~done & torch.isin(token, eos)
         if stop.stop_strings:
             ended |= stop(torch.stack(tokens[-stop.window :], dim=1), ~done & ~ended)  # only the tail is read
@@ -111,7 +119,8 @@ def sample_completions(
         if bool(done.all()) or len(tokens) == cfg.max_completion_length:
             break
         logits = decoder.step(token)
-    return torch.stack(tokens, dim=1), torch.stack(masks, dim=1), ~done
+    sampled = torch.stack(logprobs, dim=1) if with_logprobs else None
+    return torch.stack(tokens, dim=1), torch.stack(masks, dim=1), ~done, sampled
 
 
 def generate_rollouts(
@@ -127,7 +136,7 @@ def generate_rollouts(
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    completion_ids, completion_mask, truncated = sample_completions(
+    completion_ids, completion_mask, truncated, _ = sample_completions(
         model,
         prompts.input_ids.to(device),
         prompts.attention_mask.to(device),
