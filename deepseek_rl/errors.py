@@ -8,6 +8,10 @@ and the command line turns them into one line on stderr and an exit status inste
                                                                                   whose config changed the run)
     StorageError                          "storage error: ..."         exit 74  (the disk filled up; says what is
                                                                                   intact)
+    RewardError                           "reward error: ..."          exit 2   (a reward failed on most samples
+                                                                                  for several steps)
+    NumericalError                        "numerical error: ..."       exit 2   (a non-finite loss or gradient
+                                                                                  norm: the weights were not touched)
 """
 
 import difflib
@@ -55,3 +59,17 @@ class StorageError(UserError, OSError):
 
     kind = "storage error"
     exit_status = 74  # EX_IOERR
+
+
+class RewardError(UserError, RuntimeError):
+    """A reward failed (raised, timed out, returned a non-finite score) on more than `reward.max_error_rate` of a
+    step's samples for `reward.max_error_steps` steps in a row: training on its failure scores would be garbage."""
+
+    kind = "reward error"
+
+
+class NumericalError(UserError, ArithmeticError):
+    """A non-finite loss or gradient norm: the update stopped before it touched the weights; the message names the
+    step, the micro-batch and the term."""
+
+    kind = "numerical error"

@@ -63,3 +63,27 @@ def test_accumulated_micro_batches_equal_one_batch(loss_type):
     assert norm1 == pytest.approx(norm4, rel=1e-4)
     assert not torch.equal(p1, torch.cat([p.flatten() for p in base.parameters()]))
     assert torch.allclose(p1, p4, atol=1e-7)
+
+
+def test_a_non_finite_gradient_norm_skips_the_optimizer_step():
+    import pytest
+    from accelerate import Accelerator
+
+    from deepseek_rl.algo.update import optimizer_step
+    from deepseek_rl.errors import NumericalError
+
+    model = torch.nn.Linear(3, 2)
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    accelerator = Accelerator(cpu=True)
+    for max_grad_norm in (1.0, None):  # with clipping and without
+        model.weight.grad = torch.full_like(model.weight, float("inf"))
+        model.bias.grad = torch.zeros_like(model.bias)
+        with pytest.raises(NumericalError, match="the gradient norm is inf: the optimizer step was skipped"):
+            optimizer_step(accelerator, model, optimizer, scheduler, max_grad_norm, torch.tensor(float("nan")))
+        for a, b in zip(before, model.parameters(), strict=True):
+            assert torch.equal(a, b)
+    model.weight.grad = torch.ones_like(model.weight)  # a finite step goes through, and reports its norm
+    norm = optimizer_step(accelerator, model, optimizer, scheduler, None, torch.tensor(float("nan")))
+    assert float(norm) == pytest.approx(6**0.5) and not torch.equal(before[0], model.weight)

@@ -7,13 +7,17 @@ models (`reward.models`) are scored here, on the trainer's device (`reward_model
 
 A reward that returns None for a completion ("cannot be scored") contributes 0 to that completion's total and
 is counted in `reward/<name>/none`; its mean and std are over the scored completions only. A sample whose reward
-timed out or raised scores `reward.on_failure` and is counted in `reward/<name>/timeouts` or `/errors` (counts
-since the previous `pop_failures()`, i.e. per step, summed over ranks by the metrics).
+timed out, raised or returned a non-finite score (inf, or beyond float32's range) scores `reward.on_failure` and is
+counted in `reward/<name>/timeouts` or `/errors` (counts since the previous `pop_failures()`, i.e. per step, summed
+over ranks by the metrics); `reward/<name>/failed` is their share of the step's samples. With on_failure=0.0 (the
+default) a failed sample enters the reward's mean and the total as 0; with on_failure=null it is left out of the
+reward's mean and counts 0 in the total. The first failure of each reward is printed once, with where it was raised.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -38,6 +42,7 @@ class RewardSet:
         context: dict[str, Any] | None = None,
         functions: Mapping[str, Callable[..., list[float | None]]] | None = None,
         device: torch.device | str = "cpu",
+        report: bool = True,
     ):
         assert cfg.weights is not None
         weights = {**cfg.weights, **{n: cfg.weights.get(n, 1.0) for n in functions or {}}}
@@ -53,7 +58,9 @@ class RewardSet:
             context={"sandbox": cfg.sandbox, **(context or {})},  # code rewards run as reward.sandbox says
             functions={**cfg.functions, **(functions or {})},
         )
-        self.failures = torch.zeros(2, len(self.names))  # [2, F] timeouts, errors since pop_failures()
+        self.failures = torch.zeros(3, len(self.names))  # [3, F] timeouts, errors, samples since pop_failures()
+        self.first_errors: dict[str, str] = {}  # reward name -> its first failure's message (this process)
+        self.report = report  # print each reward's first failure (the main process of a run)
         self._finalizer = weakref.finalize(self, self.runner.close)
 
     def score(self, completions: list[str], columns: dict[str, list[Any]], group_size: int | None = None) -> Tensor:
@@ -64,14 +71,34 @@ class RewardSet:
         for name, model in self.models.items():
             by_name[name] = model.score(completions, columns) if completions else []
         for j, name in enumerate(self.names):
+            self.failures[2, j] += len(completions)
             if name in scores.names:
                 self.failures[0, j] += scores.count(name, "timeout")
                 self.failures[1, j] += scores.count(name, "error")
+                self._note_first_failure(name, scores)
         columns_nf = [[math.nan if s is None else s for s in by_name[n]] for n in self.names]  # [F][N]
         return torch.tensor(columns_nf, dtype=torch.float32).reshape(len(self.names), len(completions)).T.contiguous()
 
+    def _note_first_failure(self, name: str, scores) -> None:
+        if name in self.first_errors:
+            return
+        row = scores.names.index(name)
+        failed = [(st, m) for st, m in zip(scores.status[row], scores.messages[row], strict=True) if st != "ok"]
+        if not failed:
+            return
+        status, message = failed[0]
+        self.first_errors[name] = f"{status}: {message}"
+        if self.report:
+            print(
+                f"deepseek-rl: reward '{name}' failed on {len(failed)} of {len(scores.status[row])} samples "
+                f"(first {status}: {message}); failed samples score reward.on_failure. Shown once per reward; "
+                f"`deepseek-rl score --reward {name} --input rows.jsonl` shows each sample's outcome",
+                file=sys.stderr,
+                flush=True,
+            )
+
     def pop_failures(self) -> Tensor:
-        """[2, F] timeouts and errors counted since the last call, then reset."""
+        """[3, F] timeouts, errors and samples scored since the last call, then reset."""
         failures, self.failures = self.failures, torch.zeros_like(self.failures)
         return failures
 
@@ -80,7 +107,8 @@ class RewardSet:
         return (torch.nan_to_num(terms, nan=0.0) * self.weights).sum(dim=1)
 
     def metrics(self, terms: Tensor, failures: Tensor | None = None) -> dict[str, float]:
-        """Per reward: mean, std, share of None over terms [N, F]; timeouts and errors from failures [2, F]."""
+        """Per reward: mean, std, share of None over terms [N, F]; timeouts, errors and their share of the samples
+        scored from failures [3, F]."""
         out: dict[str, float] = {}
         for j, name in enumerate(self.names):
             column = terms[:, j]
@@ -91,6 +119,7 @@ class RewardSet:
             if failures is not None:
                 out[f"reward/{name}/timeouts"] = failures[0, j].item()
                 out[f"reward/{name}/errors"] = failures[1, j].item()
+                out[f"reward/{name}/failed"] = (failures[0, j] + failures[1, j]).item() / max(failures[2, j].item(), 1)
         return out
 
     def close(self) -> None:

@@ -9,6 +9,7 @@ optimizer step and one LR-scheduler step (the schedule is sized by max_steps x n
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 
 import torch
@@ -20,6 +21,7 @@ from deepseek_rl.algo.losses import StepNormaliser, backward_scale, policy_loss
 from deepseek_rl.batch import LossInputs, ScoredBatch
 from deepseek_rl.config.plan import BatchPlan
 from deepseek_rl.config.schema import AlgorithmConfig
+from deepseek_rl.errors import NumericalError
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,7 @@ def update_policy(
                     norm,
                     mb.sampling_logprobs,
                 )
+                check_finite_loss(terms.loss, start // micro, logprobs, entropy, mb)
                 accelerator.backward(terms.loss * scale)
                 grad_norm = optimizer_step(accelerator, policy, optimizer, scheduler, settings.max_grad_norm, grad_norm)
             for key, value in vars(terms).items():
@@ -151,6 +154,31 @@ def update_policy(
                 sums[key] = value.detach() if key not in sums else combine(sums[key], value.detach())
     grad = torch.as_tensor(grad_norm if grad_norm is not None else float("nan")).detach().float()
     return UpdateSums(grad_norm=grad, **{f.name: sums[f.name] for f in fields(UpdateSums) if f.name != "grad_norm"})
+
+
+def check_finite_loss(
+    loss: Tensor, micro_batch: int, logprobs: Tensor, entropy: Tensor | None, mb: LossInputs | None = None
+) -> None:
+    """Raise NumericalError, naming the micro-batch and the term that is not finite, before a non-finite loss is
+    back-propagated (one host sync per micro-batch)."""
+    if bool(torch.isfinite(loss)):
+        return
+    on = mb.loss_mask > 0 if mb is not None else torch.ones_like(logprobs, dtype=torch.bool)
+    old, ref = (None, None) if mb is None else (mb.old_logprobs, mb.ref_logprobs)
+    terms = {
+        "the advantages": None if mb is None else mb.advantages,
+        "the policy's log-probs": logprobs[on],
+        "the old policy's log-probs": None if old is None else old[on],
+        "the reference model's log-probs (KL term)": None if ref is None else ref[on],
+        "the entropy": None if entropy is None else entropy[on],
+    }
+    bad = [name for name, value in terms.items() if value is not None and not bool(torch.isfinite(value).all())]
+    cause = f"{', '.join(bad)} hold non-finite values" if bad else "every input is finite: the loss itself overflowed"
+    raise NumericalError(
+        f"the loss of micro-batch {micro_batch} is {loss.item()} ({cause}); the update stopped before it touched the "
+        "weights and nothing was saved: resume from the last checkpoint (trainer.resume=auto), with a lower "
+        "algorithm.lr if the log-probs diverged"
+    )
 
 
 def optimizer_step(
@@ -162,9 +190,21 @@ def optimizer_step(
     grad_norm: Tensor,
 ) -> Tensor:
     """Inside `accelerator.accumulate`: at the end of an accumulation, clip and step optimizer and scheduler (the
-    optimizer wrapper skips the step on other micro-batches). Returns the new grad norm, or the previous one."""
-    if accelerator.sync_gradients and max_grad_norm is not None:
-        grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer wrapper skips the step on other micro-batches). Returns the new grad norm, or the previous one.
+    The gradient norm is computed at every step (clipping at max_grad_norm, or at infinity: none); a non-finite
+    norm raises NumericalError before the optimizer touches the weights."""
+    if accelerator.sync_gradients:
+        limit = max_grad_norm if max_grad_norm is not None else math.inf
+        norm = accelerator.clip_grad_norm_(model.parameters(), limit)
+        if norm is not None:  # DeepSpeed clips inside its own step and returns None here
+            grad_norm = norm
+            if not bool(torch.isfinite(torch.as_tensor(norm))):
+                optimizer.zero_grad()
+                raise NumericalError(
+                    f"the gradient norm is {float(norm)}: the optimizer step was skipped, the weights are unchanged "
+                    "and nothing was saved; resume from the last checkpoint (trainer.resume=auto) with a lower "
+                    "algorithm.lr"
+                )
     optimizer.step()
     if accelerator.sync_gradients:
         scheduler.step()

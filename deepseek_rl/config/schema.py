@@ -90,6 +90,11 @@ class RewardConfig:
     # Score of a sample whose reward timed out or raised (counted in reward/<name>/timeouts and /errors):
     # 0.0, or null for "cannot be scored" (then it counts 0 in the total and is left out of the reward's mean).
     on_failure: float | None = 0.0
+    # A reward that fails (raises, times out, returns inf or a score beyond float32) on more than this share of a
+    # step's samples prints an alarm; after max_error_steps such steps in a row the run stops (exit 2), since it
+    # would train on failure scores. 1.0: never stop.
+    max_error_rate: float = 0.5
+    max_error_steps: int = 3
     # Isolation of the untrusted code that code rewards run (rewards/sandbox.py): strong (namespaces, as root or
     # through unprivileged user namespaces; an error where neither works) | weak (resource limits only: the code
     # can read this user's files and reach the network) | auto (strong where possible, else stop and ask for weak).
@@ -120,6 +125,8 @@ class RewardConfig:
             f"reward.num_workers={self.num_workers} must be >= 0 (0: in the trainer process; null: one per core)",
         )
         require(self.timeout > 0, f"reward.timeout={self.timeout} must be > 0 seconds")
+        require(0 <= self.max_error_rate <= 1, f"reward.max_error_rate={self.max_error_rate} must be in [0, 1]")
+        require(self.max_error_steps >= 1, f"reward.max_error_steps={self.max_error_steps} must be >= 1")
 
     def subset(self, names: list[str]) -> RewardConfig:
         """The rewards `names`, weight 1.0 each, with this config's arguments, functions, models and worker settings

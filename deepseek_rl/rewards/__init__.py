@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -36,6 +37,8 @@ from deepseek_rl.rewards.coding import binary_code, code
 from deepseek_rl.rewards.loading import group_reward, is_per_group, load_function
 from deepseek_rl.rewards.math_answer import accuracy, cosine
 from deepseek_rl.rewards.shaping import language_consistency, repetition, soft_overlong
+
+FLOAT32_MAX = 3.4028234663852886e38  # scores become float32 tensors: anything larger overflows to inf
 
 RewardFunction = Callable[..., list[float | None]]
 
@@ -169,4 +172,18 @@ def call_reward(
         scores = list(func(completions, **columns, **kwargs))
     if len(scores) != len(completions):
         raise ValueError(f"reward '{name}' returned {len(scores)} scores for {len(completions)} completions")
-    return [None if s is None else float(s) for s in scores]
+    values = [None if s is None else float(s) for s in scores]
+    for value in values:  # NaN is "cannot be scored", like None; an infinite or overflowing score is an error
+        if value is not None and not math.isnan(value) and not abs(value) <= FLOAT32_MAX:
+            raise ValueError(
+                f"reward '{name}' returned {value!r}, not a finite float32 score (|score| <= 3.4e38)"
+                f"{defined_at(func)}: it would turn the advantages and the loss into NaN"
+            )
+    return values
+
+
+def defined_at(func: Any) -> str:
+    """' (defined at file:line)' for a function whose code can be found, else ''."""
+    func = inspect.unwrap(func)
+    code = getattr(func, "__code__", None) or getattr(vars(type(func)).get("__call__"), "__code__", None)
+    return f" (defined at {code.co_filename}:{code.co_firstlineno})" if code is not None else ""

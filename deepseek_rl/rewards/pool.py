@@ -198,7 +198,16 @@ def run_task(
         if isinstance(err, KeyboardInterrupt):
             raise
         detail = "".join(traceback.format_exception_only(type(err), err)).strip()
-        return "error", None, detail[-500:]
+        return "error", None, detail[-500:] + raised_at(err)
+
+
+def raised_at(err: BaseException) -> str:
+    """' (at file:line in function)' of the innermost frame that raised, for the first-error report."""
+    frames = traceback.extract_tb(err.__traceback__)
+    if not frames or os.path.dirname(frames[-1].filename) == os.path.dirname(__file__):
+        return ""  # raised by the contract check in deepseek_rl/rewards (its message names the reward already)
+    frame = frames[-1]
+    return f" (at {frame.filename}:{frame.lineno} in {frame.name})"
 
 
 def _die_with_parent() -> None:

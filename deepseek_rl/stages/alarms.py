@@ -17,8 +17,9 @@ keyword arguments below: tuned to flag a trend that a person should look at, not
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from statistics import fmean
 from typing import Any
@@ -163,3 +164,35 @@ class AlarmMonitor:
                 self.fired.add(name)
                 new.append(Alarm(name, message))
         return new
+
+
+@dataclass
+class RewardFailureGuard:
+    """Stops a run whose reward keeps failing: a reward whose `reward/<name>/failed` share of a step's samples (the
+    metric is global, so every rank decides alike) exceeds `max_rate` prints an alarm; `max_steps` such steps in a
+    row raise RewardError with the reward's first failure, before the next step trains on failure scores."""
+
+    names: list[str]
+    max_rate: float
+    max_steps: int
+    streaks: dict[str, int] = field(default_factory=dict)
+
+    def check(self, step: int, metrics: Mapping[str, Any], first_errors: Mapping[str, str], report: bool) -> None:
+        from deepseek_rl.errors import RewardError
+
+        for name in self.names:
+            share = metrics.get(f"reward/{name}/failed", 0.0)
+            self.streaks[name] = self.streaks.get(name, 0) + 1 if share > self.max_rate else 0
+            if not self.streaks[name]:
+                continue
+            first = first_errors.get(name, "see `deepseek-rl score`")
+            what = f"reward '{name}' failed on {share:.0%} of the samples of step {step} ({first})"
+            if self.streaks[name] >= self.max_steps:
+                raise RewardError(
+                    f"{what}, over reward.max_error_rate={self.max_rate} for {self.streaks[name]} steps in a row: "
+                    f"fix the reward (`deepseek-rl score --reward {name} --input rows.jsonl` shows each sample's "
+                    "outcome), or raise reward.max_error_rate / reward.max_error_steps"
+                )
+            if report:
+                print(f"deepseek-rl: alarm: {what}; the run stops after reward.max_error_steps="
+                      f"{self.max_steps} such steps in a row", file=sys.stderr, flush=True)  # fmt: skip

@@ -26,11 +26,12 @@ from tqdm import tqdm
 
 from deepseek_rl.algo.logprobs import completion_logprobs
 from deepseek_rl.algo.losses import backward_scale, nll_loss
-from deepseek_rl.algo.update import optimizer_step
+from deepseek_rl.algo.update import check_finite_loss, optimizer_step
 from deepseek_rl.config.plan import BatchPlan
 from deepseek_rl.config.schema import Config
 from deepseek_rl.data.examples import Examples
 from deepseek_rl.data.prompts import rank_indices, step_indices
+from deepseek_rl.errors import NumericalError
 from deepseek_rl.infra.checkpoint import TrainerState, export_hf, save_checkpoint
 from deepseek_rl.infra.distributed import (
     any_rank,
@@ -166,15 +167,19 @@ class FineTuner:
         tokens = accelerator.reduce(sum(b[2].sum() for b in batches).to(device), reduction="sum").item()
         scale = backward_scale("dapo", plan.world_size) * accelerator.gradient_accumulation_steps
         loss_sum, grad_norm = 0.0, torch.tensor(float("nan"))
-        for ids, attention, loss_mask in batches:
-            with accelerator.accumulate(self.policy):
-                ids, attention, loss_mask = ids.to(device), attention.to(device), loss_mask.to(device)
-                logp, _ = completion_logprobs(self.policy, ids, attention, loss_mask.shape[1])
-                loss = nll_loss(logp, loss_mask, tokens)
-                accelerator.backward(loss * scale)
-                clip = self.cfg.optimizer.max_grad_norm
-                grad_norm = optimizer_step(accelerator, self.policy, self.optimizer, self.scheduler, clip, grad_norm)
-            loss_sum += loss.detach()
+        try:
+            for index, (ids, attention, loss_mask) in enumerate(batches):
+                with accelerator.accumulate(self.policy):
+                    ids, attention, loss_mask = ids.to(device), attention.to(device), loss_mask.to(device)
+                    logp, _ = completion_logprobs(self.policy, ids, attention, loss_mask.shape[1])
+                    loss = nll_loss(logp, loss_mask, tokens)
+                    check_finite_loss(loss, index, logp[loss_mask > 0], None)
+                    accelerator.backward(loss * scale)
+                    clip, optimizer = self.cfg.optimizer.max_grad_norm, self.optimizer
+                    grad_norm = optimizer_step(accelerator, self.policy, optimizer, self.scheduler, clip, grad_norm)
+                loss_sum += loss.detach()
+        except NumericalError as err:
+            raise NumericalError(f"{self.spec.stage} step {step + 1}: {err}") from None
         loss_value = accelerator.reduce(torch.as_tensor(loss_sum, device=device), reduction="sum").item()
         self.state.step = step + 1
         self.state.train_seconds += time.perf_counter() - start

@@ -33,6 +33,7 @@ from deepseek_rl.config.plan import BatchPlan
 from deepseek_rl.config.schema import Config
 from deepseek_rl.data.prompts import build_prompt_set
 from deepseek_rl.data.sources import source_name
+from deepseek_rl.errors import NumericalError
 from deepseek_rl.infra.checkpoint import TrainerState, export_hf, save_checkpoint
 from deepseek_rl.infra.distributed import (
     any_rank,
@@ -52,6 +53,7 @@ from deepseek_rl.preflight.check import preflight_before_training
 from deepseek_rl.rewards import check_reward_columns
 from deepseek_rl.rollout.engine import BuiltinEngine, RolloutEngine
 from deepseek_rl.rollout.tools import with_tools
+from deepseek_rl.stages.alarms import RewardFailureGuard
 from deepseek_rl.stages.collect import RolloutCollector
 from deepseek_rl.stages.evaluate import HeldOutEval, shard_of
 from deepseek_rl.stages.metrics import rollout_metrics, update_metrics
@@ -92,6 +94,7 @@ class GRPORun:
     evaluator: HeldOutEval | None
     state: TrainerState
     preemption: Preemption
+    reward_guard: RewardFailureGuard
 
 
 def setup(cfg: Config, output_dir: Path, reward_funcs: RewardFunctions | None = None) -> GRPORun:
@@ -112,7 +115,9 @@ def setup(cfg: Config, output_dir: Path, reward_funcs: RewardFunctions | None = 
         held_out = build_prompt_set(cfg.data, tokenizer, cfg.rollout.max_prompt_length, split="eval")
         check_reward_columns(cfg.reward.subset([cfg.eval.correctness]), list(held_out.columns),
                              source_name(cfg.data, "eval"), functions=functions)  # fmt: skip
-    rewards = RewardSet(cfg.reward, context, functions=reward_funcs, device=accelerator.device)
+    rewards = RewardSet(
+        cfg.reward, context, functions=reward_funcs, device=accelerator.device, report=accelerator.is_main_process
+    )
     set_seed(cfg.trainer.seed)
     policy = load_model(cfg.model, tokenizer, seed=cfg.trainer.seed, trainable=True)
     # a second copy from the same weights (deepcopy would not work on a ZeRO-3 partitioned model); for a LoRA
@@ -174,6 +179,7 @@ def setup(cfg: Config, output_dir: Path, reward_funcs: RewardFunctions | None = 
         evaluator=evaluator,
         state=state,
         preemption=Preemption(),
+        reward_guard=RewardFailureGuard(rewards.names, cfg.reward.max_error_rate, cfg.reward.max_error_steps),
     )
 
 
@@ -205,7 +211,10 @@ def step(run: GRPORun, step_index: int) -> StepStats:
     inputs = build_loss_inputs(scored, run.cfg.algorithm.mask_truncated)
     inputs = add_old_and_ref_logprobs(run.policy, run.reference, inputs, run.update)
     logprobs_done = time.perf_counter()
-    sums = update_policy(accelerator, run.policy, run.optimizer, run.scheduler, inputs, run.update)
+    try:
+        sums = update_policy(accelerator, run.policy, run.optimizer, run.scheduler, inputs, run.update)
+    except NumericalError as err:
+        raise NumericalError(f"grpo step {step_index + 1}: {err}") from None
     run.engine.policy_updated()
     run.state.step = step_index + 1
     generation_time = max(sampling["time/generation"], 1e-9)
@@ -231,6 +240,7 @@ def step(run: GRPORun, step_index: int) -> StepStats:
     if every and (done % every == 0 or done == run.plan.max_steps):
         metrics |= held_out_metrics(run)
     metrics |= run.observer.alarms(done, metrics)
+    run.reward_guard.check(done, metrics, run.rewards.first_errors, accelerator.is_main_process)
     run.observer.log_table(done, scored)
     return StepStats(step=done, reward=metrics["reward"], loss=metrics["loss"], metrics=metrics)
 

@@ -22,7 +22,7 @@ def rollout_metrics(accelerator: Accelerator, scored: ScoredBatch, rewards: Rewa
     lengths = accelerator.gather(rollout.completion_lengths.float().to(device))
     truncated = accelerator.gather(rollout.truncated.float().to(device))
     zero_std = accelerator.gather(zero_std_groups(scored.rewards, rollout.group_size).float().to(device))
-    failures = accelerator.reduce(rewards.pop_failures().to(device), reduction="sum").cpu()  # [2, F] this step
+    failures = accelerator.reduce(rewards.pop_failures().to(device), reduction="sum").cpu()  # [3, F] this step
     return tool_metrics(accelerator, rollout) | {
         "reward": total.mean().item(),
         "reward_std": total.std().item() if total.numel() > 1 else 0.0,
