@@ -6,8 +6,11 @@ For a prompt q with G sampled completions o_1..o_G and rewards r_1..r_G:
   ratio          rho_{i,t} = pi(o_{i,t}) / pi_old(o_{i,t})          importance_sampling=token
                  s_i = exp(mean_t log rho_{i,t})                    sequence (GSPO), broadcast to tokens
                  s_{i,t} = sg[s_i] * pi(o_{i,t}) / sg[pi(o_{i,t})]  sequence_token (GSPO-token)
-  surrogate      l_{i,t} = -min(rho A, clip(rho, 1 - eps_low, 1 + eps_high) A)
+  surrogate      l_{i,t} = -min(rho A, clip(rho, 1 - eps_low, 1 + eps_high) A)     policy_loss=clip
                  with dual_clip c and A < 0: l_{i,t} = min(l_{i,t}, -c A)
+                 l_{i,t} = -sg[min(rho, 1 + eps_high)] A log pi(o_{i,t})          cispo (MiniMax-M1)
+                 l_{i,t} = -sigmoid(tau (rho - 1)) (4 / tau) A                      sapo, tau = tau_pos if A > 0
+                                                                                    else tau_neg
   KL penalty     + beta * k(pi, pi_ref) per token (k1, k2 or k3 estimator); - entropy_coef * entropy
 
 Aggregation (`loss_type`) turns per-token losses into the step loss; the normaliser always covers the whole
@@ -72,6 +75,51 @@ def clipped_surrogate(
     clipped_low = (ratio < 1 - eps_low) & (adv < 0)
     clipped_high = (ratio > 1 + eps_high) & (adv > 0)
     return loss, clipped_low, clipped_high
+
+
+def cispo_surrogate(ratio: Tensor, logprobs: Tensor, advantages: Tensor, eps_high: float) -> tuple[Tensor, Tensor]:
+    """CISPO: every token keeps a gradient, weighted by its importance ratio capped at 1 + eps_high (detached):
+    l = -sg[min(rho, 1 + eps_high)] A log pi. ratio, logprobs [M, C], advantages [M] -> (loss [M, C], capped [M, C]).
+
+    >>> ratio, logprobs = torch.tensor([[0.5, 3.0]]), torch.tensor([[-1.0, -2.0]])
+    >>> cispo_surrogate(ratio, logprobs, torch.tensor([2.0]), 1.0)
+    (tensor([[1., 8.]]), tensor([[False,  True]]))
+    """
+    weight = ratio.clamp(max=1 + eps_high).detach()
+    return -weight * advantages.unsqueeze(1) * logprobs, ratio > 1 + eps_high
+
+
+def sapo_surrogate(ratio: Tensor, advantages: Tensor, tau_pos: float, tau_neg: float) -> Tensor:
+    """SAPO: a smooth gate instead of the hard clip, l = -sigmoid(tau (rho - 1)) (4 / tau) A, with the temperature
+    tau_pos for A > 0 and tau_neg otherwise. At rho = 1 its gradient in rho is A, as the unclipped surrogate's; far
+    from 1 it fades instead of dropping to zero. ratio [M, C], advantages [M] -> [M, C].
+
+    >>> sapo_surrogate(torch.tensor([[1.0, 1.0]]), torch.tensor([1.0]), 2.0, 1.0)
+    tensor([[-1., -1.]])
+    """
+    adv = advantages.unsqueeze(1)
+    tau = torch.where(adv > 0, torch.full_like(adv, tau_pos), torch.full_like(adv, tau_neg))
+    return -torch.sigmoid(tau * (ratio - 1)) * (4 / tau) * adv
+
+
+def engine_is_weight(to_engine: Tensor, mask: Tensor, cap: float, mode: str) -> tuple[Tensor, Tensor]:
+    """The weight on each token's policy-gradient term against the rollout engine's sampling distribution, and where
+    the cap acted. to_engine [M, C] = pi_old / pi_engine per token; sequence modes use the sequence's ratio, the
+    product of its tokens' ratios, for all its tokens. truncate: min(ratio, cap); mask: ratio, or 0 above the cap.
+
+    >>> engine_is_weight(torch.tensor([[0.5, 4.0]]), torch.ones(1, 2), 3.0, "token_mask")[0]
+    tensor([[0.5000, 0.0000]])
+    >>> engine_is_weight(torch.tensor([[0.5, 4.0]]), torch.ones(1, 2), 3.0, "sequence_truncate")[0]
+    tensor([[2., 2.]])
+    """
+    ratio = to_engine
+    if mode.startswith("sequence"):
+        log_product = (to_engine.clamp(min=1e-30).log() * mask).sum(dim=1, keepdim=True)  # [M, 1]
+        ratio = log_product.exp().expand_as(to_engine)
+    over = ratio > cap
+    if mode.endswith("truncate"):
+        return ratio.clamp(max=cap), over
+    return torch.where(over, torch.zeros_like(ratio), ratio), over
 
 
 @dataclass(frozen=True)
@@ -157,12 +205,21 @@ def policy_loss(
     """
     old = logprobs.detach() if old_logprobs is None else old_logprobs
     ratio = importance_ratio(logprobs, old, mask, cfg.importance_sampling)
-    per_token, clipped_low, clipped_high = clipped_surrogate(
-        ratio, advantages, cfg.clip_eps_low, cfg.clip_eps_high, cfg.dual_clip
-    )
+    if cfg.policy_loss == "cispo":
+        per_token, clipped_high = cispo_surrogate(ratio, logprobs, advantages, cfg.clip_eps_high)
+        clipped_low = torch.zeros_like(clipped_high)
+    elif cfg.policy_loss == "sapo":
+        per_token = sapo_surrogate(ratio, advantages, cfg.sapo_temperature_pos, cfg.sapo_temperature_neg)
+        clipped_low = clipped_high = torch.zeros_like(per_token, dtype=torch.bool)
+    else:
+        per_token, clipped_low, clipped_high = clipped_surrogate(
+            ratio, advantages, cfg.clip_eps_low, cfg.clip_eps_high, cfg.dual_clip
+        )
     to_engine = None if sampling_logprobs is None else engine_ratio(old.detach(), sampling_logprobs)
+    capped = None
     if to_engine is not None and cfg.tis_cap is not None:
-        per_token = per_token * to_engine.clamp(max=cfg.tis_cap)
+        weight, capped = engine_is_weight(to_engine, mask, cfg.tis_cap, cfg.engine_is_mode)
+        per_token = per_token * weight
     kl = torch.zeros_like(per_token)
     if ref_logprobs is not None:
         kl = kl_penalty(logprobs, ref_logprobs, cfg.kl_estimator)
@@ -180,13 +237,13 @@ def policy_loss(
             kl_sum=(kl.detach() * mask).sum(),
             entropy_sum=(ent * mask).sum(),
             ratio_sum=(ratio.detach() * mask).sum(),
-            **engine_stats(old.detach(), sampling_logprobs, to_engine, mask, cfg.tis_cap),
+            **engine_stats(old.detach(), sampling_logprobs, to_engine, mask, capped),
         )
     return LossTerms(loss=aggregate(per_token, mask, cfg.loss_type, norm), **stats)
 
 
 def engine_stats(
-    old: Tensor, sampling: Tensor | None, to_engine: Tensor | None, mask: Tensor, cap: float | None
+    old: Tensor, sampling: Tensor | None, to_engine: Tensor | None, mask: Tensor, capped: Tensor | None
 ) -> dict[str, Tensor]:
     """The engine/trainer mismatch over the loss tokens (zeros without engine log-probs)."""
     if sampling is None or to_engine is None:
@@ -200,7 +257,7 @@ def engine_stats(
         engine_tokens=on.sum().float(),
         engine_abs_diff_sum=((old - sampling).abs() * mask).sum(),
         engine_ratio_sum=(to_engine * mask).sum(),
-        engine_ratio_capped=((to_engine > cap) & on).sum().float() if cap is not None else torch.zeros(()),
+        engine_ratio_capped=(capped & on).sum().float() if capped is not None else torch.zeros(()),
         engine_ratio_max=to_engine[on].max() if on.any() else torch.zeros(()),
     )
 

@@ -182,6 +182,16 @@ class AlgorithmConfig:
     dual_clip: float | None = None
     # token: per-token ratios (GRPO); sequence / sequence_token: GSPO's sequence-level ratio.
     importance_sampling: str = "token"
+    # The policy objective per token: clip (PPO's clipped surrogate: GRPO, DAPO, GSPO) | cispo (the clipped ratio
+    # min(rho, 1 + clip_eps_high), detached, weights A * log pi: MiniMax-M1) | sapo (a soft gate
+    # sigmoid(tau (rho - 1)) * 4 / tau instead of the hard clip, tau per advantage sign: SAPO). docs/algorithms.md.
+    policy_loss: str = "clip"
+    sapo_temperature_pos: float = 1.0
+    sapo_temperature_neg: float = 1.05
+    # The advantage estimator: grpo (group mean baseline) | rloo (leave-one-out baseline: the mean of the other G-1
+    # rewards) | reinforce_pp (REINFORCE++ with baseline: group mean, then normalised over the whole global batch;
+    # scale_rewards does not apply). scale_rewards divides grpo's and rloo's as it says.
+    advantage: str = "grpo"
     # KL penalty to a frozen reference model; the reference model is built only when this is non-zero.
     kl_coef: float = 0.0
     kl_estimator: str = "k3"
@@ -194,6 +204,10 @@ class AlgorithmConfig:
     # by min(pi_trainer / pi_engine, tis_cap), the trainer's over the engine's probability of the sampled token at
     # sampling time, which corrects for the engine/trainer mismatch (null: off; needs rollout.engine=vllm).
     tis_cap: float | None = None
+    # How tis_cap applies (TRL's vllm_importance_sampling_mode): token_truncate (weight min(ratio, cap), TIS) |
+    # token_mask (weight ratio, 0 where ratio > cap: masked IS) | sequence_truncate / sequence_mask (the same with the
+    # sequence's ratio, the product of its tokens' ratios, for every token of the sequence).
+    engine_is_mode: str = "token_truncate"
     # Mask completions cut at max_completion_length out of the loss (DAPO's overlong filtering).
     mask_truncated: bool = False
     # DAPO dynamic sampling: drop groups with zero reward variance and sample more prompts, at most
@@ -213,6 +227,17 @@ class AlgorithmConfig:
         one_of("algorithm.loss_type", self.loss_type, ("grpo", "bnpo", "dr_grpo", "dapo"))
         one_of("algorithm.scale_rewards", self.scale_rewards, ("group", "batch", "none"))
         one_of("algorithm.importance_sampling", self.importance_sampling, ("token", "sequence", "sequence_token"))
+        one_of("algorithm.policy_loss", self.policy_loss, ("clip", "cispo", "sapo"))
+        one_of("algorithm.advantage", self.advantage, ("grpo", "rloo", "reinforce_pp"))
+        one_of(
+            "algorithm.engine_is_mode",
+            self.engine_is_mode,
+            ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask"),
+        )
+        require(
+            self.sapo_temperature_pos > 0 and self.sapo_temperature_neg > 0,
+            "algorithm.sapo_temperature_pos/neg must be > 0",
+        )
         one_of("algorithm.kl_estimator", self.kl_estimator, ("k1", "k2", "k3"))
         require(self.kl_coef >= 0, f"algorithm.kl_coef={self.kl_coef} must be >= 0")
         require(self.clip_eps_low >= 0 and self.clip_eps_high >= 0, "algorithm.clip_eps_low/high must be >= 0")

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from deepseek_rl.algo.advantages import group_advantages, zero_std_groups
+from deepseek_rl.algo.advantages import batch_normalised, group_advantages, group_centered, zero_std_groups
 from deepseek_rl.algo.reward_set import RewardSet
 from deepseek_rl.batch import RolloutBatch, ScoredBatch
 from deepseek_rl.config.plan import BatchPlan
@@ -90,10 +90,17 @@ class RolloutCollector:
         stats["zero_std_groups"] = zero_std_groups(scored.rewards, g).float().mean().item()
         if self.algorithm.dynamic_sampling:
             scored = self.refill(engine, step, scored, stats)
-        alg = self.algorithm
-        batch_std = self.gather(scored.rewards).std() if alg.scale_rewards == "batch" else None
-        scored.advantages = group_advantages(scored.rewards, g, alg.scale_rewards, alg.adv_eps, batch_std)
+        scored.advantages = self.advantages(scored.rewards)
         return scored, stats
+
+    def advantages(self, rewards: Tensor) -> Tensor:
+        """[N] this rank's advantages; the batch statistics (scale_rewards=batch, reinforce_pp) span every rank."""
+        alg, g = self.algorithm, self.plan.group_size
+        if alg.advantage == "reinforce_pp":
+            centered = group_centered(rewards, g)
+            return batch_normalised(centered, self.gather(centered), alg.adv_eps)
+        batch_std = self.gather(rewards).std() if alg.scale_rewards == "batch" else None
+        return group_advantages(rewards, g, alg.scale_rewards, alg.adv_eps, batch_std, alg.advantage)
 
     def refill(self, engine: RolloutEngine, step: int, scored: ScoredBatch, stats: dict[str, float]) -> ScoredBatch:
         """Dynamic sampling: replace zero-variance groups by informative ones from more rounds (module docstring)."""
