@@ -202,5 +202,29 @@ class LossInputs:
             sampling_logprobs=cut(self.sampling_logprobs),
         )
 
+    def select(self, rows: Tensor) -> LossInputs:
+        """The rows [K] (indices, any order) as one micro-batch, without the columns that are padding in every one of
+        them: left padding common to all prompts, completion columns after the longest completion."""
+        attention = self.attention_mask[rows]  # [K, P + C]
+        c = self.completion_length
+        p = attention.shape[1] - c
+        real_prompt = attention[:, :p].any(dim=0).nonzero()
+        left = int(real_prompt[0]) if len(real_prompt) else p - 1
+        real_completion = attention[:, p:].any(dim=0).nonzero()
+        width = int(real_completion[-1]) + 1 if len(real_completion) else 1
+
+        def cut(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t[rows, :width]
+
+        return LossInputs(
+            input_ids=self.input_ids[rows, left : p + width],
+            attention_mask=attention[:, left : p + width],
+            loss_mask=self.loss_mask[rows, :width],
+            advantages=self.advantages[rows],
+            old_logprobs=cut(self.old_logprobs),
+            ref_logprobs=cut(self.ref_logprobs),
+            sampling_logprobs=cut(self.sampling_logprobs),
+        )
+
     def with_logprobs(self, old: Tensor | None, ref: Tensor | None) -> LossInputs:
         return replace(self, old_logprobs=old, ref_logprobs=ref)

@@ -75,12 +75,17 @@ def completion_logprobs(
     chunk_rows: int = 4,
     with_entropy: bool = False,
     entropy_grad: bool = False,
+    packed: bool = False,
 ) -> tuple[Tensor, Tensor | None]:
     """input_ids, attention_mask [M, P + C] -> (log-probs [M, C], entropy [M, C] or None), fp32.
 
     The entropy is a metric without grad, unless `entropy_grad` (for the entropy bonus): then it is computed with a
-    log-softmax over chunks of `chunk_rows` rows, the slower path that keeps gradients through it.
+    log-softmax over chunks of `chunk_rows` rows, the slower path that keeps gradients through it. With `packed`
+    the M sequences run as one row without padding (`packed_logprobs`); padding positions then hold 0.
     """
+    if packed:
+        return packed_logprobs(model, input_ids, attention_mask, completion_length, temperature, chunk_rows,
+                               with_entropy, entropy_grad)  # fmt: skip
     c = completion_length
     p = input_ids.shape[1] - c
     keep = torch.arange(p - 1, p + c - 1, device=input_ids.device)  # position t predicts completion token t
@@ -96,6 +101,52 @@ def completion_logprobs(
         return _logprobs_with_entropy_grad(logits, targets, temperature, chunk_rows)
     logp, entropy = TokenLogprobs.apply(logits.flatten(0, 1), targets.flatten(), temperature, with_entropy)
     return logp.view_as(targets), None if entropy is None else entropy.view_as(targets)
+
+
+def packed_logprobs(
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    completion_length: int,
+    temperature: float,
+    chunk_rows: int,
+    with_entropy: bool,
+    entropy_grad: bool,
+) -> tuple[Tensor, Tensor | None]:
+    """Padding-free: the real tokens of the M sequences (left-padded prompt + right-padded completion) concatenated
+    into one row of T tokens, position ids restarting at 0 for each sequence. Without an attention mask, transformers
+    reads the sequence boundaries from the position ids: varlen flash-attention where it is installed, else a
+    block-diagonal causal mask (SDPA, eager). Logits are computed only at the K positions that predict a real
+    completion token, and the K log-probs are scattered back to [M, C] (0 on padding). No FLOP is spent on padding.
+    """
+    c = completion_length
+    p = input_ids.shape[1] - c
+    real = attention_mask.bool()  # [M, P + C]
+    flat_ids = input_ids[real]  # [T]
+    positions = position_ids_from_mask(attention_mask)[real]  # [T]
+    packed_index = (real.flatten().cumsum(0) - 1).view_as(real)  # [M, P + C]: each real token's place in the row
+    completion = real[:, p:]  # [M, C]: the real completion tokens
+    keep = packed_index[:, p - 1 : p + c - 1][completion]  # [K]: the positions that predict them
+    targets = input_ids[:, p:][completion]  # [K]
+    logits = model(
+        input_ids=flat_ids.unsqueeze(0),
+        position_ids=positions.unsqueeze(0),
+        logits_to_keep=keep,
+        use_cache=False,
+    ).logits[0]  # [K, V]
+    if with_entropy and entropy_grad and torch.is_grad_enabled():
+        logp, entropy = _logprobs_with_entropy_grad(
+            logits.unsqueeze(1), targets.unsqueeze(1), temperature, chunk_rows * max(c, 1)
+        )
+        logp, entropy = logp.squeeze(1), entropy.squeeze(1)
+    else:
+        logp, entropy = TokenLogprobs.apply(logits, targets, temperature, with_entropy)
+
+    def unpack(values: Tensor) -> Tensor:  # [K] -> [M, C], zeros on padding
+        zeros = torch.zeros(completion.shape, dtype=values.dtype, device=values.device)
+        return zeros.masked_scatter(completion, values)
+
+    return unpack(logp), None if entropy is None else unpack(entropy)
 
 
 def _logprobs_with_entropy_grad(logits: Tensor, targets: Tensor, temperature: float, chunk_rows: int):

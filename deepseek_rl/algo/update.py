@@ -33,6 +33,8 @@ class UpdateSettings:
     temperature: float  # the sampling temperature: log-probs are those of the distribution that was sampled
     max_completion_length: int  # dr_grpo's normaliser
     max_grad_norm: float | None
+    padding_free: bool = False  # micro-batches run packed (logprobs.packed_logprobs)
+    max_tokens_per_micro_batch: int | None = None  # token-budget micro-batches instead of micro_batch_size rows
 
 
 @dataclass
@@ -73,33 +75,98 @@ def build_loss_inputs(scored: ScoredBatch, mask_truncated: bool) -> LossInputs:
     )
 
 
+def token_budget_bins(lengths: list[int], budget: int, packed: bool) -> list[list[int]]:
+    """Rows into micro-batches of at most `budget` tokens, longest first (first fit decreasing): a packed micro-batch
+    costs the sum of its rows' lengths, a padded one its rows x its longest row; a row over the budget alone gets its
+    own. lengths [N] -> lists of row indices.
+
+    >>> token_budget_bins([5, 1, 4, 2, 3], 6, packed=True)
+    [[0, 1], [2, 3], [4]]
+    >>> token_budget_bins([5, 1, 4, 2, 3], 10, packed=False)
+    [[0, 2], [4, 3, 1]]
+    """
+    bins: list[list[int]] = []
+    costs: list[int] = []
+    for row in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        for b, members in enumerate(bins):
+            cost = costs[b] + lengths[row] if packed else (len(members) + 1) * lengths[members[0]]
+            if cost <= budget:
+                members.append(row)
+                costs[b] = cost
+                break
+        else:
+            bins.append([row])
+            costs.append(lengths[row])
+    return bins
+
+
+def split_to(bins: list[list[int]], count: int) -> list[list[int]]:
+    """Split the largest micro-batches in halves until there are `count` (every rank must run as many).
+
+    >>> split_to([[0, 1, 2], [3]], 3)
+    [[0], [1, 2], [3]]
+    """
+    bins = [list(b) for b in bins]
+    while len(bins) < count:
+        largest = max(range(len(bins)), key=lambda b: len(bins[b]))
+        if len(bins[largest]) < 2:
+            raise ValueError(f"cannot make {count} micro-batches of {sum(map(len, bins))} rows")
+        half = len(bins[largest]) // 2
+        bins[largest : largest + 1] = [bins[largest][:half], bins[largest][half:]]
+    return bins
+
+
+def micro_batches(accelerator: Accelerator | None, inputs: LossInputs, settings: UpdateSettings) -> list[Tensor]:
+    """This rank's rows [K] of each micro-batch: micro_batch_size rows in order, or token-budget micro-batches, as
+    many on every rank as the rank that needs most."""
+    n, budget = len(inputs), settings.max_tokens_per_micro_batch
+    if budget is None:
+        micro = settings.plan.micro_batch_size
+        return [torch.arange(start, min(start + micro, n)) for start in range(0, n, micro)]
+    bins = token_budget_bins(inputs.attention_mask.sum(dim=1).tolist(), budget, settings.padding_free)
+    count = len(bins)
+    if accelerator is not None and accelerator.num_processes > 1:
+        count = int(accelerator.reduce(torch.tensor(count, device=accelerator.device), reduction="max"))
+    return [torch.tensor(sorted(b)) for b in split_to(bins, count)]
+
+
 @torch.no_grad()
 def batched_logprobs(
-    model: nn.Module, inputs: LossInputs, micro_batch_size: int, temperature: float, chunk: int
+    model: nn.Module, inputs: LossInputs, batches: list[Tensor], temperature: float, chunk: int, packed: bool = False
 ) -> Tensor:
-    """Log-probs [N, C] of the completions under `model`, one micro-batch at a time, without grad."""
-    parts = []
-    for start in range(0, len(inputs), micro_batch_size):
-        mb = inputs.rows(start, start + micro_batch_size)
-        logp, _ = completion_logprobs(model, mb.input_ids, mb.attention_mask, mb.completion_length, temperature, chunk)
-        parts.append(logp)
-    return torch.cat(parts)
+    """Log-probs [N, C] of the completions under `model`, one micro-batch (rows of `batches`) at a time, no grad."""
+    out = torch.zeros(inputs.loss_mask.shape, dtype=torch.float32, device=inputs.loss_mask.device)
+    for rows in batches:
+        mb = inputs.select(rows)
+        logp, _ = completion_logprobs(
+            model, mb.input_ids, mb.attention_mask, mb.completion_length, temperature, chunk, packed=packed
+        )
+        out[rows.to(out.device), : mb.completion_length] = logp.to(out.device)
+    return out
 
 
 def add_old_and_ref_logprobs(
-    policy: nn.Module, reference: nn.Module | None, inputs: LossInputs, settings: UpdateSettings
+    policy: nn.Module,
+    reference: nn.Module | None,
+    inputs: LossInputs,
+    settings: UpdateSettings,
+    accelerator: Accelerator | None = None,
 ) -> LossInputs:
-    alg, micro, temp = settings.algorithm, settings.plan.micro_batch_size, settings.temperature
-    old = batched_logprobs(policy, inputs, micro, temp, alg.logprob_chunk_size) if alg.num_iterations > 1 else None
-    ref = batched_logprobs(reference, inputs, micro, temp, alg.logprob_chunk_size) if reference is not None else None
+    alg, temp, packed = settings.algorithm, settings.temperature, settings.padding_free
+    batches = micro_batches(accelerator, inputs, settings)
+    chunk = alg.logprob_chunk_size
+    old = batched_logprobs(policy, inputs, batches, temp, chunk, packed) if alg.num_iterations > 1 else None
+    ref = batched_logprobs(reference, inputs, batches, temp, chunk, packed) if reference is not None else None
     return inputs.with_logprobs(old, ref)
 
 
-def step_normaliser(accelerator: Accelerator, inputs: LossInputs, settings: UpdateSettings) -> StepNormaliser:
+def step_normaliser(
+    accelerator: Accelerator, inputs: LossInputs, settings: UpdateSettings, micro_batches: int
+) -> StepNormaliser:
     tokens = accelerator.reduce(inputs.loss_mask.sum().detach(), reduction="sum")
     return StepNormaliser(
         sequences_rank=len(inputs),
-        micro_batches=settings.plan.micro_batches,
+        micro_batches=micro_batches,
         tokens_global=float(tokens),
         max_completion_length=settings.max_completion_length,
     )
@@ -114,16 +181,19 @@ def update_policy(
     settings: UpdateSettings,
 ) -> UpdateSums:
     """num_iterations optimizer steps over the batch; returns the last pass's sums (for metrics) and grad norm."""
-    alg, micro = settings.algorithm, settings.plan.micro_batch_size
-    norm = step_normaliser(accelerator, inputs, settings)
+    alg = settings.algorithm
+    batches = micro_batches(accelerator, inputs, settings)
+    if settings.max_tokens_per_micro_batch is not None:  # this step's count (the same on every rank)
+        accelerator.gradient_accumulation_steps = len(batches)
+    norm = step_normaliser(accelerator, inputs, settings, len(batches))
     # accelerate divides the loss by the accumulation steps; the normaliser already covers the whole step
     scale = backward_scale(alg.loss_type, accelerator.num_processes) * accelerator.gradient_accumulation_steps
     sums: dict[str, Tensor] = {}
     grad_norm = torch.tensor(float("nan"))
     for _ in range(alg.num_iterations):
         sums = {}
-        for start in range(0, len(inputs), micro):
-            mb = inputs.rows(start, start + micro)
+        for index, rows in enumerate(batches):
+            mb = inputs.select(rows)
             with accelerator.accumulate(policy):
                 logprobs, entropy = completion_logprobs(
                     policy,
@@ -134,6 +204,7 @@ def update_policy(
                     alg.logprob_chunk_size,
                     with_entropy=True,
                     entropy_grad=alg.entropy_coef != 0,
+                    packed=settings.padding_free,
                 )
                 terms = policy_loss(
                     logprobs,
@@ -146,7 +217,7 @@ def update_policy(
                     norm,
                     mb.sampling_logprobs,
                 )
-                check_finite_loss(terms.loss, start // micro, logprobs, entropy, mb)
+                check_finite_loss(terms.loss, index, logprobs, entropy, mb)
                 accelerator.backward(terms.loss * scale)
                 grad_norm = optimizer_step(accelerator, policy, optimizer, scheduler, settings.max_grad_norm, grad_norm)
             for key, value in vars(terms).items():

@@ -274,6 +274,14 @@ class TrainerConfig:
     batch_size: int = 64
     # Completions per forward/backward on one rank; the step accumulates gradients over micro-batches.
     micro_batch_size: int = 16
+    # Padding-free: each micro-batch's sequences run packed into one row (position ids restarting per sequence;
+    # varlen flash-attention where installed, else a block-diagonal mask), for the GRPO update, the old and reference
+    # log-probs, SFT and RFT. The same losses as padded, without the FLOPs spent on padding.
+    padding_free: bool = False
+    # GRPO's update: fill micro-batches up to this many tokens instead of micro_batch_size rows (longest first; the
+    # tokens of a packed micro-batch, or rows x the longest row when padded). Every rank runs as many micro-batches
+    # as the rank that needs most. null: micro_batch_size rows. Not with DeepSpeed (its accumulation is fixed).
+    max_tokens_per_micro_batch: int | None = None
     max_steps: int = 20
     seed: int = 0
     # null: Hydra's run directory.
@@ -298,6 +306,10 @@ class TrainerConfig:
         one_of("trainer.preflight", self.preflight, ("error", "warn", "off"))
         require(self.batch_size >= 1, f"trainer.batch_size={self.batch_size} must be >= 1")
         require(self.micro_batch_size >= 1, f"trainer.micro_batch_size={self.micro_batch_size} must be >= 1")
+        require(
+            self.max_tokens_per_micro_batch is None or self.max_tokens_per_micro_batch >= 1,
+            f"trainer.max_tokens_per_micro_batch={self.max_tokens_per_micro_batch} must be >= 1 or null",
+        )
         require(self.max_steps >= 1, f"trainer.max_steps={self.max_steps} must be >= 1")
         require(self.save_every >= 0, f"trainer.save_every={self.save_every} must be >= 0")
 

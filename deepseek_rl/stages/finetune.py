@@ -171,7 +171,8 @@ class FineTuner:
             for index, (ids, attention, loss_mask) in enumerate(batches):
                 with accelerator.accumulate(self.policy):
                     ids, attention, loss_mask = ids.to(device), attention.to(device), loss_mask.to(device)
-                    logp, _ = completion_logprobs(self.policy, ids, attention, loss_mask.shape[1])
+                    packed = self.cfg.trainer.padding_free
+                    logp, _ = completion_logprobs(self.policy, ids, attention, loss_mask.shape[1], packed=packed)
                     loss = nll_loss(logp, loss_mask, tokens)
                     check_finite_loss(loss, index, logp[loss_mask > 0], None)
                     accelerator.backward(loss * scale)

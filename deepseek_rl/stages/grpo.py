@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from tqdm import tqdm
 
 from deepseek_rl.algo.reward_set import RewardSet
@@ -33,7 +33,7 @@ from deepseek_rl.config.plan import BatchPlan
 from deepseek_rl.config.schema import Config
 from deepseek_rl.data.prompts import build_prompt_set
 from deepseek_rl.data.sources import source_name
-from deepseek_rl.errors import NumericalError
+from deepseek_rl.errors import ConfigError, NumericalError
 from deepseek_rl.infra.checkpoint import TrainerState, export_hf, save_checkpoint
 from deepseek_rl.infra.distributed import (
     any_rank,
@@ -103,6 +103,12 @@ def setup(cfg: Config, output_dir: Path, reward_funcs: RewardFunctions | None = 
     plan = cfg.grpo_plan(launched_world_size())
     preflight_before_training(cfg)  # memory and precision, before any weights load (deepseek-rl check)
     accelerator = make_accelerator(plan, cfg.optimizer.max_grad_norm)
+    if cfg.trainer.max_tokens_per_micro_batch is not None and accelerator.distributed_type == DistributedType.DEEPSPEED:
+        raise ConfigError(
+            "trainer.max_tokens_per_micro_batch: DeepSpeed fixes its gradient accumulation steps at start, so "
+            "micro-batches cannot vary per step; use trainer.micro_batch_size (with trainer.padding_free=true), or "
+            "DDP / FSDP2"
+        )
     output_dir = Path(broadcast_value(accelerator, str(output_dir)))
 
     tokenizer = load_tokenizer(cfg.model)
@@ -172,7 +178,13 @@ def setup(cfg: Config, output_dir: Path, reward_funcs: RewardFunctions | None = 
         collector=collector,
         rewards=rewards,
         update=UpdateSettings(
-            cfg.algorithm, plan, cfg.rollout.temperature, cfg.rollout.max_completion_length, cfg.optimizer.max_grad_norm
+            cfg.algorithm,
+            plan,
+            cfg.rollout.temperature,
+            cfg.rollout.max_completion_length,
+            cfg.optimizer.max_grad_norm,
+            cfg.trainer.padding_free,
+            cfg.trainer.max_tokens_per_micro_batch,
         ),
         tracker=tracker,
         observer=RolloutObserver(cfg.logger, cfg.eval, cfg.data.source_column, rewards.names, tracker),
@@ -209,7 +221,7 @@ def step(run: GRPORun, step_index: int) -> StepStats:
         scored, sampling = run.collector.collect(run.engine, step_index)
     collected = time.perf_counter()
     inputs = build_loss_inputs(scored, run.cfg.algorithm.mask_truncated)
-    inputs = add_old_and_ref_logprobs(run.policy, run.reference, inputs, run.update)
+    inputs = add_old_and_ref_logprobs(run.policy, run.reference, inputs, run.update, accelerator)
     logprobs_done = time.perf_counter()
     try:
         sums = update_policy(accelerator, run.policy, run.optimizer, run.scheduler, inputs, run.update)
