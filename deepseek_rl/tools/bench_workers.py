@@ -1,17 +1,19 @@
 """Workers of the TRL benchmark (bench_trl.py): the workloads, and one timed run of either trainer per process.
 
-    python -m deepseek_rl.tools.bench_workers ours|trl WORKLOAD MODEL_DIR KL STEPS OUT.json
+    python -m deepseek_rl.tools.bench_workers ours|ours_packed|trl WORKLOAD MODEL_DIR KL STEPS OUT.json
 
 Each writes {"steps": [{"step", "generation", "reward", "logprobs", "update", "completion_tokens", "reward"}],
-"peak_memory_mb", "train_flops_per_step"}; "update" is the rest of the step (the policy's forward, backward and
-optimizer step, plus bookkeeping). TRL is timed by wrapping its model's `generate`, its reward functions and its
-log-prob method when called without grad (old / reference log-probs), and a callback around each step.
+"peak_memory_mb", "flops_per_token"}; "update" is the rest of the step (the policy's forward, backward and
+optimizer step, plus bookkeeping). `ours_packed` is ours with trainer.padding_free=true. TRL is timed by
+wrapping its model's `generate`, its reward functions and its log-prob method when called without grad (old /
+reference log-probs), and a callback around each step.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import math
 import resource
 import sys
 import tempfile
@@ -49,6 +51,7 @@ class Workload:
     lr: float
     rewards: dict  # reward name -> weight
     steps: int
+    mean_length: int | None = None  # completions end with probability 1 / mean_length per token (longtail)
 
 
 WORKLOADS = {
@@ -66,7 +69,34 @@ WORKLOADS = {
         data="gsm8k", prompts_per_step=2, num_generations=4, max_prompt_length=256, max_completion_length=256,
         lr=1e-5, rewards={"repetition": 1.0}, steps=4,
     ),
+    # R1-like long-tailed lengths: EOS with probability 1/160 per token (a geometric law: median 111, mean 160,
+    # 1 in 10 over 368 tokens), cut at 768, so most micro-batches are mostly padding when padded to the longest row
+    "longtail": Workload(
+        tokenizer=str(shared_dir() / "tokenizers" / "deepseek-r1-distill-qwen-1.5b"),
+        model={"arch": "qwen2", "hidden_size": 256, "num_layers": 4, "num_heads": 4, "num_kv_heads": 2,
+               "intermediate_size": 1024, "max_position_embeddings": 2048, "tie_word_embeddings": False},
+        data="gsm8k", prompts_per_step=2, num_generations=4, max_prompt_length=256, max_completion_length=768,
+        lr=1e-5, rewards={"repetition": 1.0}, steps=4, mean_length=160,
+    ),
 }  # fmt: skip
+
+
+@torch.no_grad()
+def end_with_probability(model: torch.nn.Module, eos_id: int, mean_length: int) -> None:
+    """Edit a random model so that it samples EOS with probability about 1 / mean_length at every step, whatever
+    the context: every token's embedding gets a large constant in feature 0, so after the final RMSNorm that
+    feature is nearly the same at every position; the LM head reads feature 0 only for EOS, with a weight calibrated
+    on random sequences (two corrections of the log-odds) so that the mean EOS probability is 1 / mean_length."""
+    model.get_input_embeddings().weight[:, 0] = 4.0
+    head = model.get_output_embeddings().weight
+    head[:, 0] = 0.0
+    ids = torch.randint(0, model.config.vocab_size, (2, 256), generator=torch.Generator().manual_seed(0))
+    target = 1.0 / mean_length
+    for _ in range(3):
+        out = model(input_ids=ids, output_hidden_states=True, use_cache=False)
+        feature = out.hidden_states[-1][..., 0].mean()  # after the final norm: nearly constant
+        p = out.logits.float().softmax(-1)[..., eos_id].mean()
+        head[eos_id, 0] += (math.log(target / (1 - target)) - math.log(p / (1 - p))) / feature
 
 
 def prepare_workload(name: str, directory: Path) -> Path:
@@ -77,7 +107,10 @@ def prepare_workload(name: str, directory: Path) -> Path:
     spec = WORKLOADS[name]
     model_cfg = ModelConfig(tokenizer=spec.tokenizer, **spec.model)
     tokenizer = load_tokenizer(model_cfg)
-    load_model(model_cfg, tokenizer, seed=0).save_pretrained(directory)
+    model = load_model(model_cfg, tokenizer, seed=0)
+    if spec.mean_length is not None:
+        end_with_probability(model, tokenizer.eos_token_id, spec.mean_length)
+    model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     if spec.data == "addition":
         problems = AdditionTask(2, 1234).splits(200, 0, 0)["train"]
@@ -95,10 +128,11 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def train_flops_per_step(spec: Workload, model_dir: Path) -> float:
-    """Model FLOPs of the training phase with KL off (one forward + backward of the policy = 3 forwards):
-    per sequence, 2 x layer parameters x T + causal attention 2 x layers x T^2 x hidden + the LM head on the
-    completion positions only, 2 x hidden x vocab x C; T = prompt + completion tokens."""
+def flops_per_token(model_dir: Path) -> dict:
+    """Model FLOPs of the training phase with KL off (one forward + backward of the policy = 3 forwards), per real
+    token: `layer` = 6 x layers x (attention + MLP matrices) for every token, `head` = 6 x hidden x vocab for each
+    completion token (logits only there), `attention` = 6 x layers x hidden per token per position attended
+    (causal: half the sequence on average). bench_trl multiplies them by each step's real token counts."""
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(model_dir)
@@ -109,24 +143,25 @@ def train_flops_per_step(spec: Workload, model_dir: Path) -> float:
     from transformers import AutoTokenizer
 
     p = len(AutoTokenizer.from_pretrained(model_dir)(prompt)["input_ids"])
-    c = spec.max_completion_length
-    t = p + c
-    forward = 2 * layers * per_layer * t + 2 * layers * t * t * d + 2 * d * vocab * c
-    return 3 * forward * spec.prompts_per_step * spec.num_generations
+    return {"layer": 6 * layers * per_layer, "head": 6 * d * vocab, "attention": 6 * layers * d, "prompt_tokens": p}
 
 
-def run_ours(spec: Workload, model_dir: Path, kl: float, steps: int) -> dict:
+def run_ours(spec: Workload, model_dir: Path, kl: float, steps: int, packed: bool = False) -> dict:
     from deepseek_rl.stages.grpo import train
 
     batch = spec.prompts_per_step * spec.num_generations
     cfg = Config(
         model=ModelConfig(path=str(model_dir), tokenizer=None),
         data=DataConfig(task=None, path=str(model_dir / "prompts.jsonl")),
-        rollout=RolloutConfig(spec.max_prompt_length, spec.max_completion_length),
+        rollout=RolloutConfig(
+            max_prompt_length=spec.max_prompt_length, max_completion_length=spec.max_completion_length
+        ),
         reward=RewardConfig(weights=dict(spec.rewards)),
         algorithm=AlgorithmConfig(num_generations=spec.num_generations, lr=spec.lr, loss_type="dapo", kl_coef=kl),
         optimizer=OptimizerConfig(betas=[0.9, 0.999], max_grad_norm=1.0),
-        trainer=TrainerConfig(batch_size=batch, micro_batch_size=batch, max_steps=steps, save_final=False),
+        trainer=TrainerConfig(
+            batch_size=batch, micro_batch_size=batch, max_steps=steps, save_final=False, padding_free=packed
+        ),
         logger=LoggerConfig(kind="none"),
         eval=EvalConfig(every=0),
     )
@@ -237,9 +272,11 @@ def sampler_vs_generate(model_dir: Path, rows: int = 16, new_tokens: int = 256) 
 def main() -> None:
     framework, workload, model_dir, kl, steps, out = sys.argv[1:7]
     spec = WORKLOADS[workload]
-    runner = run_ours if framework == "ours" else run_trl
-    result = runner(spec, Path(model_dir), float(kl), int(steps))
-    result["train_flops_per_step"] = train_flops_per_step(spec, Path(model_dir))
+    if framework == "trl":
+        result = run_trl(spec, Path(model_dir), float(kl), int(steps))
+    else:
+        result = run_ours(spec, Path(model_dir), float(kl), int(steps), packed=framework == "ours_packed")
+    result["flops_per_token"] = flops_per_token(Path(model_dir))
     Path(out).write_text(json.dumps(result))
 
 
