@@ -30,10 +30,11 @@ REWARDS = textwrap.dedent(
         return [1.0 if "4" in completion[0]["content"] else 0.0 for completion in completions]
 
     def overflows_later(completions, **kwargs):
-        # fine for the first 32 samples (2 steps of 16), then finite float32 scores whose group sums overflow
+        # fine for the first 36 calls (2 steps of 16 and the first step's batch check of 4), then finite float32
+        # scores whose group sums overflow
         global calls
         calls += len(completions)
-        if calls > 32 and not os.environ.get("HEALED"):
+        if calls > 36 and not os.environ.get("HEALED"):
             return [3.0e38 for _ in completions]
         return [float(len(c) % 3) for c in completions]
     """

@@ -26,7 +26,8 @@ class ModelConfig:
     # A local Hugging Face model directory or a Hub id (owner/name; needs network or the local HF cache).
     # None: build a tiny randomly initialised model from the fields below.
     path: str | None = None
-    # "char" (built-in character tokenizer), a local tokenizer directory or a Hub id. None: the tokenizer of `path`.
+    # "char" (built-in character tokenizer; "char_chat": the same with a chat template), a local tokenizer directory
+    # or a Hub id. None: the tokenizer of `path`.
     tokenizer: str | None = "char"
     # Tiny-model architecture (only used when path is None).
     arch: str = "llama"

@@ -23,7 +23,7 @@ from transformers import PreTrainedTokenizerBase
 
 from deepseek_rl.config.data import DataConfig
 from deepseek_rl.data.files import row_labels
-from deepseek_rl.data.prompts import render_prompt
+from deepseek_rl.data.prompts import is_messages, render_messages, render_prompt
 from deepseek_rl.data.sources import load_rows, source_name, template_texts
 from deepseek_rl.errors import ConfigError, DataError
 
@@ -126,6 +126,14 @@ def tokenize_examples(
     return Examples(prompt_ids, completion_ids, weights if weighted is not None else None), cut
 
 
+def completion_text(value: Any) -> str:
+    """A completion column's value as text: a string, or TRL's conversational completion (the assistant messages'
+    contents, joined)."""
+    if is_messages(value):
+        return "".join(str(m["content"]) for m in value if m.get("role") == "assistant")
+    return str(value)
+
+
 def conversation_texts(
     rows: list[Any], column: str, tokenizer: PreTrainedTokenizerBase, labels: list[str]
 ) -> tuple[list[str], list[str]]:
@@ -172,8 +180,13 @@ def load_examples(
             if data.prompt_template is None
             else template_texts(data.prompt_template, columns)
         )
-        prompts = [render_prompt(text, data.template, tokenizer, data.system_prompt) for text in raw]
-        completions = [str(c) for c in columns[completion_column]]
+        prompts = [
+            render_messages(text, tokenizer, data.system_prompt, labels[row])[0]
+            if is_messages(text)  # TRL's conversational prompt-completion format
+            else render_prompt(text, data.template, tokenizer, data.system_prompt)
+            for row, text in enumerate(raw)
+        ]
+        completions = [completion_text(c) for c in columns[completion_column]]
     completions = [strip_reopened_think(p, c) for p, c in zip(prompts, completions, strict=True)]
     examples, cut = tokenize_examples(tokenizer, prompts, completions, max_length, tool_marker)
     if cut:

@@ -45,6 +45,31 @@ def render_prompt(text: str, template: str, tokenizer: PreTrainedTokenizerBase, 
     return tokenizer.apply_chat_template(chat_messages(text, system_prompt), tokenize=False, add_generation_prompt=True)
 
 
+def is_messages(value: Any) -> bool:
+    """TRL's conversational format: a list of {role, content} messages."""
+    return (
+        isinstance(value, list)
+        and len(value) > 0
+        and all(isinstance(m, dict) and {"role", "content"} <= set(m) for m in value)
+    )
+
+
+def render_messages(
+    messages: list[dict[str, Any]], tokenizer: PreTrainedTokenizerBase, system_prompt: str | None, label: str
+) -> tuple[str, list[dict[str, Any]]]:
+    """A conversational prompt (TRL's format) rendered with the tokenizer's chat template and the generation prompt,
+    whatever data.template says; returns the text and the messages (with data.system_prompt first if it has none)."""
+    if tokenizer.chat_template is None:
+        raise DataError(
+            f"{label}: the prompt is a list of chat messages (TRL's conversational format) but the tokenizer has no "
+            "chat template: use a model whose tokenizer has one, model.tokenizer=char_chat for the tiny models "
+            "(the smoke_chat recipe), or plain-text prompts"
+        )
+    if system_prompt and messages[0].get("role") != "system":
+        messages = [{"role": "system", "content": system_prompt}, *messages]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True), messages
+
+
 def chat_messages(text: str, system_prompt: str | None) -> list[dict[str, str]]:
     """The prompt as chat messages (what `data.template=chat` renders, and what users' rewards get as `prompts`)."""
     return ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
@@ -104,10 +129,18 @@ def build_prompt_set(
     texts, token_ids, kept, messages = [], [], [], []
     template = cfg.prompt_template
     raw_texts = columns[cfg.prompt_column] if template is None else template_texts(template, columns)
+    conversational = False
     for row, raw in enumerate(raw_texts):
-        if not isinstance(raw, str) or not raw.strip():
-            raise DataError(f"{labels[row]}: column '{cfg.prompt_column}' is empty or not text ({raw!r})")
-        text = render_prompt(raw, cfg.template, tokenizer, cfg.system_prompt)
+        if is_messages(raw):  # TRL's conversational dataset: rendered with the chat template
+            text, chat = render_messages(raw, tokenizer, cfg.system_prompt, labels[row])
+            conversational = True
+        elif not isinstance(raw, str) or not raw.strip():
+            raise DataError(
+                f"{labels[row]}: column '{cfg.prompt_column}' is empty or not text ({str(raw)[:80]!r}); a prompt is "
+                "text or a list of {role, content} chat messages"
+            )
+        else:
+            text, chat = render_prompt(raw, cfg.template, tokenizer, cfg.system_prompt), None
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(ids) > max_prompt_length and cfg.drop_long_prompts:
             continue
@@ -120,7 +153,7 @@ def build_prompt_set(
         texts.append(text)
         token_ids.append(ids)
         kept.append(row)
-        messages.append(chat_messages(raw, cfg.system_prompt))
+        messages.append(chat if chat is not None else chat_messages(raw, cfg.system_prompt))
     if len(kept) < len(raw_texts):
         print(
             f"deepseek-rl: dropped {len(raw_texts) - len(kept)} of {len(raw_texts)} {split} prompts longer than "
@@ -130,8 +163,10 @@ def build_prompt_set(
         columns = {name: [values[i] for i in kept] for name, values in columns.items()}
     if not kept:
         raise DataError(f"{source}: every {split} prompt is longer than rollout.max_prompt_length")
-    if cfg.template == "chat":  # users' rewards get the prompt as messages, as TRL passes conversational prompts
+    if cfg.template == "chat" or conversational:  # users' rewards get messages, as TRL passes conversational prompts
         columns[PROMPT_MESSAGES] = messages
+        if conversational:  # the rewards' `prompts` are the messages; the raw column would repeat them
+            columns[cfg.prompt_column] = [m[-1]["content"] if m else "" for m in messages]
     return PromptSet(texts=texts, token_ids=token_ids, columns=columns)
 
 

@@ -36,8 +36,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
     """The character tokenizer, or that of a local directory or Hub id; always with a pad token, padding left."""
     source = cfg.tokenizer if cfg.tokenizer is not None else cfg.path
-    if source == "char":
-        return build_char_tokenizer()
+    if source in ("char", "char_chat"):
+        return build_char_tokenizer(chat=source == "char_chat")
     key = "model.tokenizer" if cfg.tokenizer is not None else "model.path"
     tokenizer = load_pretrained(AutoTokenizer, str(source), key)
     if tokenizer.pad_token_id is None:

@@ -30,6 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from deepseek_rl.errors import ConfigError
 from deepseek_rl.rewards import INLINE, REWARDS, resolve_reward
 from deepseek_rl.rewards.loading import absolute_spec, is_per_group
 from deepseek_rl.rewards.pool import Outcome, Task, WorkerPool, run_task
@@ -108,6 +109,7 @@ class RewardRunner:
                 resolve_mode(self.kwargs[name].get("sandbox", "auto"))
         self.on_failure = on_failure
         self.pool: WorkerPool | None = None
+        self.batching_checked = False  # users' per-sample rewards are checked once for batch-level scoring
 
     def _pool(self) -> WorkerPool:
         if self.pool is None:
@@ -154,6 +156,9 @@ class RewardRunner:
             for name, outcome in zip(owners, self._pool().run(tasks), strict=True):
                 results.setdefault(name, []).append(outcome)
         per_sample = {n: expand(results.get(n, []), calls[n]) for n in self.names}
+        if not self.batching_checked and count >= 2:
+            self.batching_checked = True
+            self.check_per_sample(per_sample, views, min(group_size or count, count))
         return Scores(
             names=self.names,
             values=[[s if st == "ok" else self.on_failure for st, s, _ in per_sample[n]] for n in self.names],
@@ -161,11 +166,47 @@ class RewardRunner:
             messages=[[m for _, _, m in per_sample[n]] for n in self.names],
         )
 
+    def check_per_sample(self, per_sample: dict[str, list], views: dict, size: int) -> None:
+        """A user's reward called one sample at a time must score a sample alike when it sees the group: call it
+        once more on the first group as a whole and compare. A reward that compares completions with each other
+        (open-r1's len_reward) would otherwise be silently wrong: refuse it with the fix."""
+        names = [n for n in self.names if n in self.users and not is_per_group(self.functions[n])]
+        for name in names:
+            texts, cols = views[True]
+            task = Task(name, texts[:size], {k: v[:size] for k, v in cols.items()}, self.timeouts[name])
+            if name in self.inline:
+                outcome = run_task(self.functions[name], name, self.kwargs[name], task.completions, task.columns)
+            else:
+                outcome = self._pool().run([task])[0]
+            status, scores, _ = outcome
+            singles = per_sample[name][:size]
+            if status != "ok" or scores is None or any(st != "ok" for st, _, _ in singles):
+                continue  # a failing reward is reported as such, not judged here
+            alone = [s for _, s, _ in singles]
+            if any(_differ(a, b) for a, b in zip(scores, alone, strict=True)):
+                raise ConfigError(
+                    f"reward '{name}' scores the {size} completions of a group differently when it gets them together "
+                    f"({_short(scores)}) than one at a time ({_short(alone)}): it compares completions with each "
+                    "other (as open-r1's len_reward does), but rewards are called one sample at a time. Mark it "
+                    "@group_reward (from deepseek_rl.rewards) to receive each group of G completions in one call, or "
+                    "make it score each completion on its own"
+                )
+
     def close(self) -> None:
         """Stop the workers (if any started). The runner can still score afterwards: it starts new ones."""
         if self.pool is not None:
             self.pool.close()
             self.pool = None
+
+
+def _differ(a: float | None, b: float | None) -> bool:
+    if a is None or b is None:
+        return (a is None) != (b is None)
+    return not (a == b or abs(a - b) <= 1e-6 * max(1.0, abs(a), abs(b)) or (a != a and b != b))
+
+
+def _short(scores: list) -> str:
+    return ", ".join("None" if s is None else f"{s:.3g}" for s in scores[:4]) + (", ..." if len(scores) > 4 else "")
 
 
 def expand(outcomes: list[Outcome], spans: list[tuple[int, int]]) -> list[tuple[str, float | None, str]]:
