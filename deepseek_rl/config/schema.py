@@ -338,6 +338,9 @@ class LoggerConfig:
     rollout_table_every: int = 10
     # Groups (one prompt with its G completions) per rollout table, the first ones of rank 0's batch.
     rollout_table_groups: int = 4
+    # Metric names in the trackers: ours | trl (TRL GRPOTrainer's: rewards/<name>/mean, frac_reward_zero_std,
+    # completions/mean_length, ...; infra/metric_names.py) | both. metrics.jsonl always has ours.
+    metric_names: str = "ours"
 
     def __post_init__(self) -> None:
         one_of("logger.kind", self.kind, ("wandb", "tensorboard", "mlflow", "none"))
@@ -348,6 +351,7 @@ class LoggerConfig:
                 f"logger={self.kind} needs the {packages[0]} package: pip install {packages[0]} (or logger=none)",
             )
         one_of("logger.mode", self.mode, ("auto", "online", "offline", "disabled"))
+        one_of("logger.metric_names", self.metric_names, ("ours", "trl", "both"))
         require(self.rollout_table_every >= 0, f"logger.rollout_table_every={self.rollout_table_every} must be >= 0")
         require(self.rollout_table_groups >= 1, f"logger.rollout_table_groups={self.rollout_table_groups} must be >= 1")
 

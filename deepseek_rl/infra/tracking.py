@@ -34,6 +34,7 @@ from typing import Any
 
 from deepseek_rl.config.schema import LoggerConfig
 from deepseek_rl.infra.checkpoint import TrainerState
+from deepseek_rl.infra.metric_names import named
 from deepseek_rl.infra.resume import flatten
 
 
@@ -120,6 +121,7 @@ class RunTracker:
         self.resumed_step = state.step if state is not None else 0
         self.wandb_run = None
         self.tracker: Any = None  # accelerate's TensorBoard or MLflow tracker
+        self.metric_names = cfg.metric_names  # ours | trl | both, for the trackers (infra/metric_names.py)
         if not enabled:
             return
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -168,6 +170,7 @@ class RunTracker:
         except OSError:
             os.truncate(self.path, size)  # never leave half a line (a full disk): the file stays valid JSON lines
             raise
+        metrics = named(metrics, self.metric_names)  # the trackers' names (metrics.jsonl keeps ours)
         if self.wandb_run is not None:
             self.wandb_run.log(metrics, step=step)
         if self.tracker is not None:
