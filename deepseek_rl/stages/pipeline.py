@@ -102,6 +102,10 @@ def run_stages(cfg: Config, output_dir: Path, reward_funcs: RewardFunctions | No
     preemption = Preemption()  # one flag for the whole run (infra/preemption.py)
     try:
         check_writable(output_dir, "trainer.output_dir" if cfg.trainer.output_dir is not None else "hydra.run.dir")
+        if cfg.rollout.engine == "vllm" and any(s in cfg.stages for s in ("grpo", "rft", "eval")):
+            from deepseek_rl.rollout.vllm_engine import check_vllm_install
+
+            check_vllm_install()  # before any model loads: vLLM present, and its torchvision wheels loadable
         return _run_stages(cfg, output_dir, preemption, reward_funcs)
     except Exception as err:
         full = storage_error(err, output_dir, "writing the run's files")
