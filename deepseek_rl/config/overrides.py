@@ -14,6 +14,11 @@ Hydra alone gets two things wrong for us:
   so that this one case assigns instead of merging; everything else goes through Hydra unchanged. Because it
   happens while Hydra composes, `--cfg job`, the saved .hydra/config.yaml, sweeps and the Python `load_recipe` all
   see the same config.
+- The same dict in a recipe file: a file (a recipe, or a group option such as reward/*.yaml) that sets a dict field
+  would merge into what the files before it set, so `reward.weights` meant "replace" on the command line and "add"
+  in a file. Here a file's dict field replaces the inherited one too (`install_dict_replacement` also wraps the
+  composition of the defaults list): the dict a recipe shows is the dict it runs. To add to an inherited dict, list
+  the inherited keys in the file, or use `+KEY.NAME=value` on the command line.
 """
 
 from __future__ import annotations
@@ -174,7 +179,7 @@ def check_composed(cfg: Any) -> None:
 def install_dict_replacement() -> None:
     """Make Hydra's `KEY={...}` on a dict field of the schema replace the dict instead of merging into it."""
     from hydra._internal.config_loader_impl import ConfigLoaderImpl
-    from omegaconf import OmegaConf, open_dict
+    from omegaconf import DictConfig, OmegaConf, open_dict
 
     original = ConfigLoaderImpl._apply_overrides_to_config
     if getattr(original, "replaces_dicts", False):
@@ -192,3 +197,53 @@ def install_dict_replacement() -> None:
 
     apply.replaces_dicts = True  # type: ignore[attr-defined]
     ConfigLoaderImpl._apply_overrides_to_config = staticmethod(apply)
+    load_single = ConfigLoaderImpl._load_single_config
+
+    def load(self: Any, default: Any, repo: Any) -> Any:
+        """A loaded file, marked with the dict fields it sets, so that the merge that follows replaces them."""
+        loaded = load_single(self, default, repo)
+        paths = dict_fields_set(loaded.config)
+        if paths:
+            pending.append(paths)
+        return loaded
+
+    def merge_with(cfg: Any, *others: Any) -> None:
+        for paths in pending:  # emptied first, so that the merge leaves exactly the file's dict
+            with open_dict(cfg):
+                for path in paths:
+                    if OmegaConf.select(cfg, path) is not None:
+                        OmegaConf.update(cfg, path, {}, merge=False)
+        pending.clear()
+        original_merge(cfg, *others)
+
+    pending: list[list[str]] = []
+    original_merge = DictConfig.merge_with
+    ConfigLoaderImpl._load_single_config = load
+    compose = ConfigLoaderImpl._compose_config_from_defaults_list
+
+    def compose_replacing(self: Any, defaults: Any, repo: Any) -> Any:
+        DictConfig.merge_with = merge_with  # only while the defaults list is composed
+        try:
+            return compose(self, defaults, repo)
+        finally:
+            DictConfig.merge_with = original_merge
+            pending.clear()
+
+    ConfigLoaderImpl._compose_config_from_defaults_list = compose_replacing
+
+
+def dict_fields_set(node: Any, prefix: str = "") -> list[str]:
+    """The free-form dict fields of the schema (reward.weights, data.columns, ...) that a loaded file sets."""
+    from omegaconf import DictConfig
+
+    found = []
+    if not isinstance(node, DictConfig):
+        return found
+    for name in node.keys():
+        path = f"{prefix}.{name}" if prefix else str(name)
+        kind = key_kind(path)
+        if kind == "dict" and node._get_node(name) is not None and not node._get_node(name)._is_none():
+            found.append(path)
+        elif kind == "node":
+            found += dict_fields_set(node._get_node(name), path)
+    return found
