@@ -1,6 +1,6 @@
 """Reward benchmark on the real data in ../shared: agreement, false-positive rates and throughput.
 
-    python -m deepseek_rl.tools.bench_rewards [--workers N] [--only math,gsm8k,mbpp] [--show 10]
+    python -m deepseek_rl.tools.bench_rewards [--workers N] [--only math,gsm8k,mbpp] [--show 10] [--limit N]
 
 - math: MATH subset (500): each solution (its last `\\boxed{}`) and `<answer>{gold}</answer>` against the gold
   answer; a shuffled pairing (no row keeps its own) for the false-positive rate; the rows that disagree and why.
@@ -9,7 +9,8 @@
 - mbpp: all 974 reference solutions through `code` (must all pass), then a shuffled pairing (another task's code).
 
 Prints one line per measurement and a JSON summary last. Throughput is samples per second of wall time through the
-same RewardRunner that training uses, with the worker count shown.
+same RewardRunner that training uses, with the worker count shown. `--limit N` keeps the first N rows of each data
+set (a quick check of the same code path; the rates then describe those rows only).
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ from deepseek_rl.rewards.runner import RewardRunner, default_workers
 def read_jsonl(relative: str) -> list[dict[str, Any]]:
     path = shared_dir() / "data" / relative
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def first(rows: list[dict[str, Any]], limit: int | None) -> list[dict[str, Any]]:
+    return rows if limit is None else rows[:limit]
 
 
 def shuffled(n: int, seed: int = 0) -> list[int]:
@@ -50,8 +55,8 @@ def report(name: str, values: list, seconds: float, expect_match: bool) -> dict[
     return line
 
 
-def bench_math(workers: int, show: int) -> list[dict]:
-    rows = read_jsonl("math/test_subset500.jsonl")
+def bench_math(workers: int, show: int, limit: int | None = None) -> list[dict]:
+    rows = first(read_jsonl("math/test_subset500.jsonl"), limit)
     golds = {"answer": [r["answer"] for r in rows]}
     runner = RewardRunner(["accuracy"], num_workers=workers)
     try:
@@ -76,8 +81,8 @@ def _drop(measured: tuple[list, list, float]) -> tuple[list, float]:
     return measured[0], measured[2]
 
 
-def bench_gsm8k(workers: int, show: int) -> list[dict]:
-    rows = read_jsonl("gsm8k/train.jsonl") + read_jsonl("gsm8k/test.jsonl")
+def bench_gsm8k(workers: int, show: int, limit: int | None = None) -> list[dict]:
+    rows = first(read_jsonl("gsm8k/train.jsonl") + read_jsonl("gsm8k/test.jsonl"), limit)
     golds = {"answer": [r["answer"] for r in rows]}
     runner = RewardRunner(["accuracy"], num_workers=workers)
     try:
@@ -96,8 +101,8 @@ def bench_gsm8k(workers: int, show: int) -> list[dict]:
     return out
 
 
-def bench_mbpp(workers: int, show: int) -> list[dict]:
-    rows = read_jsonl("mbpp/mbpp.jsonl")
+def bench_mbpp(workers: int, show: int, limit: int | None = None) -> list[dict]:
+    rows = first(read_jsonl("mbpp/mbpp.jsonl"), limit)
     columns = {"tests": [r["test_list"] for r in rows], "setup": [r["test_setup_code"] for r in rows]}
     runner = RewardRunner(["code"], num_workers=workers, timeout=20.0)
     try:
@@ -125,11 +130,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--workers", type=int, default=None, help="worker processes (default: the cores)")
     parser.add_argument("--only", default=",".join(BENCHES), help="comma-separated subset of: math, gsm8k, mbpp")
     parser.add_argument("--show", type=int, default=10, help="disagreeing rows to print per case")
+    parser.add_argument("--limit", type=int, default=None, help="first N rows of each data set (default: all)")
     args = parser.parse_args(argv)
+    names = [name.strip() for name in args.only.split(",")]
+    unknown = [name for name in names if name not in BENCHES]
+    if unknown:
+        parser.error(f"--only: unknown {', '.join(map(repr, unknown))}; choose from {', '.join(BENCHES)}")
+    if args.limit is not None and args.limit < 2:
+        parser.error(f"--limit={args.limit}: give at least 2 rows (the shuffled pairing needs two)")
     workers = default_workers() if args.workers is None else args.workers
     results = []
-    for name in args.only.split(","):
-        results += BENCHES[name.strip()](workers, args.show)
+    for name in names:
+        results += BENCHES[name](workers, args.show, args.limit)
     summary = {"workers": workers, "results": results}
     print(json.dumps(summary))
     return summary

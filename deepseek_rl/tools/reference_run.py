@@ -13,7 +13,10 @@ evaluated the same way. The tasks:
 Then rejection-sampling fine-tuning (`r1_rft`) from the first seed's RL policy on the default task (--no-rft skips
 it). Writes `<docs>/reference_run.md` (commands, machine, wall times, RL against the controls for every seed, what
 RFT adds, and in plain words where RL beats the control and where it does not) and `<docs>/reference_run.png` (one
-row of curves per task, one colour per seed). --no-run only summarises existing runs.
+row of curves per task, one colour per seed). --no-run only summarises existing runs. --quick shortens every run to
+seconds (1-digit addition, 40 SFT and 2 GRPO steps, 8 held-out problems; RFT keeps well-formatted samples) on the
+same code path, into runs/reference-quick (runs, page and plot; docs/ untouched unless --docs names it): a check
+that the tool works, whose numbers say nothing about the method.
 """
 
 from __future__ import annotations
@@ -40,6 +43,15 @@ TASKS = {
 }
 COMMON = ["algorithm.log_kl=true"]  # the KL panel: KL to the cold start as a metric, no penalty
 TARGET = 15.0  # points of held-out greedy accuracy by which RL should beat the control on the unreliable task
+# --quick: every run in seconds; eval.samples stays 8 (the page's pass@8 and maj@8)
+QUICK = [
+    "data.num_digits=1", "data.num_train=60", "data.num_validation=16", "data.num_eval=16", "sft.max_steps=40",
+    "sft.warmup_steps=5", "sft.batch_size=32", "sft.eval_every=20", "sft.num_validation=16", "trainer.max_steps=2",
+    "trainer.batch_size=32", "trainer.micro_batch_size=32", "eval.every=1", "eval.every_prompts=8",
+    "eval.num_prompts=8", "eval.batch_size=64", "control.evaluations=1",
+]  # fmt: skip
+# a policy after 40 SFT steps is rarely right but mostly well formatted: RFT keeps what the format check passes
+QUICK_RFT = ["rft.num_prompts=16", "rft.samples=4", "rft.max_steps=2", "rft.batch_size=16", "rft.verifiers=[format]"]
 
 
 def run_seed(seed: int, run_dir: Path, args: list[str]) -> float:
@@ -114,9 +126,11 @@ def task_markdown(task: str, runs: dict[int, Path]) -> list[str]:
     return lines + ["", verdict(title, runs), ""]
 
 
-def summary_markdown(tasks: dict[str, dict[int, Path]]) -> str:
+def summary_markdown(tasks: dict[str, dict[int, Path]], quick: bool = False) -> str:
     seeds = sorted({seed for runs in tasks.values() for seed in runs})
     walls = {t: sum(float(read(r / "wall_seconds.txt", "nan")) for r in runs.values()) for t, runs in tasks.items()}
+    note = ["**Quick run** (`--quick`): every run shortened to seconds; its numbers say nothing about the method.", ""]
+    note = note if quick else []
     lines = [
         "# Reference run: the R1 pipeline in miniature, and the control that tells RL from more imitation",
         "",
@@ -129,8 +143,9 @@ def summary_markdown(tasks: dict[str, dict[int, Path]]) -> str:
         "",
         "Regenerate this page and its plot:",
         "",
-        "    python -m deepseek_rl.tools.reference_run --seeds " + " ".join(map(str, seeds)),
+        "    python -m deepseek_rl.tools.reference_run --seeds " + " ".join(map(str, seeds)) + " --quick" * quick,
         "",
+        *note,
         f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, Python {platform.python_version()}, "
         f"torch {torch.__version__}. Wall time of all seeds: "
         + ", ".join(f"{TASKS[t][0].split(' (')[0]} {w / 60:.1f} min" for t, w in walls.items())
@@ -184,20 +199,26 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
-    parser.add_argument("--runs", type=Path, default=Path("runs/reference"))
-    parser.add_argument("--docs", type=Path, default=Path("docs"))
+    parser.add_argument("--runs", type=Path, help="default: runs/reference (with --quick: runs/reference-quick)")
+    parser.add_argument("--docs", type=Path, help="page and plot; default: docs (with --quick: the runs folder)")
     parser.add_argument("--no-run", action="store_true", help="only summarise runs that exist")
     parser.add_argument("--no-rft", action="store_true", help="skip rejection-sampling fine-tuning after RL")
+    parser.add_argument("--quick", action="store_true", help="every run in seconds: checks the tool, not the method")
     args = parser.parse_args(argv)
+    args.runs = args.runs or Path("runs/reference" + "-quick" * args.quick)  # quick runs never mix with real ones
+    args.docs = args.docs or (args.runs if args.quick else Path("docs"))
+    quick = QUICK if args.quick else []
     tasks = {t: {s: args.runs / t / f"seed-{s}" for s in args.seeds} for t in args.tasks}
     for task, runs in tasks.items():
         for seed, run in runs.items():
             if not args.no_run:
-                print(f"{task} seed {seed}: {run_seed(seed, run, [*TASKS[task][1], *COMMON]):.0f} s", flush=True)
+                seconds = run_seed(seed, run, [*TASKS[task][1], *COMMON, *quick])
+                print(f"{task} seed {seed}: {seconds:.0f} s", flush=True)
     first = next(iter(tasks.get("addition", {}).items()), None)
     if first is not None and not args.no_run and not args.no_rft:
         seed, run = first
         recipe = ["--config-name", "r1_rft", f"model.path={run / 'grpo' / 'final'}"]
+        recipe += [*quick, *QUICK_RFT] if args.quick else []
         print(f"rft: {run_seed(seed, run / 'rft-after-rl', recipe):.0f} s", flush=True)
     args.docs.mkdir(parents=True, exist_ok=True)
     rows = {
@@ -208,7 +229,7 @@ def main(argv: list[str] | None = None) -> None:
         for t, runs in tasks.items()
     }
     plot_grid(rows, args.docs / "reference_run.png")
-    page = summary_markdown(tasks)
+    page = summary_markdown(tasks, args.quick)
     if first is not None and (first[1] / "rft-after-rl" / "results.json").exists():
         page += rft_markdown(*first)
     (args.docs / "reference_run.md").write_text(page)

@@ -8,7 +8,9 @@ that run's cold-start checkpoint, the same GRPO and evaluation with `rollout.too
 write code, but nothing runs it): both arms start from the same model. Runs whose results exist are kept. Writes
 `<docs>/tool_demo.md` (a table per seed: held-out accuracy and tool use before and after RL, with and without the
 tool, wall times) and `<docs>/tool_demo.png` (held-out greedy accuracy and tool use over GRPO steps, and the share
-of training rollouts that call the tool).
+of training rollouts that call the tool). --quick shortens every run to seconds (4 SFT and 2 GRPO steps, 8 held-out
+problems) on the same code path, into runs/tool_demo-quick (runs, page and plot; docs/ untouched unless --docs names
+it): a check that the tool works, whose numbers say nothing about the method.
 """
 
 from __future__ import annotations
@@ -31,6 +33,12 @@ from deepseek_rl.infra.plots import moving_average, read_metrics, series  # noqa
 
 VARIANTS = {"tool": [], "no tool": ["stages=[grpo,eval]", "rollout.tools.enabled=false", "model.tokenizer=null"]}
 METRICS = ("eval/greedy_accuracy", "eval/sampled_accuracy", "eval/pass@4", "eval/greedy_tool_use", "eval/tool_use")
+# --quick: every run in seconds; eval.samples stays 4 (the table's pass@4)
+QUICK = [
+    "data.num_train=200", "data.num_validation=8", "data.num_eval=16", "sft.max_steps=4", "sft.eval_every=2",
+    "sft.num_validation=8", "trainer.max_steps=2", "trainer.batch_size=16", "trainer.micro_batch_size=8",
+    "eval.every=1", "eval.every_prompts=8", "eval.num_prompts=8", "eval.batch_size=32",
+]  # fmt: skip
 
 
 def run(seed: int, run_dir: Path, overrides: list[str]) -> float:
@@ -108,8 +116,10 @@ def failures(run_dir: Path) -> str:
     return f"{len(wrong)} of {greedy} wrong, {miscopied} of them with the right product in the tool's output ({shares})"
 
 
-def page(runs: dict[int, dict[str, Path]]) -> str:
+def page(runs: dict[int, dict[str, Path]], quick: bool = False) -> str:
     seeds = " ".join(map(str, runs))
+    note = ["**Quick run** (`--quick`): every run shortened to seconds; its numbers say nothing about the method.", ""]
+    note = note if quick else []
     gains = []
     for variants in runs.values():
         results = {v: json.loads((d / "results.json").read_text()) for v, d in variants.items()}
@@ -120,8 +130,9 @@ def page(runs: dict[int, dict[str, Path]]) -> str:
         [
             "# Tool demo: measured",
             "",
-            f"    python -m deepseek_rl.tools.tool_demo --seeds {seeds}",
+            f"    python -m deepseek_rl.tools.tool_demo --seeds {seeds}" + " --quick" * quick,
             "",
+            *note,
             f"Machine: {platform.machine()}, Python {platform.python_version()}. Held-out: 200 problems (greedy, and 4",
             "samples at temperature 1), the same for both variants. With the tool minus without it, held-out greedy",
             f"accuracy after RL: {', '.join(f'{100 * g:+.1f}' for g in gains)} points.",
@@ -141,10 +152,14 @@ def page(runs: dict[int, dict[str, Path]]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--runs", type=Path, default=Path("runs/tool_demo"))
-    parser.add_argument("--docs", type=Path, default=Path("docs"))
+    parser.add_argument("--runs", type=Path, help="default: runs/tool_demo (with --quick: runs/tool_demo-quick)")
+    parser.add_argument("--docs", type=Path, help="page and plot; default: docs (with --quick: the runs folder)")
     parser.add_argument("--no-run", action="store_true", help="only summarise runs that exist")
+    parser.add_argument("--quick", action="store_true", help="every run in seconds: checks the tool, not the method")
     args = parser.parse_args(argv)
+    args.runs = args.runs or Path("runs/tool_demo" + "-quick" * args.quick)  # quick runs never mix with real ones
+    args.docs = args.docs or (args.runs if args.quick else Path("docs"))
+    quick = QUICK if args.quick else []
     runs = {s: {v: args.runs / f"seed-{s}" / v.replace(" ", "_") for v in VARIANTS} for s in args.seeds}
     if not args.no_run:
         for seed, variants in runs.items():
@@ -152,10 +167,11 @@ def main(argv: list[str] | None = None) -> None:
                 if (run_dir / "results.json").exists():
                     continue
                 extra = [f"model.path={variants['tool'] / 'sft' / 'final'}"] if variant == "no tool" else []
-                print(f"seed {seed}, {variant}: {run(seed, run_dir, [*VARIANTS[variant], *extra]):.0f} s", flush=True)
+                seconds = run(seed, run_dir, [*VARIANTS[variant], *extra, *quick])
+                print(f"seed {seed}, {variant}: {seconds:.0f} s", flush=True)
     args.docs.mkdir(parents=True, exist_ok=True)
     plot(runs, args.docs / "tool_demo.png")
-    (args.docs / "tool_demo.md").write_text(page(runs))
+    (args.docs / "tool_demo.md").write_text(page(runs, args.quick))
     print(f"wrote {args.docs / 'tool_demo.md'} and {args.docs / 'tool_demo.png'}")
 
 
