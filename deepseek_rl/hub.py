@@ -5,7 +5,10 @@ Choices:
   form `owner/name` is a Hub id that transformers resolves (downloading when online, else from the local HF cache).
   Anything else is an error that names the key. Checks read only `config.json` (`AutoConfig`), never weights.
 - Offline (HF_HUB_OFFLINE=1, or no network) and not cached: a ConfigError naming the key and the two ways out
-  (download it once online, or point the key at a local directory).
+  (download it once online, or point the key at a local directory). Before the first Hub id is resolved, one TCP
+  connect to the Hub's host (2 s at most) tells whether there is a network; without one the process goes offline
+  (HF_HUB_OFFLINE), so a cached model loads at once and a missing one fails at once, instead of the Hub client
+  retrying for half a minute.
 - Datasets: `datasets.load_dataset(name, subset, split=...)`, only when a recipe sets `data.hub_name`; a local
   folder of data files works as a name too (splits from file names, e.g. train.jsonl / test.jsonl).
 """
@@ -45,6 +48,7 @@ def pretrained_source(name: str, key: str) -> str:
             raise ConfigError(f"{key}={name}: a file, not a directory; give a model directory or a Hub id")
         return str(path)
     if is_hub_id(name):
+        go_offline_if_unreachable()
         return name
     raise ConfigError(
         f"{key}={name}: not a directory (nothing is there), and not a Hugging Face Hub id (owner/name); "
@@ -52,10 +56,48 @@ def pretrained_source(name: str, key: str) -> str:
     )
 
 
+_REACHABLE: bool | None = None
+_WENT_OFFLINE = False  # this process set HF_HUB_OFFLINE itself (the Hub did not answer)
+
+
+def go_offline_if_unreachable(timeout: float = 2.0) -> bool:
+    """Whether the Hub answers (one TCP connect to HF_ENDPOINT's host, once per process); when it does not, set
+    HF_HUB_OFFLINE for this process (and huggingface_hub's constant, read at import) and say so once."""
+    global _REACHABLE, _WENT_OFFLINE
+    if _REACHABLE is not None:
+        return _REACHABLE
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        _REACHABLE = False
+        return False
+    import socket
+    from urllib.parse import urlparse
+
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((endpoint.hostname or "huggingface.co", port), timeout=timeout).close()
+        _REACHABLE = True
+    except OSError:
+        _REACHABLE, _WENT_OFFLINE = False, True
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        try:
+            import huggingface_hub.constants
+
+            huggingface_hub.constants.HF_HUB_OFFLINE = True
+        except ImportError:
+            pass
+    return _REACHABLE
+
+
 def offline_hint(name: str, key: str, err: Exception) -> ConfigError:
     """The error for a Hub id that could not be resolved (offline, not cached, misspelled or gated)."""
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-    why = "HF_HUB_OFFLINE is set and it is not in the local cache" if offline else f"{type(err).__name__}: {err}"
+    if offline and _WENT_OFFLINE:
+        why = "the Hub is not reachable from here and it is not in the local cache"
+    elif offline:
+        why = "HF_HUB_OFFLINE is set and it is not in the local cache"
+    else:
+        why = f"{type(err).__name__}: {err}"
     return ConfigError(
         f"{key}={name}: not a local directory, and the Hugging Face Hub could not provide it ({why}). "
         f"Download it once while online (`hf download {name}`), or set {key} to a local directory"

@@ -50,8 +50,10 @@ def test_hand_calculation_of_docs_preflight(r1_path):
     est = report.estimate
     assert report.shape.parameters == P_R1 and report.ok
     p, n = P_R1, 8
-    assert [t.bytes for t in est.static] == [p * 2 / n, p * 2 / n, p * 12 / n, 0]  # weights, grads, AdamW, no ref
-    assert est.static_bytes == 3_554_176_000
+    largest = 151_936 * 1536  # the embedding, gathered with its gradient under ZeRO-3 (4 bytes per parameter)
+    # weights, grads (DeepSpeed's fp32 partition + the largest layer), AdamW, no ref: DeepSpeed's own 4 L + 18 P / N
+    assert [t.bytes for t in est.static] == [p * 2 / n, p * 4 / n + 4 * largest, p * 12 / n, 0]
+    assert est.static_bytes == 4_931_942_784 == 4 * largest + 18 * p / n
     kv_per_token = 2 * 28 * 2 * 128 * 2  # K and V, layers, KV heads, head dim, bf16
     assert kv_per_token == 28_672
     assert [t.bytes for t in est.rollout] == [p * 2, 64 * (1024 + 8192) * kv_per_token]
@@ -62,12 +64,12 @@ def test_hand_calculation_of_docs_preflight(r1_path):
     tokens = 4 * 9216
     assert est.training[0].bytes == 28 * tokens * 1536 * 2 + tokens * per_token_layer == 7_174_324_224
     assert est.training[1].bytes == 4 * 8192 * 151_936 * (2 + 4) == 29_871_833_088
-    assert round(est.total("rollout") / GB, 2) == 24.02
-    assert round(est.total("evaluation") / GB, 2) == 40.93
-    assert round(est.total("training") / GB, 2) == 40.60
+    assert round(est.total("rollout") / GB, 2) == 25.40
+    assert round(est.total("evaluation") / GB, 2) == 42.31
+    assert round(est.total("training") / GB, 2) == 41.98
     assert est.peak()[0] == "evaluation"
     text = report.text()
-    for shown in ("1,777,088,000 parameters", "16 micro-batch(es) of 4", "16.91", "29.87", "40.93", "verdict: OK"):
+    for shown in ("1,777,088,000 parameters", "16 micro-batch(es) of 4", "16.91", "29.87", "42.31", "verdict: OK"):
         assert shown in text
 
 
@@ -76,18 +78,18 @@ def test_hand_calculation_with_vllm(r1_path):
     cache and gathered weights of generation; awake, it also sits beside the training phase; asleep it does not."""
     cfg = load_recipe("math_dapo_r1_distill", [f"model.path={r1_path}"])
     est = check(cfg, ZERO3_BF16_8, 80 * GB).estimate
-    static, vllm, sync = 3_554_176_000, 0.3 * 80 * GB, 151_936 * 1536 * 2
+    static, vllm, sync = 4_931_942_784, 0.3 * 80 * GB, 151_936 * 1536 * 2
     assert [t.bytes for t in est.rollout] == [vllm, sync] and sync == 466_747_392
     assert est.total("rollout") == pytest.approx(static + vllm + sync)
-    assert round(est.total("rollout") / GB, 2) == 28.02
-    assert round(est.total("evaluation") / GB, 2) == 27.55
-    assert round(est.total("training") / GB, 2) == 64.60  # 40.60 + 24.00
+    assert round(est.total("rollout") / GB, 2) == 29.40
+    assert round(est.total("evaluation") / GB, 2) == 28.93
+    assert round(est.total("training") / GB, 2) == 65.98  # 41.98 + 24.00
     asleep = check(
         load_recipe("math_dapo_r1_distill", [f"model.path={r1_path}", "rollout.vllm.sleep_level=2"]),
         ZERO3_BF16_8,
         80 * GB,
     )
-    assert round(asleep.estimate.total("training") / GB, 2) == 40.60
+    assert round(asleep.estimate.total("training") / GB, 2) == 41.98
     tight = check(cfg, ZERO3_BF16_8, 64 * GB)  # 57.6 GB budget: the awake engine no longer fits the training phase
     assert not tight.ok and "rollout.vllm.sleep_level=2" in tight.text()
 
@@ -134,7 +136,7 @@ def test_known_fit_1_5b_zero3_on_8_gpus_and_other_verdicts(r1_path):
     no_ckpt = load_recipe("math_dapo_r1_distill", [*builtin, "model.gradient_checkpointing=false"])
     (problem,) = check(no_ckpt, ZERO3_BF16_8, 80 * GB).problems
     # 28 layers x 36,864 tokens x 108,600 B = 112.1 GB of activations without checkpointing
-    assert problem.what.startswith("the training phase needs 145.5 GB (activations 112.1 GB, logits 29.9 GB")
+    assert problem.what.startswith("the training phase needs 146.9 GB (activations 112.1 GB, logits 29.9 GB")
     assert problem.fix == "set model.gradient_checkpointing=true, or lower trainer.micro_batch_size to 1"
 
 
@@ -233,7 +235,7 @@ def test_check_command(r1_path, qwen7b_dir, tmp_path: Path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert "DeepSpeed ZeRO-3, bf16 mixed precision, 8 process(es)" in result.stdout
-    assert "rollout: vLLM (weights + KV cache)" in result.stdout and "peak 64.6 GB" in result.stdout
+    assert "rollout: vLLM (weights + KV cache)" in result.stdout and "peak 66.0 GB" in result.stdout
     assert "verdict: OK" in result.stdout
     result = run_cli(
         "check", "--config-name", "math_dapo_r1_distill", "--mixed-precision", "bf16", "--device-memory-gb", "80",
@@ -243,3 +245,43 @@ def test_check_command(r1_path, qwen7b_dir, tmp_path: Path):
     assert "optimizer state 60.9 GB" in result.stdout and "fix: shard with launch/zero3.yaml" in result.stdout
     result = run_cli("check", "--config-name", "math_dapo_r1_distill", "trainer.batch_size=30", cwd=tmp_path)
     assert result.returncode == 2 and "configuration error" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_one_combined_line_that_fits_is_rechecked_by_running_it(r1_path, tmp_path):
+    """On 24 GB the DAPO recipe needs two fixes; the check prints one command with both, and that command fits."""
+    zero3 = str(REPO_DIR / "launch" / "zero3.yaml")
+    args = ["check", "--config-name", "math_dapo_r1_distill", "--launch-config", zero3, "--mixed-precision", "bf16",
+            "--device-memory-gb", "24", f"model.path={r1_path}"]  # fmt: skip
+    first = run_cli(*args, cwd=tmp_path)
+    assert first.returncode == 1 and "one line that fits (re-checked" in first.stdout
+    line = first.stdout.strip().splitlines()[-1].strip()
+    assert line.startswith("deepseek-rl check --config-name math_dapo_r1_distill")
+    assert "rollout.vllm.sleep_level=2" in line and "trainer.micro_batch_size=" in line
+    again = run_cli(*line.split()[1:], f"model.path={r1_path}", cwd=tmp_path)
+    assert again.returncode == 0 and "verdict: OK" in again.stdout, again.stdout[-2000:]
+
+
+def test_vllm_kv_capacity_and_deepspeeds_own_zero3_estimate(r1_path):
+    from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
+
+    cfg = load_recipe("math_dapo_r1_distill", [f"model.path={r1_path}"])
+    report = check(cfg, ZERO3_BF16_8, 80 * GB)
+    # vLLM's 24 GB minus its bf16 weights, over 28,672 B x 9,216 tokens per sequence
+    sequences = int((24e9 - P_R1 * 2) // (28_672 * 9216))
+    assert f"its KV cache holds {sequences:,} sequences of 9,216 tokens" in report.text() and sequences == 77
+    model_states = sum(t.bytes for t in report.estimate.static[:3])  # weights, gradients, optimizer
+    _, deepspeed_gpu, _ = estimate_zero3_model_states_mem_needs(
+        P_R1, 151_936 * 1536, num_gpus_per_node=8, cpu_offload=False, cpu_offload_params=False
+    )
+    assert 0.9 <= model_states / deepspeed_gpu <= 1.1
+
+
+def test_offline_a_hub_model_fails_at_once(tmp_path):
+    """No network (a Hub endpoint that refuses): one connect decides, no half minute of retries."""
+    import time
+
+    start = time.perf_counter()
+    offline = {"HF_HUB_OFFLINE": "", "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path)}
+    done = run_cli("check", "--config-name", "gsm8k_grpo_r1_distill", cwd=tmp_path, env=offline)
+    assert done.returncode == 2 and "the Hub is not reachable from here" in done.stderr
+    assert time.perf_counter() - start < 20  # the Hub client alone retried for 28 s here

@@ -15,10 +15,12 @@ sets) and the device memory (given, or detected), and returns a Report:
 
 from __future__ import annotations
 
+import copy
 import os
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -32,6 +34,7 @@ from deepseek_rl.preflight.memory import (
     ModelShape,
     Workload,
     estimate_memory,
+    vllm_kv_sequences,
 )
 from deepseek_rl.preflight.report import describe
 
@@ -42,6 +45,9 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 class Problem:
     what: str
     fix: str
+    # The first fix as config values and/or a launch, for the combined line (`combined_fix`); None: no such fix.
+    overrides: dict[str, Any] | None = None
+    launch: Launch | None = None
 
 
 @dataclass
@@ -50,6 +56,7 @@ class Report:
     problems: list[Problem] = field(default_factory=list)
     estimate: MemoryEstimate | None = None
     shape: ModelShape | None = None
+    combined: str | None = None  # one command line with every fix, re-checked (or why there is none)
 
     @property
     def ok(self) -> bool:
@@ -59,6 +66,8 @@ class Report:
         verdict = ["verdict: OK"] if self.ok else [f"verdict: {len(self.problems)} problem(s)"]
         for i, problem in enumerate(self.problems, 1):
             verdict += [f"  {i}. {problem.what}", f"     fix: {problem.fix}"]
+        if self.combined:
+            verdict += ["", self.combined]
         return "\n".join(self.lines + [""] + verdict)
 
 
@@ -188,6 +197,8 @@ def precision_problems(cfg: Config, launch: Launch) -> list[Problem]:
             "to no change",
             "use DeepSpeed with bf16 (launch/zero2.yaml or zero3.yaml with --mixed_precision bf16: fp32 master "
             "weights), or model.dtype=float32 with --mixed_precision bf16, or LoRA adapters (model.lora.r=16: fp32)",
+            overrides={"model.dtype": "float32"},
+            launch=replace(launch, mixed_precision="bf16"),
         )
     ]
 
@@ -223,7 +234,7 @@ def memory_problems(cfg: Config, shape: ModelShape, launch: Launch, est: MemoryE
             f"weights + gradients + optimizer state{reference} take {est.static_bytes / GB:.1f} GB per device "
             f"(optimizer state {est.static[2].bytes / GB:.1f} GB) before any activation, over {gb}"
         )
-        return [Problem(what, ", or ".join(fixes))]
+        return [Problem(what, ", or ".join(fixes), launch=zero3_launch(launch, n) if n else None)]
     problems = []
     if est.total("training") > budget:
         act, logits = est.training[0].bytes, est.training[1].bytes
@@ -236,18 +247,31 @@ def memory_problems(cfg: Config, shape: ModelShape, launch: Launch, est: MemoryE
             f"the training phase needs {est.total('training') / GB:.1f} GB (activations {act / GB:.1f} GB, logits "
             f"{logits / GB:.1f} GB for micro-batch {cfg.trainer.micro_batch_size}), over {gb}"
         )
-        problems.append(Problem(what, ", or ".join(fixes + ([more_gpus] if more_gpus else []))))
+        if cfg.rollout.engine == "vllm" and cfg.rollout.vllm.sleep_level == 0:
+            first = {"rollout.vllm.sleep_level": 2}
+        elif not cfg.model.gradient_checkpointing:
+            first = {"model.gradient_checkpointing": True}
+        else:
+            first = {"trainer.micro_batch_size": micro} if micro else None
+        fixes += [more_gpus] if more_gpus else []
+        problems.append(Problem(what, ", or ".join(fixes), first, None if first else zero3_launch(launch, n)))
     if est.total("rollout") > budget and cfg.rollout.engine == "vllm":
         share = max(0.0, (budget - est.static_bytes) / (budget / HEADROOM))
         what = f"the rollout phase needs {est.total('rollout') / GB:.1f} GB (vLLM's share included), over {gb}"
-        problems.append(Problem(what, f"lower rollout.vllm.gpu_memory_utilization to {share:.2f}"))
+        work = replace(workload(cfg, launch.world_size, budget / HEADROOM), vllm_share=share)
+        holds = vllm_kv_sequences(shape, launch, work)
+        rows = cfg.trainer.batch_size // launch.world_size
+        fix = (f"lower rollout.vllm.gpu_memory_utilization to {share:.2f} (its KV cache then holds {holds:,} "
+               f"sequences of {work.sequence:,} tokens, for {rows} rows per rank)")  # fmt: skip
+        problems.append(Problem(what, fix, {"rollout.vllm.gpu_memory_utilization": round(share - 0.005, 2)}))
     elif est.total("rollout") > budget:
         kv = est.rollout[-1]
         fixes = [more_gpus or "use more GPUs (fewer rows per rank)", "lower trainer.batch_size"]
         what = (
             f"the rollout phase needs {est.total('rollout') / GB:.1f} GB (KV cache {kv.bytes / GB:.1f} GB), over {gb}"
         )
-        problems.append(Problem(what, ", or ".join(fixes + ["shorten rollout.max_completion_length"])))
+        fixes.append("shorten rollout.max_completion_length")
+        problems.append(Problem(what, ", or ".join(fixes), launch=zero3_launch(launch, n)))
     if est.evaluation and est.total("evaluation") > budget and cfg.rollout.engine == "builtin":
         rows = cfg.eval.batch_size
         while rows > 1 and est_eval(shape, launch, cfg, rows, budget) > budget:
@@ -256,8 +280,59 @@ def memory_problems(cfg: Config, shape: ModelShape, launch: Launch, est: MemoryE
             f"evaluation during training needs {est.total('evaluation') / GB:.1f} GB (KV cache of "
             f"eval.batch_size={cfg.eval.batch_size} rows), over {gb}"
         )
-        problems.append(Problem(what, f"set eval.batch_size={rows}"))
+        problems.append(Problem(what, f"set eval.batch_size={rows}", {"eval.batch_size": rows}))
     return problems
+
+
+def zero3_launch(launch: Launch, n: int | None) -> Launch | None:
+    if not n:
+        return None
+    return replace(launch, backend="deepspeed", zero_stage=3, world_size=n, source="launch/zero3.yaml")
+
+
+def with_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
+    """A copy of the config with dotted keys set (values the check computed, valid by construction)."""
+    out = copy.deepcopy(cfg)
+    for key, value in overrides.items():
+        *path, last = key.split(".")
+        node = out
+        for part in path:
+            node = getattr(node, part)
+        setattr(node, last, value)
+    return out
+
+
+def combined_fix(cfg: Config, launch: Launch, device_memory: float, name: str) -> str:
+    """Apply the first problem's fix, re-check, repeat: one command line that fits, checked before it is printed
+    (or why no combination of the fixes above does)."""
+    overrides: dict[str, Any] = {}
+    current = launch
+    for _ in range(8):
+        report = check(with_overrides(cfg, overrides), current, device_memory, name, combine=False)
+        if report.ok:
+            assert report.estimate is not None
+            phase, peak = report.estimate.peak()
+            args = " ".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in overrides.items())
+            launch_args = ""
+            if current != launch or current.source.endswith(".yaml"):
+                config = "launch/zero3.yaml" if current != launch and current.zero_stage == 3 else current.source
+                config_arg = f" --launch-config {config}" if config.endswith(".yaml") else ""
+                launch_args = (f"{config_arg} --num-processes {current.world_size}"
+                               f" --mixed-precision {current.mixed_precision}")  # fmt: skip
+            memory = f" --device-memory-gb {device_memory / GB:g}"
+            return (f"one line that fits (re-checked: peak {peak / GB:.1f} GB in the {phase} phase, of "
+                    f"{device_memory * HEADROOM / GB:.1f}):\n  deepseek-rl check --config-name {name}{launch_args}"
+                    f"{memory} {args}".rstrip())  # fmt: skip
+        problem = report.problems[0]
+        changed = False
+        if problem.overrides and any(overrides.get(k) != v for k, v in problem.overrides.items()):
+            overrides.update(problem.overrides)
+            changed = True
+        if problem.launch is not None and problem.launch != current:
+            current, changed = problem.launch, True
+        if not changed:
+            return f"no combination of the fixes above fits: after {len(overrides)} of them, {problem.what}"
+    return "no combination of the fixes above fits within 8 rounds"
 
 
 def lora_shape(shape: ModelShape, r: int = 16) -> ModelShape:
@@ -283,8 +358,8 @@ def fitting_micro_batch(cfg: Config, shape: ModelShape, launch: Launch, budget: 
     return None
 
 
-def check(cfg: Config, launch: Launch, device_memory: float | None, name: str = "") -> Report:
-    """The full preflight report of a validated config."""
+def check(cfg: Config, launch: Launch, device_memory: float | None, name: str = "", combine: bool = True) -> Report:
+    """The full preflight report of a validated config; with problems and a known device, one combined fix."""
     report = Report(problems=batch_problems(cfg, launch.world_size))
     report.shape = model_shape(cfg)
     report.estimate = estimate_memory(report.shape, launch, workload(cfg, launch.world_size, device_memory))
@@ -293,6 +368,9 @@ def check(cfg: Config, launch: Launch, device_memory: float | None, name: str = 
     if budget is not None:
         report.problems += memory_problems(cfg, report.shape, launch, report.estimate, budget)
     report.lines = describe(cfg, launch, report.shape, report.estimate, device_memory, name)
+    fixable = any(p.overrides or p.launch for p in report.problems)
+    if combine and fixable and device_memory:
+        report.combined = combined_fix(cfg, launch, device_memory, name or "RECIPE")
     return report
 
 

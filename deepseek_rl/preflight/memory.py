@@ -7,7 +7,10 @@ b_a bytes per activation (2 under bf16/fp16, else 4).
 
 Static (held for the whole run; conservative: gradients are counted in every phase):
   weights    P b_w (+ 4 T for fp32 LoRA adapters), / N under ZeRO-3 and FSDP, 0 with parameters offloaded
-  gradients  T b_g, / N under ZeRO-2/3 and FSDP (b_g = b_w; 4 for LoRA adapters)
+  gradients  T b_g, / N under ZeRO-2/3 and FSDP (b_g = b_w; 4 for LoRA adapters); DeepSpeed also keeps an fp32
+             copy of its gradient partition, 4 T / N (ZeRO-3: instead of the half-precision one), and ZeRO-3
+             gathers the largest layer with its gradient, 4 x its parameters: DeepSpeed's own estimator
+             (estimate_zero3_model_states_mem_needs: 4 x largest layer + 18 P / N)
   optimizer  AdamW: T x 12 under DeepSpeed (fp32 master copy, m, v), else T x 2 b_w (torch keeps m and v in the
              parameter dtype; 8 for fp32 LoRA adapters); / N under ZeRO-1/2/3 and FSDP; 0 when offloaded
   reference  (kl_coef > 0, full fine-tuning) P b_w, / N under ZeRO-3; none for LoRA (the base with adapters off)
@@ -172,9 +175,16 @@ def static_terms(shape: ModelShape, launch: Launch, work: Workload) -> list[Term
     optimizer = 0 if launch.offload_optimizer else t * b_o / o_div
     reference = p * b_w / w_div if work.kl and not shape.lora else 0
     ref_formula = "none (kl_coef 0)" if not work.kl else "none (LoRA: the base with adapters off)"
+    gradients, g_formula = t * b_g / g_div, f"{t:,} x {b_g} B / {g_div}"
+    if launch.fp32_master and not launch.offload_optimizer:  # DeepSpeed's fp32 gradient partition
+        zero3 = launch.zero_stage == 3
+        largest = 0 if shape.lora else shape.vocab * shape.hidden  # the embedding (or the LM head)
+        gradients = (0 if zero3 else gradients) + t * 4 / n + (4 * largest if zero3 else 0)
+        g_formula = (f"{t:,} x 4 B / {n} (fp32 partition) + 4 x {largest:,} (largest layer gathered)" if zero3
+                     else f"{g_formula} + {t:,} x 4 B / {n} (fp32 partition)")  # fmt: skip
     return [
         Term("weights", weights, "offloaded to CPU" if launch.offload_params else f"{w_formula} / {w_div}"),
-        Term("gradients", t * b_g / g_div, f"{t:,} x {b_g} B / {g_div}"),
+        Term("gradients", gradients, g_formula),
         Term(
             "optimizer state (AdamW)",
             optimizer,
@@ -184,9 +194,21 @@ def static_terms(shape: ModelShape, launch: Launch, work: Workload) -> list[Term
     ]
 
 
-def vllm_term(label: str, work: Workload) -> Term:
+def vllm_kv_sequences(shape: ModelShape, launch: Launch, work: Workload) -> int | None:
+    """How many sequences of prompt + completion tokens vLLM's KV cache holds: its reservation minus its copy of the
+    weights (in the activation dtype), over the KV bytes of one sequence (None when the device memory is unknown)."""
+    if not work.device_memory:
+        return None
+    b_a = activation_bytes(launch, work.dtype_bytes)
+    free = work.vllm_bytes - shape.parameters * b_a
+    return max(0, int(free // kv_cache_bytes(shape, 1, work.sequence, b_a)))
+
+
+def vllm_term(label: str, work: Workload, sequences: int | None = None) -> Term:
     known = "" if work.device_memory else " (unknown: give the device memory)"
     formula = f"rollout.vllm.gpu_memory_utilization {work.vllm_share:g} x the device's memory{known}"
+    if sequences is not None:
+        formula += f"; its KV cache holds {sequences:,} sequences of {work.sequence:,} tokens"
     return Term(f"{label}: vLLM (weights + KV cache)", work.vllm_bytes, formula)
 
 
@@ -196,7 +218,7 @@ def generation_terms(shape: ModelShape, launch: Launch, work: Workload, rows: in
     if work.engine == "vllm":  # vLLM's own copy and cache; the sync gathers one parameter at a time
         largest = shape.vocab * shape.hidden
         sync = [Term("rollout: weight sync", largest * b_w, f"{largest:,} x {b_w} B")] if label == "rollout" else []
-        return [vllm_term(label, work), *sync]
+        return [vllm_term(label, work, vllm_kv_sequences(shape, launch, work)), *sync]
     terms = []
     if launch.backend == "deepspeed" and launch.zero_stage == 3:
         terms.append(
