@@ -13,6 +13,7 @@ from pathlib import Path
 
 from deepseek_rl.config.overrides import check_override_keys
 from deepseek_rl.config.store import check_recipe, group_names, recipe_files
+from deepseek_rl.errors import ConfigError
 from deepseek_rl.paths import recipes_dir
 
 USAGE = "usage: deepseek-rl train [--config-name RECIPE] [--config-dir DIR] [key=value ...] [+dict.key=value ...]"
@@ -82,12 +83,35 @@ def version() -> str:
     return f"deepseek-rl {ours} (Hydra {hydra.__version__})"
 
 
+def check_flag_style(argv: list[str]) -> None:
+    """`--learning_rate 1e-6` (TRL's `trl grpo` flags) is not how keys are set here: name our key instead."""
+    from deepseek_rl.config.aliases import lookup
+
+    for i, arg in enumerate(argv):
+        if not arg.startswith("--") or arg in ("--config-name", "--config-dir", "--config-path"):
+            continue
+        name, _, value = arg[2:].partition("=")
+        found = lookup(name.replace("-", "_"))
+        if found is None:
+            continue
+        whose, alias = found
+        if not value and i + 1 < len(argv) and not argv[i + 1].startswith("-"):
+            value = argv[i + 1]
+        example = f"{alias.ours}={value}" if "=" not in alias.ours and value else alias.ours
+        raise ConfigError(
+            f"{arg} is {whose} flag; here keys are set as key=value: {example}"
+            + (f" ({alias.note})" if alias.note else "")
+            + ". `deepseek-rl port-trl CONFIG.yaml` turns a TRL/open-r1 config into a recipe"
+        )
+
+
 def prepare(argv: list[str]) -> bool:
     """Check `deepseek-rl train`'s arguments (ConfigError when the recipe or a key is wrong); True when the command
     was answered here (--help, --version) and Hydra must not run."""
     if "--version" in argv:  # Hydra's would print Hydra's version only
         print(version())
         return True
+    check_flag_style(argv)
     args = hydra_args(argv)
     if args.help:
         print(help_text(search_dirs(args.config_dir)))
