@@ -1,49 +1,53 @@
-"""The first process of a code sandbox: isolate, drop privileges, run the untrusted program in a child, reap it.
+"""The first process of a code sandbox: isolate, then start the judge and the program, wait for them, end them.
 
 `deepseek_rl.rewards.sandbox` starts this file as a script (`python -I -S -B _sandbox_init.py`), inside fresh mount,
 pid, network, IPC and UTS namespaces when it runs as root ("strong" mode), or as a plain child in a new session
-otherwise ("weak" mode). It reads its job as one `marshal`led dict on stdin, then closes stdin. It imports as
-little as it can (marshal and _signal are built in; ctypes only in strong mode, traceback only on an error): each
-execution starts a fresh interpreter, and imports were half of its ~40 ms.
+otherwise ("weak" mode). It reads its job as one `marshal`led dict on stdin (written by the trusted caller), then
+closes stdin. It imports as little as it can (marshal and _signal are built in; ctypes for prctl; traceback only on
+an error): each execution starts fresh interpreters, and imports were half of their start-up time.
 
 Strong mode, still as (namespace) root: a size-capped tmpfs becomes the new root, with read-only binds of /usr (and
 /bin, /lib, ... where they are not symlinks into /usr) and of the interpreter's prefix at its own path, the devices
-null, zero, random and urandom, a new /proc (this pid namespace only), a writable /work (owned by the sandbox uid)
+null, zero, random and urandom, a new /proc (this pid namespace only), a writable /work (owned by the program's uid)
 and /tmp. Everything else (the trainer's home, checkpoints, data, /etc) is absent. Then chroot, and:
-- as real root ("root" flavor): setgroups/setgid/setuid to an unprivileged uid chosen by the caller;
+- as real root ("root" flavor): this process stays root (pid 1 of the namespace, out of the program's reach); its
+  children become unprivileged uids chosen by the caller, one for the program and another for the judge;
 - in an unprivileged user namespace ("userns" flavor; only this user's uid is mapped, to 0): every capability
-  dropped (bounding set, ambient, then effective/permitted/inheritable), so the program cannot undo the chroot or
-  the mounts; a chrooted process cannot create a nested user namespace either. A new /proc needs the host's
-  /proc fully visible; where a container masks parts of it, the sandbox goes without /proc;
-then no_new_privs, and a parent-death signal (a uid change clears it).
+  dropped (bounding set, ambient, then effective/permitted/inheritable), so nothing can undo the chroot or the
+  mounts; a chrooted process cannot create a nested user namespace either. A new /proc needs the host's /proc
+  fully visible; where a container masks parts of it, the sandbox goes without /proc;
+then no_new_privs, and a parent-death signal.
 
-This process then forks: the child sets the resource limits and runs solution, setup and tests in one namespace;
-this process reaps every child until the program's child exits or the wall-clock limit passes, and exits. In strong
-mode it is pid 1 of the namespace, so its exit kills every process the program left behind, and the program cannot
-signal it. Results go to the caller on a separate pipe, each line prefixed by a nonce that only the harness knows:
-`ready` (isolation done), `pass <i>` (test i ran without raising), `done` (all tests ran). Output that the program
-forges without the nonce, and exits before `done`, count for nothing.
+Then two children, never one process (see _sandbox_judge.py for the guarantee this gives):
+- the program: a freshly executed interpreter (`_sandbox_program.py`) that sets its limits and runs the solution, so
+  that nothing of this process (the tests, the verdict pipe, the nonce) is in its memory;
+- the judge: runs setup and tests, asking the program for its objects over two pipes, and alone writes the verdict
+  lines, each prefixed by a nonce: `pass <i>` (test i passed), `done` (all tests ran). This process writes `ready`
+  (isolation done) and `timeout`.
+This process reaps every child until the judge exits (then gives the program a moment to flush its output) or the
+wall-clock limit passes, and exits: in strong mode it is pid 1, so its exit kills every process left in the
+namespace; in weak mode it kills its process group, itself last.
 
-A session (`command_fd` in the job: tool calls that keep their state, rewards/session.py) runs programs one after
-another in the same namespace, each read from that pipe, reporting `end <k>` or `fail <k>` after each, until the
-pipe closes; the caller enforces each call's timeout by killing the whole sandbox.
+A session (`command_fd` in the job: tool calls that keep their state, rewards/session.py) has no judge: the program
+runs programs one after another from that pipe, reporting `end <k>` or `fail <k>` after each, until the pipe
+closes; the caller enforces each call's timeout by killing the whole sandbox.
 """
 
 from __future__ import annotations
 
 import _signal
-import _sitebuiltins
-import builtins
 import marshal
 import os
 import resource
+import select
 import sys
+import time
 
 # mount(2) flags and prctl(2) options from <sys/mount.h> and <linux/prctl.h>
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
 MS_BIND, MS_REC, MS_PRIVATE = 4096, 16384, 1 << 18
 MS_NOATIME, MS_NODIRATIME, MS_RELATIME = 1024, 2048, 1 << 21
-PR_SET_PDEATHSIG, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT = 1, 24, 38, 47
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT = 1, 4, 24, 38, 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 # statvfs f_flag bits -> the mount flags a bind remount must keep (locked inside a user namespace)
 KEPT_FLAGS = ((2, MS_NOSUID), (4, MS_NODEV), (8, MS_NOEXEC), (1024, MS_NOATIME), (2048, MS_NODIRATIME),
@@ -54,7 +58,7 @@ _LIBC: list = []
 
 
 def _libc():
-    """(ctypes, libc), imported at first use: weak mode never needs them."""
+    """(ctypes, libc), imported at first use (before the program's process is forked, which then has them too)."""
     if not _LIBC:
         import ctypes
 
@@ -107,7 +111,8 @@ def drop_capabilities() -> None:
 
 
 def isolate(job: dict) -> None:
-    """Strong mode, as root in fresh namespaces: build the new root, enter it and become the sandbox uid."""
+    """Strong mode, as root in fresh namespaces: build the new root and enter it (this process stays the
+    namespace's root; its children drop to unprivileged uids)."""
     root, uid = job["root"], job["uid"]
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
     _mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, f"size={job['limits']['disk_mb']}m,mode=755")
@@ -127,142 +132,185 @@ def isolate(job: dict) -> None:
             raise
     os.makedirs(root + "/tmp", exist_ok=True)
     os.chmod(root + "/tmp", 0o1777)
-    os.makedirs(root + "/work", mode=0o700, exist_ok=True)
+    os.makedirs(root + "/work", mode=0o755, exist_ok=True)  # the judge reads what the program writes there
     if not userns:
         os.chown(root + "/work", uid, uid)
     os.chroot(root)
     os.chdir("/work")
     if userns:
         drop_capabilities()
-    else:
-        os.setgroups([])
-        os.setgid(uid)
-        os.setuid(uid)
     libc = _libc()[1]
-    _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
     _check(libc.prctl(PR_SET_PDEATHSIG, _signal.SIGKILL, 0, 0, 0), "pdeathsig")
 
 
-def set_limits(limits: dict) -> None:
+def rlimits(limits: dict, processes: bool) -> list[tuple[int, int, int]]:
+    """(resource, soft, hard) for the program (with a process limit) or the judge (without)."""
     cpu = int(limits["cpu_seconds"])
-    memory = limits["memory_mb"] * 2**20
-    file_size = limits["file_mb"] * 2**20
-    for which, value in (
-        (resource.RLIMIT_CPU, (cpu, cpu + 1)),
-        (resource.RLIMIT_AS, (memory, memory)),
-        (resource.RLIMIT_FSIZE, (file_size, file_size)),
-        (resource.RLIMIT_NOFILE, (limits["open_files"], limits["open_files"])),
-        (resource.RLIMIT_CORE, (0, 0)),
-        (resource.RLIMIT_NPROC, (limits["processes"], limits["processes"])),
-    ):
-        resource.setrlimit(which, value)
+    memory, file_size, files = limits["memory_mb"] << 20, limits["file_mb"] << 20, limits["open_files"]
+    result = [
+        (resource.RLIMIT_CPU, cpu, cpu + 1),
+        (resource.RLIMIT_AS, memory, memory),
+        (resource.RLIMIT_FSIZE, file_size, file_size),
+        (resource.RLIMIT_NOFILE, files, files),
+        (resource.RLIMIT_CORE, 0, 0),
+    ]
+    if processes:
+        result.append((resource.RLIMIT_NPROC, limits["processes"], limits["processes"]))
+    return result
 
 
-def _run(source: str, filename: str, namespace: dict) -> bool:
-    """Execute one piece of code; False (with the traceback on stderr) when it raises anything, SystemExit too."""
+def _keep_only(fds: list[int]) -> None:
+    """In a new child: /dev/null on stdin, stdout and stderr as they are, `fds` kept (inheritable), every other
+    descriptor closed."""
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    low = 3
+    for fd in sorted(set(fds)):
+        os.set_inheritable(fd, True)
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 2**31 - 1)
+    _signal.set_wakeup_fd(-1)
+    _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
+
+
+def program_child(control: int) -> None:
+    """The program's process, forked before this process read its job (so the tests and the nonce were never in
+    its memory): wait for its configuration on `control`, enter the sandbox's root and cwd, keep only its own pipes,
+    and run `_sandbox_program.main` (which drops privileges and sets limits before any untrusted code)."""
     try:
-        exec(compile(source, filename, "exec"), namespace)
-        return True
-    except BaseException:  # noqa: BLE001 - untrusted code may raise anything, exit() included
-        try:
-            sys.stdout.flush()  # what it printed before the error comes first
-            import traceback
-
-            traceback.print_exc(limit=-2)
-        except BaseException:  # noqa: BLE001
-            pass
-        return False
-
-
-def _program_namespace(job: dict, name: str) -> dict:
-    """In the child: the resource limits (exit 3 if they cannot be set), `exit`/`quit` as `site` would add them,
-    and the namespace the programs run in."""
-    try:
-        set_limits(job["limits"])
-    except OSError as err:
-        print(f"sandbox: cannot set limits: {err}", file=sys.stderr)
+        data = b"".join(iter(lambda: os.read(control, 1 << 20), b""))
+        if not data:
+            os._exit(0)  # the harness failed before the start
+        blob = marshal.loads(data)
+        config = blob["config"]
+        if config["root"]:
+            os.chroot(config["root"])
+        os.chdir(config["cwd"])
+        if config["drop_capabilities"]:
+            drop_capabilities()
+        _keep_only([config[name] for name in ("requests", "replies", "commands", "status") if name in config])
+        codec, program = {"__name__": "_sandbox_codec"}, {"__name__": "_sandbox_program"}
+        exec(marshal.loads(blob["codec"]), codec)
+        exec(marshal.loads(blob["program"]), program)
+        del data, blob
+    except BaseException as err:  # noqa: BLE001
+        print(f"sandbox: the program could not start: {err}", file=sys.stderr)
         os._exit(3)
-    builtins.exit = builtins.quit = _sitebuiltins.Quitter("exit", "Ctrl-D (i.e. EOF)")
-    return {"__name__": name, "__builtins__": builtins}
+    program["main"](config, codec)
 
 
-def _flush() -> None:
-    for stream in (sys.stdout, sys.stderr):
-        try:
+def fork_program() -> tuple[int, int]:
+    """Fork the program's process now, before the job is read; (its pid, the pipe its configuration goes to)."""
+    control, control_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(control_w)
+        os.dup2(os.open(os.devnull, os.O_RDONLY), 0)  # never the job's pipe
+        program_child(control)
+    os.close(control)
+    return pid, control_w
+
+
+def configure_program(job: dict, control: int, fds: dict[str, int]) -> None:
+    """Send the program's process its configuration (mode, solution, uid, limits, pipes, code) and let it go."""
+    session = job["command_fd"] is not None
+    config = {
+        "mode": "session" if session else "tests",
+        "solution": job["solution"],
+        "name": "__main__" if session else "__solution__",
+        "uid": job["uid"] if job["drop"] else None,
+        "rlimits": rlimits(job["limits"], processes=True),
+        "nonce": job["nonce"] if session else "",
+        "root": job["root"] if job["mode"] == "strong" else "",
+        "cwd": "/work" if job["mode"] == "strong" else job["workdir"],
+        "drop_capabilities": job["flavor"] == "userns",
+        **fds,
+    }
+    data = marshal.dumps({"config": config, "codec": job["code"]["codec"], "program": job["code"]["program"]})
+    view = memoryview(data)
+    while view:
+        view = view[os.write(control, view) :]
+    os.close(control)
+
+
+def start_judge(job: dict, requests: int, replies: int, verdict: int) -> int:
+    """Fork the judge: its own uid where this process is root, not dumpable (no ptrace, no /proc/<pid>/fd or mem
+    for the program), limits; then the tests (`_sandbox_judge.judge`). Its pid."""
+    pid = os.fork()
+    if pid:
+        return pid
+    try:
+        _keep_only([requests, replies, verdict])
+        if job["drop"]:
+            os.setgroups([])
+            os.setgid(job["judge_uid"])
+            os.setuid(job["judge_uid"])
+        libc = _libc()[1]
+        _check(libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "dumpable")
+        _check(libc.prctl(PR_SET_PDEATHSIG, _signal.SIGKILL, 0, 0, 0), "pdeathsig")  # (a uid change clears it)
+        for which, soft, hard in rlimits(job["limits"], processes=False):
+            resource.setrlimit(which, (soft, hard))
+        codec, judge = {"__name__": "_sandbox_codec"}, {"__name__": "_sandbox_judge"}
+        exec(marshal.loads(job["code"]["codec"]), codec)
+        exec(marshal.loads(job["code"]["judge"]), judge)
+        nonce = job["nonce"]
+
+        def report(line: str) -> None:
+            os.write(verdict, f"{nonce} {line}\n".encode())
+
+        judge["judge"](job, judge["Channel"](codec, requests, replies), report)
+    except BaseException:  # noqa: BLE001 - the judge's own failure: shown, and no verdict after it
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
             stream.flush()
-        except BaseException:  # noqa: BLE001
-            pass
+        os._exit(0)
 
 
-def run_program(job: dict, nonce: str, fd: int) -> None:
-    """The child: limits, then solution, setup and each test in one namespace; report with the nonce; exit."""
-    write = os.write
-    namespace = _program_namespace(job, "__solution__")
-    ok = _run(job["solution"], "solution.py", namespace)
-    ok = ok and (not job["setup"] or _run(job["setup"], "setup.py", namespace))
-    if ok:
-        for i, (test, counts) in enumerate(job["tests"]):
-            passed = _run(test, f"test_{i}.py", namespace)
-            if passed and counts:
-                write(fd, f"{nonce} pass {i}\n".encode())
-            elif not passed and not counts:
-                break  # a statement the tests depend on failed: the remaining tests cannot pass
-        else:
-            write(fd, f"{nonce} done\n".encode())
-    _flush()
-    os._exit(0)
-
-
-def run_session(job: dict, nonce: str, fd: int) -> None:
-    """The child of a session (tool calls with state): limits, then one program after another in one namespace,
-    each read from the command pipe as a 4-byte length and UTF-8 source; after each, its output is flushed and
-    `end <k>` (ran) or `fail <k>` (raised) reported. Exits at the end of the pipe (the caller closed it or died)."""
-    commands = job["command_fd"]
-    namespace = _program_namespace(job, "__main__")
-
-    def read(n: int) -> bytes:
-        data = b""
-        while len(data) < n:
-            chunk = os.read(commands, n - len(data))
-            if not chunk:
-                os._exit(0)
-            data += chunk
-        return data
-
-    for k in range(1 << 30):
-        source = read(int.from_bytes(read(4), "big")).decode("utf-8", "replace")
-        ok = _run(source, f"call_{k}.py", namespace)
-        _flush()
-        os.write(fd, f"{nonce} {'end' if ok else 'fail'} {k}\n".encode())
-
-
-def reap(child: int, timeout: float) -> bool:
-    """Reap every process until `child` exits, killing it after `timeout` seconds. True when it was killed."""
-    expired = []
-
-    def expire(signum, frame):
-        expired.append(True)
-        os.kill(child, _signal.SIGKILL)
-
-    _signal.signal(_signal.SIGALRM, expire)
-    _signal.setitimer(_signal.ITIMER_REAL, timeout)
+def _reap(pid: int) -> bool:
+    """Reap every child that has exited; True when `pid` is (or was already) gone."""
+    gone = False
     while True:
         try:
-            pid, _ = os.waitpid(-1, 0)
+            got, _ = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
-            return bool(expired)
-        if pid == child:
-            _signal.setitimer(_signal.ITIMER_REAL, 0)
-            return bool(expired)
+            return True
+        if got == 0:
+            return gone
+        gone = gone or got == pid
+
+
+def wait(pid: int, deadline: float, wake: int) -> bool:
+    """Reap children until `pid` exits (True) or the deadline passes (False). SIGCHLD wakes the wait (`wake` is
+    the signal module's wakeup pipe)."""
+    while not _reap(pid):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        if select.select([wake], [], [], remaining)[0]:
+            os.read(wake, 4096)
+    return True
 
 
 def main() -> None:
+    _check(_libc()[1].prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")  # for every process of the sandbox
+    requests, to_program = os.pipe()
+    from_program, replies = os.pipe()
+    program, control = fork_program()
     job = marshal.loads(b"".join(iter(lambda: os.read(0, 1 << 20), b"")))
     os.close(0)
     os.open(os.devnull, os.O_RDONLY)
-    nonce, fd = job.pop("nonce"), job["verdict_fd"]
+    nonce, verdict = job["nonce"], job["verdict_fd"]
+    deadline = time.monotonic() + job["limits"]["timeout"]
     os.umask(0o022)
     _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
+    wake, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    _signal.set_wakeup_fd(wake_w)
+    _signal.signal(_signal.SIGCHLD, lambda signum, frame: None)  # a handler, so that SIGCHLD reaches the pipe
     try:
         if job["mode"] == "strong":
             isolate(job)
@@ -271,13 +319,22 @@ def main() -> None:
     except OSError as err:
         print(f"sandbox: isolation failed: {err}", file=sys.stderr)
         os._exit(3)
-    os.write(fd, f"{nonce} ready\n".encode())
-    child = os.fork()
-    if child == 0:
-        (run_program if job["command_fd"] is None else run_session)(job, nonce, fd)
-    if reap(child, job["limits"]["timeout"]):
-        os.write(fd, f"{nonce} timeout\n".encode())
-    os._exit(0)
+    if job["command_fd"] is not None:
+        configure_program(job, control, {"commands": job["command_fd"], "status": verdict})
+        main_child = program
+    else:
+        configure_program(job, control, {"requests": requests, "replies": replies})
+        main_child = start_judge(job, to_program, from_program, verdict)
+    for fd in (requests, to_program, from_program, replies):
+        os.close(fd)
+    os.write(verdict, f"{nonce} ready\n".encode())
+    if not wait(main_child, deadline, wake):
+        os.write(verdict, f"{nonce} timeout\n".encode())
+    elif program != main_child:  # the judge is done: the program flushes its output when its requests end
+        wait(program, min(deadline, time.monotonic() + 0.5), wake)
+    if job["mode"] == "weak":
+        os.killpg(0, _signal.SIGKILL)  # the judge, the program and what it started in this group; this process last
+    os._exit(0)  # strong: pid 1's exit kills every process left in the namespace
 
 
 if __name__ == "__main__":

@@ -22,11 +22,21 @@ purpose (one warning); `auto` (the default) is strong where possible and otherwi
 naming `reward.sandbox=weak` as the explicit opt-in. The attack tests that need strong isolation skip without it.
 
 Resource limits in both: CPU seconds, address space, processes, file size, open files; output kept up to a cap.
-A result counts only what the harness reported with a per-run nonce that is never in the program's files,
-arguments or environment (it arrives on stdin, which is closed before the program runs): `exit(0)` or
-`os._exit(0)` before the tests, or printing fake results, pass nothing. Known limit: the program runs in the same
-interpreter as its tests, so a program that inspects the interpreter (frames, gc, tracing) could find the nonce or
-fake a test; and an object whose `__eq__` always returns True passes `assert f(x) == y` anywhere.
+
+Verdicts (threat model: the program is written to pass its tests without solving its task, e.g. by an RL policy
+that found a reward hack). The tests never run in the program's process: the sandbox holds two, the program (a
+process forked before the harness read its job, so that the tests and the nonce were never in its memory, as the
+program's uid) and the judge (another uid where the sandbox runs as root; not dumpable, so it cannot be traced or
+read through /proc). The judge runs each test's own code with its own builtins and standard library, asks the
+program for what the test needs of it (call `f`, read `p.x`) over two pipes that carry plain data and handles,
+compares the answers itself, and alone writes `pass <i>` lines, with a nonce, to a pipe only it holds. So whatever
+the program does inside its process (walk frames, scan gc, patch builtins or AssertionError, write to every file
+descriptor, exit with status 0, print look-alike lines, answer True to everything, return an object equal to
+everything) it chooses only its own answers, from the arguments the tests give it. What still passes without
+solving: a test that asks only a yes/no question of the program (`assert is_prime(7)`), compares two of the
+program's objects, or trusts a helper of the program to compute the expected value. Weak mode without root is
+weaker: the program runs as the trainer's user and may trace the trainer or rewrite the interpreter's files
+(see `resolve_mode`'s warning). _sandbox_judge.py gives the rules.
 """
 
 from __future__ import annotations
@@ -133,6 +143,41 @@ def _user_process_count() -> int:
     return count
 
 
+def subject(test: str) -> str | None:
+    """The name of the function whose result a test compares, `assert NAME(...) == ...`, when NAME appears nowhere
+    else in it: the one place where a builtin or standard-library name may stand for the program's own function
+    (MBPP 126 names its function `sum`); everywhere else the judge keeps its own (see _sandbox_judge.py).
+
+    >>> subject("assert sum(10, 15) == 6"), subject("assert set(f(x)) == set([1])"), subject("assert f(1)")
+    ('sum', None, None)
+    """
+    try:
+        tree = ast.parse(test)
+    except SyntaxError:
+        return None
+    if len(tree.body) != 1 or not isinstance(tree.body[0], ast.Assert):
+        return None
+    check = tree.body[0].test
+    call = check.left if isinstance(check, ast.Compare) else None
+    if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name)):
+        return None
+    name = call.func.id
+    return name if sum(isinstance(n, ast.Name) and n.id == name for n in ast.walk(tree)) == 1 else None
+
+
+_CODE: dict[str, bytes] = {}
+
+
+def _code() -> dict[str, bytes]:
+    """The judge's and the program's code (and their codec), compiled once per process and sent with each job: the
+    sandbox's interpreters run them without importing anything of this package."""
+    if not _CODE:
+        for name in ("codec", "judge", "program"):
+            path = HARNESS.with_name(f"_sandbox_{name}.py")
+            _CODE[name] = marshal.dumps(compile(path.read_text(), f"<{name}>", "exec"))
+    return _CODE
+
+
 def _job(
     mode: str, flavor: str, tmp: str, nonce: str, fd: int, solution: str, setup: str, tests, limits: Limits
 ) -> dict:
@@ -140,6 +185,7 @@ def _job(
     values["cpu_seconds"] = math.ceil(limits.timeout)
     if mode == "weak" or flavor == "userns":  # the limit counts all of this user's processes
         values["processes"] += _user_process_count()
+    program_uid, judge_uid = random.SystemRandom().sample(range(*UID_RANGE), 2)
     return {
         "nonce": nonce,
         "verdict_fd": fd,
@@ -147,12 +193,16 @@ def _job(
         "flavor": flavor,
         "root": tmp,
         "workdir": os.path.join(tmp, "work"),
-        "uid": random.SystemRandom().randrange(*UID_RANGE),
+        "uid": program_uid,
+        "judge_uid": judge_uid,
+        "drop": mode == "strong" and flavor == "root",  # the judge and the program take these uids
         "binds": _binds(),
         "limits": values,
         "solution": solution,
         "setup": setup,
         "tests": tests,
+        "subjects": [subject(test) if counts else None for test, counts in tests],
+        "code": _code(),
     }
 
 
