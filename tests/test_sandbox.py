@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -190,6 +191,55 @@ def test_weak_mode_keeps_timeouts_and_limits():
     assert hungry.passed == 0 and "MemoryError" in hungry.output
     ok = sandbox.execute("def f():\n    return 1", ["assert f() == 1", "assert f() == 2"], limits=limits, mode="weak")
     assert (ok.passed, ok.total, ok.finished, ok.mode) == (1, 2, True, "weak")
+
+
+WEAK_AS_ROOT = """
+import os, signal, time
+uid = os.getuid()
+caps = [line.split()[1] for line in open('/proc/self/status') if line.startswith('CapEff')][0]
+signals = []
+for target, signum in (({victim}, signal.SIGKILL), (os.getppid(), 0), ({trainer}, 0)):
+    try:
+        os.kill(target, signum)
+        signals.append('sent')
+    except OSError as err:
+        signals.append(type(err).__name__)
+forks = 0
+for _ in range(100):
+    try:
+        if os.fork() == 0:
+            time.sleep(3)
+            os._exit(0)
+        forks += 1
+    except OSError:
+        break
+try:
+    open('big', 'wb').write(b'x' * (2 * 2**20))
+    write = 'written'
+except OSError as err:
+    write = type(err).__name__
+"""
+
+
+def test_weak_mode_as_root_drops_privileges_and_keeps_limits():
+    """With reward.sandbox=weak and a root trainer, the program is not root, holds no capability, cannot signal the
+    trainer, its harness or another root process, and the process and file-size limits hold."""
+    if os.geteuid() != 0:
+        pytest.skip("weak mode drops to an unprivileged uid only when the trainer is root")
+    victim = subprocess.Popen(["sleep", "60"])
+    try:
+        solution = WEAK_AS_ROOT.format(victim=victim.pid, trainer=os.getpid())
+        tests = "assert uid != 0\nassert caps == '0' * 16\nassert signals == ['PermissionError'] * 3\n"
+        tests += "assert forks < 8\nassert write == 'OSError'"
+        limits = sandbox.Limits(timeout=5.0, processes=8, file_mb=1)
+        result = sandbox.execute(solution, tests, limits=limits, mode="weak")
+        assert (result.passed, result.total) == (5, 5), result.output[-2000:]
+        assert victim.poll() is None
+    finally:
+        victim.kill()
+        victim.wait()
+    with pytest.warns(RuntimeWarning, match="runs as an unprivileged uid without capabilities.*reach the network"):
+        warnings.warn(sandbox.weak_warning(), RuntimeWarning, stacklevel=1)
 
 
 def test_output_is_capped():

@@ -159,6 +159,18 @@ def rlimits(limits: dict, processes: bool) -> list[tuple[int, int, int]]:
     return result
 
 
+def reroute_prefix() -> int:
+    """Weak mode as root: the interpreter's prefix may sit under a folder other users cannot enter (pyenv in /root,
+    mode 700). Open it while still root and import through `/proc/self/fd/<fd>`, which needs no search permission
+    on the folders above it (below it, permissions apply as usual). Returns the descriptor, to be kept."""
+    fd = os.open(os.path.realpath(sys.prefix), os.O_RDONLY | os.O_DIRECTORY)
+    for prefix in {sys.prefix, os.path.realpath(sys.prefix)}:
+        sys.path[:] = [f"/proc/self/fd/{fd}{p[len(prefix) :]}" if p == prefix or p.startswith(prefix + "/") else p
+                       for p in sys.path]  # fmt: skip
+    sys.path_importer_cache.clear()
+    return fd
+
+
 def _keep_only(fds: list[int]) -> None:
     """In a new child: /dev/null on stdin, stdout and stderr as they are, `fds` kept (inheritable), every other
     descriptor closed."""
@@ -189,7 +201,8 @@ def program_child(control: int) -> None:
         os.chdir(config["cwd"])
         if config["drop_capabilities"]:
             drop_capabilities()
-        _keep_only([config[name] for name in ("requests", "replies", "commands", "status") if name in config])
+        kept = [reroute_prefix()] if config["reroute"] else []
+        _keep_only(kept + [config[name] for name in ("requests", "replies", "commands", "status") if name in config])
         codec, program = {"__name__": "_sandbox_codec"}, {"__name__": "_sandbox_program"}
         exec(marshal.loads(blob["codec"]), codec)
         exec(marshal.loads(blob["program"]), program)
@@ -225,6 +238,7 @@ def configure_program(job: dict, control: int, fds: dict[str, int]) -> None:
         "root": job["root"] if job["mode"] == "strong" else "",
         "cwd": "/work" if job["mode"] == "strong" else job["workdir"],
         "drop_capabilities": job["flavor"] == "userns",
+        "reroute": job["drop"] and job["mode"] == "weak",
         **fds,
     }
     data = marshal.dumps({"config": config, "codec": job["code"]["codec"], "program": job["code"]["program"]})
@@ -241,7 +255,8 @@ def start_judge(job: dict, requests: int, replies: int, verdict: int) -> int:
     if pid:
         return pid
     try:
-        _keep_only([requests, replies, verdict])
+        kept = [reroute_prefix()] if job["drop"] and job["mode"] == "weak" else []
+        _keep_only(kept + [requests, replies, verdict])
         if job["drop"]:
             os.setgroups([])
             os.setgid(job["judge_uid"])
@@ -315,6 +330,10 @@ def main() -> None:
         if job["mode"] == "strong":
             isolate(job)
         else:
+            if job["drop"]:  # the program's uid owns its folder; the judge may read it
+                os.chmod(job["root"], 0o711)
+                os.chown(job["workdir"], job["uid"], job["uid"])
+                os.chmod(job["workdir"], 0o755)
             os.chdir(job["workdir"])
     except OSError as err:
         print(f"sandbox: isolation failed: {err}", file=sys.stderr)

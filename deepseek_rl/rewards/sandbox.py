@@ -14,8 +14,11 @@ Two levels of isolation, chosen explicitly with `reward.sandbox` (the code rewar
     Slurm node): the program stays the namespace's root but with every capability dropped (bounding set, permitted,
     effective, inheritable, ambient) and no_new_privs, inside a chroot (which also forbids it a nested user
     namespace). Its RLIMIT_NPROC counts all the user's processes, like weak mode's.
-- weak: the same process tree and limits, run as the current user in a new session. It cannot hide files, block the
-  network or stop a program that escapes its process group.
+- weak: the same process tree and limits in a new session, without namespaces. As root, the program and the judge
+  still run as unprivileged uids of their own with no capability (so the process limit holds, and they cannot
+  signal or trace the trainer); the interpreter is reached through an open descriptor where it sits under a folder
+  others cannot enter (/root). It cannot hide world-readable files, block the network, cap the disk beyond each
+  file's size, or stop a program that escapes its process group. Without root it runs as the current user.
 
 `reward.sandbox`: `strong` requires strong isolation (an error says why it is unavailable); `weak` runs weakly on
 purpose (one warning); `auto` (the default) is strong where possible and otherwise refuses to run untrusted code,
@@ -183,7 +186,8 @@ def _job(
 ) -> dict:
     values = asdict(limits)
     values["cpu_seconds"] = math.ceil(limits.timeout)
-    if mode == "weak" or flavor == "userns":  # the limit counts all of this user's processes
+    drop = os.geteuid() == 0 and (mode == "weak" or flavor == "root")  # the judge and the program take these uids
+    if not drop:  # the limit counts all of this user's processes
         values["processes"] += _user_process_count()
     program_uid, judge_uid = random.SystemRandom().sample(range(*UID_RANGE), 2)
     return {
@@ -195,7 +199,7 @@ def _job(
         "workdir": os.path.join(tmp, "work"),
         "uid": program_uid,
         "judge_uid": judge_uid,
-        "drop": mode == "strong" and flavor == "root",  # the judge and the program take these uids
+        "drop": drop,
         "binds": _binds(),
         "limits": values,
         "solution": solution,
@@ -393,6 +397,23 @@ def strong_flavor() -> tuple[str | None, str]:
     return _STRONG[0]
 
 
+def weak_warning() -> str:
+    """What weak isolation leaves open, here (as root or not)."""
+    if os.geteuid() == 0:
+        return (
+            "deepseek-rl code sandbox: weak isolation (reward.sandbox=weak): untrusted code runs as an unprivileged "
+            "uid without capabilities, with timeouts and resource limits (processes, memory, file size), but it can "
+            "read world-readable files, reach the network, see other processes, and fill world-writable folders "
+            "(/tmp, /dev/shm) beyond disk_mb; a process it detaches from its process group outlives it"
+        )
+    return (
+        "deepseek-rl code sandbox: weak isolation (reward.sandbox=weak): untrusted code runs as this user with "
+        "timeouts and resource limits, but it can read and change this user's files (the interpreter's too), "
+        "signal and trace this user's processes (the trainer's: so it can forge its tests' verdicts), reach the "
+        "network and fill the disk; run as root or with user namespaces for strong isolation"
+    )
+
+
 def resolve_mode(requested: str) -> str:
     """strong or weak for `reward.sandbox` = strong | weak | auto (see the module docstring); ConfigError when
     strong isolation is required (strong) or would be (auto) and this machine cannot provide it."""
@@ -401,12 +422,7 @@ def resolve_mode(requested: str) -> str:
     if requested == "weak":
         if not _WARNED:
             _WARNED.append(True)
-            warnings.warn(
-                "deepseek-rl code sandbox: weak isolation (reward.sandbox=weak): untrusted code runs as this user "
-                "with resource limits and timeouts, but can read this user's files and reach the network",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+            warnings.warn(weak_warning(), RuntimeWarning, stacklevel=2)
         return "weak"
     flavor, reason = strong_flavor()
     if flavor is not None:
