@@ -11,6 +11,7 @@ import json
 import os
 import select
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -152,6 +153,77 @@ def test_no_process_is_left_behind(strong):
     assert score == 1.0  # the program itself is fine; what matters is what it left
     time.sleep(0.2)
     assert _processes_with(marker) == []
+
+
+TRAINER = """
+import os, sys
+from deepseek_rl.rewards import sandbox
+from deepseek_rl.rewards.session import SandboxSession
+kind, mode, marker = sys.argv[1], sys.argv[2], os.environ["MARKER"]
+program = f"import os, time\\nif os.fork() == 0:\\n    os.execv('/bin/sleep', ['sleep', '{marker}'])\\ntime.sleep(600)"
+if kind == "session":
+    SandboxSession(mode).run(program, 600.0)
+else:
+    sandbox.execute(program, ["assert True"], limits=sandbox.Limits(timeout=600.0), mode=mode)
+"""
+
+
+@pytest.mark.parametrize("kind", ["code", "session"])
+@pytest.mark.parametrize("mode", ["strong", "weak"])
+def test_a_killed_trainer_leaves_no_sandbox_behind(kind, mode):
+    """A trainer-like process runs a sandbox that would live 10 minutes (a code reward, or a tool session's call);
+    SIGKILL it: every process of the sandbox is gone within seconds, and no folder is left in the temp dir."""
+    if mode == "strong" and sandbox.isolation() != "strong":
+        pytest.skip("strong sandbox unavailable")
+    before = sandbox_dirs()
+    marker = f"{600 + time.time() % 300:.6f}"  # the program's child sleeps this long: an argument no other has
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "PYTHONWARNINGS": "ignore"}
+    env["MARKER"] = marker  # not on the trainer's command line
+    trainer = subprocess.Popen([sys.executable, "-c", TRAINER, kind, mode], env=env, start_new_session=True)
+    sandbox_pids: set[int] = set()
+    try:
+        started = time.monotonic()
+        while not _processes_with(marker) and time.monotonic() - started < 20:
+            time.sleep(0.05)
+        assert _processes_with(marker), "the sandbox did not start"
+        sandbox_pids = _descendants(trainer.pid)
+        trainer.kill()
+        trainer.wait()
+        killed = time.monotonic()
+        while any(map(_alive, sandbox_pids)) and time.monotonic() - killed < 5:
+            time.sleep(0.02)
+        left = [pid for pid in sandbox_pids if _alive(pid)]
+        assert not left, f"{len(left)} of the sandbox's processes outlived the trainer by 5 s"
+        print(f"{kind}/{mode}: the sandbox died {time.monotonic() - killed:.2f} s after its trainer")
+        assert sandbox_dirs() == before
+    finally:
+        for pid in sandbox_pids | set(_processes_with(marker)):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+def _descendants(root: int) -> set[int]:
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                pass
+    found, frontier = set(), {root}
+    while frontier:
+        frontier = {pid for pid, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def _processes_with(text: str) -> list[int]:

@@ -2,14 +2,18 @@
 
 `deepseek_rl.rewards.sandbox` starts this file as a script (`python -I -S -B _sandbox_init.py`), inside fresh mount,
 pid, network, IPC and UTS namespaces when it runs as root ("strong" mode), or as a plain child in a new session
-otherwise ("weak" mode). It reads its job as one `marshal`led dict on stdin (written by the trusted caller), then
-closes stdin. It imports as little as it can (marshal and _signal are built in; ctypes for prctl; traceback only on
-an error): each execution starts fresh interpreters, and imports were half of their start-up time.
+otherwise ("weak" mode). It reads its job as one `marshal`led dict on stdin (written by the trusted caller), and
+keeps stdin open as a lifeline: when the caller dies (a trainer SIGKILLed, a reward worker gone with it), the pipe
+ends and so does the sandbox, at once, whatever its program is doing. It imports as little as it can (marshal and
+_signal are built in; ctypes for prctl; traceback only on an error): each execution starts a fresh interpreter, and
+imports were half of its start-up time.
 
-Strong mode, still as (namespace) root: a size-capped tmpfs becomes the new root, with read-only binds of /usr (and
-/bin, /lib, ... where they are not symlinks into /usr) and of the interpreter's prefix at its own path, the devices
-null, zero, random and urandom, a new /proc (this pid namespace only), a writable /work (owned by the program's uid)
-and /tmp. Everything else (the trainer's home, checkpoints, data, /etc) is absent. Then chroot, and:
+Strong mode, still as (namespace) root: a size-capped tmpfs, mounted over an existing folder of this private mount
+namespace (so nothing is created on the machine's disk, and nothing can be left there), becomes the new root, with
+read-only binds of /usr (and /bin, /lib, ... where they are not symlinks into /usr) and of the interpreter's prefix
+at its own path, the devices null, zero, random and urandom, a new /proc (this pid namespace only), a writable /work
+(owned by the program's uid) and /tmp. Everything else (the trainer's home, checkpoints, data, /etc) is absent.
+Then chroot, and:
 - as real root ("root" flavor): this process stays root (pid 1 of the namespace, out of the program's reach); its
   children become unprivileged uids chosen by the caller, one for the program and another for the judge;
 - in an unprivileged user namespace ("userns" flavor; only this user's uid is mapped, to 0): every capability
@@ -24,9 +28,10 @@ Then two children, never one process (see _sandbox_judge.py for the guarantee th
 - the judge: runs setup and tests, asking the program for its objects over two pipes, and alone writes the verdict
   lines, each prefixed by a nonce: `pass <i>` (test i passed), `done` (all tests ran). This process writes `ready`
   (isolation done) and `timeout`.
-This process reaps every child until the judge exits (then gives the program a moment to flush its output) or the
-wall-clock limit passes, and exits: in strong mode it is pid 1, so its exit kills every process left in the
-namespace; in weak mode it kills its process group, itself last.
+This process reaps every child until the judge exits (then gives the program a moment to flush its output), the
+wall-clock limit passes or the lifeline ends, and exits: in strong mode it is pid 1, so its exit kills every process
+left in the namespace; in weak mode it kills the program's process group (the judge is in it too), and when the
+caller is gone it also removes the sandbox's folder, which the caller would otherwise remove.
 
 A session (`command_fd` in the job: tool calls that keep their state, rewards/session.py) has no judge: the program
 runs programs one after another from that pipe, reporting `end <k>` or `fail <k>` after each, until the pipe
@@ -53,6 +58,8 @@ PR_CAP_AMBIENT_CLEAR_ALL = 4
 KEPT_FLAGS = ((2, MS_NOSUID), (4, MS_NODEV), (8, MS_NOEXEC), (1024, MS_NOATIME), (2048, MS_NODIRATIME),
               (4096, MS_RELATIME))  # fmt: skip
 DEVICES = ("null", "zero", "random", "urandom")
+# folders a strong sandbox may mount its root on, in its own mount namespace (the first that holds nothing it binds)
+MOUNTPOINTS = ("/mnt", "/media", "/srv", "/opt", "/boot", "/home", "/tmp")
 
 _LIBC: list = []
 
@@ -248,13 +255,15 @@ def configure_program(job: dict, control: int, fds: dict[str, int]) -> None:
     os.close(control)
 
 
-def start_judge(job: dict, requests: int, replies: int, verdict: int) -> int:
+def start_judge(job: dict, requests: int, replies: int, verdict: int, group: int) -> int:
     """Fork the judge: its own uid where this process is root, not dumpable (no ptrace, no /proc/<pid>/fd or mem
     for the program), limits; then the tests (`_sandbox_judge.judge`). Its pid."""
     pid = os.fork()
     if pid:
         return pid
     try:
+        if job["mode"] == "weak":
+            os.setpgid(0, group)  # the program's group, which the harness kills at the end
         kept = [reroute_prefix()] if job["drop"] and job["mode"] == "weak" else []
         _keep_only(kept + [requests, replies, verdict])
         if job["drop"]:
@@ -298,16 +307,63 @@ def _reap(pid: int) -> bool:
         gone = gone or got == pid
 
 
-def wait(pid: int, deadline: float, wake: int) -> bool:
-    """Reap children until `pid` exits (True) or the deadline passes (False). SIGCHLD wakes the wait (`wake` is
-    the signal module's wakeup pipe)."""
+def wait(pid: int, deadline: float, wake: int) -> str:
+    """Reap children until `pid` exits ("exited"), the deadline passes ("timeout") or stdin, the caller's lifeline,
+    ends ("abandoned": the trainer died). SIGCHLD wakes the wait (`wake` is the signal module's wakeup pipe)."""
     while not _reap(pid):
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            return False
-        if select.select([wake], [], [], remaining)[0]:
-            os.read(wake, 4096)
-    return True
+            return "timeout"
+        for fd in select.select([wake, 0], [], [], remaining)[0]:
+            if not os.read(fd, 4096) and fd == 0:
+                return "abandoned"
+    return "exited"
+
+
+def read_job() -> dict:
+    """The job: one frame (4-byte length, marshal) on stdin, which stays open (see `wait`)."""
+    data = b""
+    while len(data) < 4 or len(data) < 4 + int.from_bytes(data[:4], "big"):
+        chunk = os.read(0, 1 << 20)
+        if not chunk:
+            os._exit(3)  # the caller died before it sent the whole job
+        data += chunk
+    return marshal.loads(data[4:])
+
+
+def sandbox_root(binds: list[str]) -> str:
+    """Where this mount namespace mounts the sandbox's root: an existing folder that holds nothing to bind (it is
+    covered here only; nothing is created on the machine's disk)."""
+    for path in MOUNTPOINTS:
+        inside = any(b == path or b.startswith(path + "/") for b in binds)
+        if os.path.isdir(path) and not os.path.islink(path) and not inside:
+            return path
+    raise OSError(f"no folder to mount the sandbox's root on (tried {', '.join(MOUNTPOINTS)})")
+
+
+def end_weak(job: dict, group: int, abandoned: bool) -> None:
+    """Weak mode: kill the program's process group (the judge is in it too); when the caller is gone, remove the
+    sandbox's folder too (otherwise the caller does)."""
+    try:
+        os.killpg(group, _signal.SIGKILL)
+    except OSError:
+        pass
+    until = time.monotonic() + 1.0
+    while not _reap(-1) and time.monotonic() < until:  # the judge and the program
+        time.sleep(0.01)
+    if abandoned:
+        import shutil
+
+        def writable(func, path, exc_info):  # a folder the program made unreadable (mode 000)
+            os.chmod(os.path.dirname(path), 0o700)
+            os.chmod(path, 0o700)
+            func(path)
+
+        for _ in range(3):
+            shutil.rmtree(job["root"], onerror=writable)
+            if not os.path.exists(job["root"]):
+                break
+            time.sleep(0.05)  # a process of the group still writing when it was killed
 
 
 def main() -> None:
@@ -315,9 +371,7 @@ def main() -> None:
     requests, to_program = os.pipe()
     from_program, replies = os.pipe()
     program, control = fork_program()
-    job = marshal.loads(b"".join(iter(lambda: os.read(0, 1 << 20), b"")))
-    os.close(0)
-    os.open(os.devnull, os.O_RDONLY)
+    job = read_job()
     nonce, verdict = job["nonce"], job["verdict_fd"]
     deadline = time.monotonic() + job["limits"]["timeout"]
     os.umask(0o022)
@@ -328,8 +382,10 @@ def main() -> None:
     _signal.signal(_signal.SIGCHLD, lambda signum, frame: None)  # a handler, so that SIGCHLD reaches the pipe
     try:
         if job["mode"] == "strong":
+            job["root"] = sandbox_root(job["binds"])
             isolate(job)
         else:
+            os.setpgid(program, program)  # the judge and the program: one group, which this process kills at the end
             if job["drop"]:  # the program's uid owns its folder; the judge may read it
                 os.chmod(job["root"], 0o711)
                 os.chown(job["workdir"], job["uid"], job["uid"])
@@ -343,16 +399,17 @@ def main() -> None:
         main_child = program
     else:
         configure_program(job, control, {"requests": requests, "replies": replies})
-        main_child = start_judge(job, to_program, from_program, verdict)
+        main_child = start_judge(job, to_program, from_program, verdict, program)
     for fd in (requests, to_program, from_program, replies):
         os.close(fd)
     os.write(verdict, f"{nonce} ready\n".encode())
-    if not wait(main_child, deadline, wake):
+    outcome = wait(main_child, deadline, wake)
+    if outcome == "timeout":
         os.write(verdict, f"{nonce} timeout\n".encode())
-    elif program != main_child:  # the judge is done: the program flushes its output when its requests end
-        wait(program, min(deadline, time.monotonic() + 0.5), wake)
+    elif outcome == "exited" and program != main_child:  # the program flushes its output when its requests end
+        outcome = wait(program, min(deadline, time.monotonic() + 0.5), wake)
     if job["mode"] == "weak":
-        os.killpg(0, _signal.SIGKILL)  # the judge, the program and what it started in this group; this process last
+        end_weak(job, program, outcome == "abandoned")
     os._exit(0)  # strong: pid 1's exit kills every process left in the namespace
 
 

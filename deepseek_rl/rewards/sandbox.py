@@ -182,7 +182,7 @@ def _code() -> dict[str, bytes]:
 
 
 def _job(
-    mode: str, flavor: str, tmp: str, nonce: str, fd: int, solution: str, setup: str, tests, limits: Limits
+    mode: str, flavor: str, tmp: str | None, nonce: str, fd: int, solution: str, setup: str, tests, limits: Limits
 ) -> dict:
     values = asdict(limits)
     values["cpu_seconds"] = math.ceil(limits.timeout)
@@ -195,8 +195,8 @@ def _job(
         "verdict_fd": fd,
         "mode": mode,
         "flavor": flavor,
-        "root": tmp,
-        "workdir": os.path.join(tmp, "work"),
+        "root": tmp or "",  # strong: the harness chooses where to mount its root, in its own mount namespace
+        "workdir": os.path.join(tmp, "work") if tmp else "/work",
         "uid": program_uid,
         "judge_uid": judge_uid,
         "drop": drop,
@@ -237,14 +237,19 @@ def _read(proc: subprocess.Popen, verdict_fd: int, deadline: float, cap: int) ->
 
 
 def _kill_tree(proc: subprocess.Popen) -> None:
-    """SIGKILL the namespace's first process (the kernel then kills the whole pid namespace) and the session's group."""
+    """SIGKILL the harness's children and their process groups (weak mode: the program's), the namespace's first
+    process (strong mode: the kernel then kills the whole pid namespace) and the session's group."""
     try:
         children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
     except OSError:
         children = []
-    for pid in children:
+    own_group = os.getpgid(0)
+    for pid in map(int, children):
         try:
-            os.kill(int(pid), signal.SIGKILL)
+            group = os.getpgid(pid)
+            if group not in (own_group, proc.pid):
+                os.killpg(group, signal.SIGKILL)
+            os.kill(pid, signal.SIGKILL)
         except OSError:
             pass
     try:
@@ -273,10 +278,11 @@ def _verdict(lines: bytes, nonce: str) -> tuple[bool, set[int], bool, bool]:
 
 @dataclass
 class Launched:
-    """A started harness: its process, its temporary root, the nonce of its verdict lines and where they arrive."""
+    """A started harness: its process, its folder on this machine (weak mode only; a strong sandbox has none), the
+    nonce of its verdict lines and where they arrive. Its stdin stays open: the harness's lifeline."""
 
     proc: subprocess.Popen
-    tmp: str
+    tmp: str | None
     nonce: str
     verdict_fd: int
     mode: str
@@ -284,9 +290,14 @@ class Launched:
     def kill(self) -> None:
         """Kill the whole sandbox and remove its files."""
         _kill_tree(self.proc)
-        self.proc.stdout.close()
+        for stream in (self.proc.stdin, self.proc.stdout):
+            try:
+                stream.close()
+            except OSError:
+                pass
         os.close(self.verdict_fd)
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        if self.tmp is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def resolve(mode: str, flavor: str | None = None) -> tuple[str, str]:
@@ -300,10 +311,13 @@ def resolve(mode: str, flavor: str | None = None) -> tuple[str, str]:
 def launch(
     mode: str, flavor: str, limits: Limits, solution: str = "", setup: str = "", tests=(), command_fd: int | None = None
 ) -> Launched:
-    """Start the harness (isolated as `mode`/`flavor` say) with its job on stdin. `command_fd`, the read end of a
-    pipe, makes it a session (programs sent one after another, rewards/session.py). SandboxError if it cannot."""
-    tmp = tempfile.mkdtemp(prefix="deepseek-rl-sandbox-")
-    os.makedirs(os.path.join(tmp, "work"))
+    """Start the harness (isolated as `mode`/`flavor` say) with its job on stdin, which then stays open: the end of
+    that pipe (this process died) ends the sandbox. `command_fd`, the read end of a pipe, makes it a session (programs
+    sent one after another, rewards/session.py). SandboxError if it cannot."""
+    tmp = None  # strong: the root is a tmpfs in the sandbox's own mount namespace, nothing on this machine's disk
+    if mode == "weak":
+        tmp = tempfile.mkdtemp(prefix="deepseek-rl-sandbox-")
+        os.makedirs(os.path.join(tmp, "work"))
     nonce = secrets.token_hex(16)
     read_fd, write_fd = os.pipe()
     job = _job(mode, flavor, tmp, nonce, write_fd, solution, setup, list(tests), limits)
@@ -321,17 +335,19 @@ def launch(
             pass_fds=(write_fd,) if command_fd is None else (write_fd, command_fd),
             start_new_session=True,
             env=env,
-            cwd=tmp,
+            cwd=tmp or "/",
         )
     except OSError as err:
         os.close(read_fd)
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise SandboxError(f"cannot start the sandbox: {err}") from err
     finally:
         os.close(write_fd)
-    try:
-        proc.stdin.write(marshal.dumps(job))
-        proc.stdin.close()
+    data = marshal.dumps(job)
+    try:  # one frame; the harness keeps reading stdin only to see it end
+        proc.stdin.write(len(data).to_bytes(4, "big") + data)
+        proc.stdin.flush()
     except BrokenPipeError:
         pass
     return Launched(proc, tmp, nonce, read_fd, mode)

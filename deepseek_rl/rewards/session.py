@@ -4,9 +4,9 @@
 program process stays alive: each `run(code)` sends the code on a command pipe, the harness executes it in the
 namespace of the calls before it (variables, imports and files persist), and reports the end of the call. The
 caller enforces each call's timeout: a call that runs over it kills the whole sandbox (its state is lost, which the
-output says), and the next call starts a fresh one. `close()` kills it; so does the end of the command pipe (the
-trainer closed it or died), and, as a backstop for a program that blocks while the trainer is gone, the harness's
-own wall clock (`LIFETIME`).
+output says), and the next call starts a fresh one. `close()` kills it; so does the trainer's death, at once (the
+harness's stdin, its lifeline, ends), and, as a backstop for a session the trainer forgets, the harness's own wall
+clock (`LIFETIME`).
 
 Nothing here waits without a deadline: the command pipe is non-blocking, so a program that stops reading it (it
 stopped itself, or shrank the pipe and never reads) cannot make the trainer block in a write. A call that cannot be
