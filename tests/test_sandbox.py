@@ -9,6 +9,7 @@ must run); elsewhere they skip with the reason. The weak mode's own guarantees a
 
 import json
 import os
+import re
 import select
 import shutil
 import signal
@@ -23,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from deepseek_rl.errors import ConfigError
-from deepseek_rl.rewards import sandbox
+from deepseek_rl.rewards import cgroups, sandbox
 from deepseek_rl.rewards.coding import CodeTimeout, code
 
 TIMEOUT = 2.0
@@ -79,6 +80,59 @@ def test_memory_exhaustion_is_contained(strong):
     assert score == 0.0
     score, _ = attack("big = bytearray(16 * 2**30)", "assert len(big) > 0")
     assert score == 0.0
+
+
+HOG = """
+import os, time
+r, w = os.pipe()
+children = []
+for i in range(8):
+    try:
+        pid = os.fork()
+    except OSError:
+        break
+    if pid == 0:
+        try:
+            block = bytearray(b'x') * (64 << 20)  # 64 MiB, every page written
+            os.write(w, bytes([i]))
+            time.sleep(30)
+        finally:
+            os._exit(0)
+    children.append(pid)
+os.close(w)
+time.sleep(1.5)
+os.set_blocking(r, False)
+held = set(os.read(r, 64))
+alive = [i for i, pid in enumerate(children) if os.waitpid(pid, os.WNOHANG) == (0, 0)]
+print(f"forked {len(children)} holding {len([i for i in alive if i in held])}")
+"""
+
+
+@pytest.mark.parametrize("mode", ["strong", "weak"])
+@pytest.mark.parametrize("cgroup", [True, False], ids=["cgroup", "no-cgroup"])
+def test_a_sandbox_cannot_exceed_its_total_memory(mode, cgroup, monkeypatch):
+    """Eight children of 64 MiB each (512 MiB) against a 384 MiB budget (256 MiB per process): those holding their
+    memory at once never exceed the budget, with a cgroup (the OOM killer acts inside it) or without (the process
+    and per-process limits are lowered so that they fit), and the trainer is unharmed."""
+    if mode == "strong" and sandbox.isolation() != "strong":
+        pytest.skip("strong sandbox unavailable")
+    if cgroup and cgroups.memory_parent()[0] is None:
+        pytest.skip(f"no memory cgroup can be made here ({cgroups.memory_parent()[3]})")
+    if not cgroup:
+        monkeypatch.setattr(cgroups, "_FOUND", [(None, 0, "", "disabled by the test")])
+        monkeypatch.setattr(sandbox, "_WARNED_BUDGET", [])
+    limits = sandbox.Limits(timeout=6.0, memory_mb=256, total_memory_mb=384)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = sandbox.execute(HOG, "assert True", limits=limits, mode=mode)
+    forked, holding = map(int, re.search(r"forked (\d+) holding (\d+)", result.output).groups())
+    assert holding * 64 <= 384, result.output[-1000:]
+    if cgroup:
+        assert forked == 8 and holding < 8  # every child started; the budget, not a process limit, stopped some
+    else:
+        assert any("keeps within total_memory_mb=384 by allowing 4 processes" in str(w.message) for w in caught)
+    assert subprocess.run(["true"], timeout=10).returncode == 0
+    assert _sandbox_cgroups(os.getpid()) == []  # each sandbox's cgroup went with it
 
 
 def test_disk_filling_is_contained(strong):
@@ -157,7 +211,7 @@ def test_no_process_is_left_behind(strong):
 
 TRAINER = """
 import os, sys
-from deepseek_rl.rewards import sandbox
+from deepseek_rl.rewards import cgroups, sandbox
 from deepseek_rl.rewards.session import SandboxSession
 kind, mode, marker = sys.argv[1], sys.argv[2], os.environ["MARKER"]
 program = f"import os, time\\nif os.fork() == 0:\\n    os.execv('/bin/sleep', ['sleep', '{marker}'])\\ntime.sleep(600)"
@@ -196,12 +250,18 @@ def test_a_killed_trainer_leaves_no_sandbox_behind(kind, mode):
         assert not left, f"{len(left)} of the sandbox's processes outlived the trainer by 5 s"
         print(f"{kind}/{mode}: the sandbox died {time.monotonic() - killed:.2f} s after its trainer")
         assert sandbox_dirs() == before
+        assert _sandbox_cgroups(trainer.pid) == []
     finally:
         for pid in sandbox_pids | set(_processes_with(marker)):
             try:
                 os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
+
+
+def _sandbox_cgroups(creator: int) -> list[str]:
+    parent = cgroups.memory_parent()[0]
+    return [] if parent is None else [n for n in os.listdir(parent) if n.startswith(f"{cgroups.PREFIX}{creator}-")]
 
 
 def _descendants(root: int) -> set[int]:
@@ -357,7 +417,7 @@ exec setpriv --reuid=65534 --regid=65534 --clear-groups -- "$@"
 NOBODY_PROBE = """
 import json, sys
 from deepseek_rl.errors import ConfigError
-from deepseek_rl.rewards import sandbox
+from deepseek_rl.rewards import cgroups, sandbox
 from deepseek_rl.rewards.coding import code
 secret, port = sys.argv[1], int(sys.argv[2])
 def score(solution, tests):

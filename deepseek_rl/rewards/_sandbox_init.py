@@ -341,29 +341,77 @@ def sandbox_root(binds: list[str]) -> str:
     raise OSError(f"no folder to mount the sandbox's root on (tried {', '.join(MOUNTPOINTS)})")
 
 
-def end_weak(job: dict, group: int, abandoned: bool) -> None:
-    """Weak mode: kill the program's process group (the judge is in it too); when the caller is gone, remove the
-    sandbox's folder too (otherwise the caller does)."""
+def join_cgroup(job: dict, program: int) -> tuple[int, int, str] | None:
+    """Move this process and the program's into the sandbox's memory cgroup (the judge, forked later, follows);
+    what `leave_cgroup` needs, opened now (a strong sandbox's chroot hides /sys)."""
+    if not job["cgroup"]:
+        return None
+    path, home = job["cgroup"]
+    for pid in (os.getpid(), program):
+        fd = os.open(f"{path}/cgroup.procs", os.O_WRONLY)
+        try:
+            os.write(fd, str(pid).encode())
+        finally:
+            os.close(fd)
+    parent = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
+    return os.open(f"{home}/cgroup.procs", os.O_WRONLY), parent, os.path.basename(path)
+
+
+def leave_cgroup(job: dict, cgroup: tuple[int, int, str] | None) -> None:
+    """With every other process of the sandbox dead: return to the caller's cgroup and remove the sandbox's."""
+    if cgroup is not None:
+        home, parent, name = cgroup
+        try:
+            os.write(home, b"0")
+            os.rmdir(name, dir_fd=parent)
+        except OSError:
+            pass  # the caller removes it
+
+
+def kill_all(job: dict, group: int) -> None:
+    """Kill every process of the sandbox but this one, and reap them: strong mode, all of this pid namespace;
+    weak mode, the program's process group and whatever else is in the sandbox's cgroup."""
     try:
-        os.killpg(group, _signal.SIGKILL)
+        if job["mode"] == "weak":
+            os.killpg(group, _signal.SIGKILL)
+        elif os.getpid() == 1:  # only ever as the namespace's first process
+            os.kill(-1, _signal.SIGKILL)
     except OSError:
-        pass
+        pass  # nothing left to kill
     until = time.monotonic() + 1.0
-    while not _reap(-1) and time.monotonic() < until:  # the judge and the program
-        time.sleep(0.01)
-    if abandoned:
-        import shutil
+    while time.monotonic() < until:
+        members = []
+        if job["cgroup"] and job["mode"] == "weak":
+            with open(f"{job['cgroup'][0]}/cgroup.procs") as procs:
+                members = [int(pid) for pid in procs.read().split() if int(pid) != os.getpid()]
+            for pid in members:
+                try:
+                    os.kill(pid, _signal.SIGKILL)
+                except OSError:
+                    pass
+        if _reap(-1) and not members:
+            return
+        time.sleep(0.005)
 
-        def writable(func, path, exc_info):  # a folder the program made unreadable (mode 000)
-            os.chmod(os.path.dirname(path), 0o700)
-            os.chmod(path, 0o700)
-            func(path)
 
-        for _ in range(3):
-            shutil.rmtree(job["root"], onerror=writable)
-            if not os.path.exists(job["root"]):
-                break
-            time.sleep(0.05)  # a process of the group still writing when it was killed
+def remove_folder(path: str) -> None:
+    """Weak mode, when the caller is gone (it removes the folder otherwise): remove the sandbox's folder, once its
+    processes are dead, folders the program made unreadable (mode 000) included."""
+    import shutil
+
+    def unlock(func, target, exc_info):
+        try:
+            os.chmod(os.path.dirname(target), 0o700)
+            os.chmod(target, 0o700)
+            func(target)
+        except OSError:
+            pass
+
+    for _ in range(3):
+        shutil.rmtree(path, onerror=unlock)
+        if not os.path.exists(path):
+            return
+        time.sleep(0.05)  # a process still writing when it was killed
 
 
 def main() -> None:
@@ -373,6 +421,11 @@ def main() -> None:
     program, control = fork_program()
     job = read_job()
     nonce, verdict = job["nonce"], job["verdict_fd"]
+    try:
+        cgroup = join_cgroup(job, program)
+    except OSError as err:
+        print(f"sandbox: cannot join its memory cgroup {job['cgroup'][0]}: {err}", file=sys.stderr)
+        os._exit(3)
     deadline = time.monotonic() + job["limits"]["timeout"]
     os.umask(0o022)
     _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
@@ -408,9 +461,11 @@ def main() -> None:
         os.write(verdict, f"{nonce} timeout\n".encode())
     elif outcome == "exited" and program != main_child:  # the program flushes its output when its requests end
         outcome = wait(program, min(deadline, time.monotonic() + 0.5), wake)
-    if job["mode"] == "weak":
-        end_weak(job, program, outcome == "abandoned")
-    os._exit(0)  # strong: pid 1's exit kills every process left in the namespace
+    kill_all(job, program)
+    leave_cgroup(job, cgroup)
+    if job["mode"] == "weak" and outcome == "abandoned":
+        remove_folder(job["root"])
+    os._exit(0)
 
 
 if __name__ == "__main__":

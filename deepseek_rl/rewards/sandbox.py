@@ -62,6 +62,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from deepseek_rl.errors import ConfigError
+from deepseek_rl.rewards import cgroups
 
 HARNESS = Path(__file__).with_name("_sandbox_init.py")
 UNSHARE = ("unshare", "--mount", "--pid", "--net", "--ipc", "--uts", "--fork", "--kill-child", "--")
@@ -83,6 +84,9 @@ class Limits:
     timeout: float = 8.0
     # Address space of each process, MiB.
     memory_mb: int = 1024
+    # Memory of the sandbox as a whole (all its processes and its tmpfs, swap included), MiB: a cgroup where one can
+    # be made (root); elsewhere processes and memory_mb are lowered so that (processes + 1) x memory_mb fits in it.
+    total_memory_mb: int = 2048
     # Processes and threads of the sandbox's uid (strong mode; in weak mode on top of the user's current count).
     processes: int = 32
     # Largest file the program may write, MiB; and (strong mode) the whole writable filesystem, MiB.
@@ -181,15 +185,51 @@ def _code() -> dict[str, bytes]:
     return _CODE
 
 
+def budget(limits: Limits, cgroup: bool) -> tuple[int, int]:
+    """(processes, memory_mb) for the program: as given under a memory cgroup; without one, lowered so that its
+    processes and the judge, each within memory_mb, fit in total_memory_mb (said once, when it lowers anything).
+
+    >>> budget(Limits(), cgroup=False)
+    (4, 409)
+    """
+    if cgroup:
+        return limits.processes, limits.memory_mb
+    processes = min(limits.processes, cgroups.FALLBACK_PROCESSES)
+    memory_mb = min(limits.memory_mb, limits.total_memory_mb // (processes + 1))
+    if (processes, memory_mb) != (limits.processes, limits.memory_mb) and not _WARNED_BUDGET:
+        _WARNED_BUDGET.append(True)
+        warnings.warn(
+            f"deepseek-rl code sandbox: no memory cgroup for the sandbox ({cgroups.memory_parent()[3]}): each sandbox "
+            f"keeps within total_memory_mb={limits.total_memory_mb} by allowing {processes} processes (threads "
+            f"count) of {memory_mb} MiB (processes={limits.processes}, memory_mb={limits.memory_mb} asked); run as "
+            "root with a writable /sys/fs/cgroup to cap the sandbox as a whole instead",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return processes, memory_mb
+
+
+_WARNED_BUDGET: list[bool] = []
+
+
 def _job(
-    mode: str, flavor: str, tmp: str | None, nonce: str, fd: int, solution: str, setup: str, tests, limits: Limits
+    mode: str,
+    flavor: str,
+    tmp: str | None,
+    nonce: str,
+    fd: int,
+    code: tuple[str, str, list],
+    limits: Limits,
+    cgroup: tuple[str, str] | None,
 ) -> dict:
     values = asdict(limits)
     values["cpu_seconds"] = math.ceil(limits.timeout)
+    values["processes"], values["memory_mb"] = budget(limits, cgroup is not None)
     drop = os.geteuid() == 0 and (mode == "weak" or flavor == "root")  # the judge and the program take these uids
     if not drop:  # the limit counts all of this user's processes
         values["processes"] += _user_process_count()
     program_uid, judge_uid = random.SystemRandom().sample(range(*UID_RANGE), 2)
+    solution, setup, tests = code
     return {
         "nonce": nonce,
         "verdict_fd": fd,
@@ -202,6 +242,7 @@ def _job(
         "drop": drop,
         "binds": _binds(),
         "limits": values,
+        "cgroup": cgroup,
         "solution": solution,
         "setup": setup,
         "tests": tests,
@@ -286,9 +327,10 @@ class Launched:
     nonce: str
     verdict_fd: int
     mode: str
+    cgroup: str | None = None  # its memory cgroup, where there is one
 
     def kill(self) -> None:
-        """Kill the whole sandbox and remove its files."""
+        """Kill the whole sandbox and remove its files and its cgroup."""
         _kill_tree(self.proc)
         for stream in (self.proc.stdin, self.proc.stdout):
             try:
@@ -298,6 +340,8 @@ class Launched:
         os.close(self.verdict_fd)
         if self.tmp is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
+        if self.cgroup is not None:
+            cgroups.remove(self.cgroup)
 
 
 def resolve(mode: str, flavor: str | None = None) -> tuple[str, str]:
@@ -319,8 +363,14 @@ def launch(
         tmp = tempfile.mkdtemp(prefix="deepseek-rl-sandbox-")
         os.makedirs(os.path.join(tmp, "work"))
     nonce = secrets.token_hex(16)
+    try:
+        cgroup = cgroups.create(limits.total_memory_mb)
+    except OSError as err:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise SandboxError(f"cannot make the sandbox's memory cgroup: {err}") from err
     read_fd, write_fd = os.pipe()
-    job = _job(mode, flavor, tmp, nonce, write_fd, solution, setup, list(tests), limits)
+    job = _job(mode, flavor, tmp, nonce, write_fd, (solution, setup, list(tests)), limits, cgroup)
     job["command_fd"] = command_fd
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
     home = "/work" if mode == "strong" else job["workdir"]
@@ -341,6 +391,8 @@ def launch(
         os.close(read_fd)
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+        if cgroup is not None:
+            cgroups.remove(cgroup[0])
         raise SandboxError(f"cannot start the sandbox: {err}") from err
     finally:
         os.close(write_fd)
@@ -350,7 +402,7 @@ def launch(
         proc.stdin.flush()
     except BrokenPipeError:
         pass
-    return Launched(proc, tmp, nonce, read_fd, mode)
+    return Launched(proc, tmp, nonce, read_fd, mode, cgroup[0] if cgroup else None)
 
 
 def execute(
