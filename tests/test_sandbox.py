@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from deepseek_rl.errors import ConfigError
-from deepseek_rl.rewards import cgroups, sandbox
+from deepseek_rl.rewards import cgroups, launcher, sandbox
 from deepseek_rl.rewards.coding import CodeTimeout, code
 
 TIMEOUT = 2.0
@@ -120,7 +120,7 @@ def test_a_sandbox_cannot_exceed_its_total_memory(mode, cgroup, monkeypatch):
         pytest.skip(f"no memory cgroup can be made here ({cgroups.memory_parent()[3]})")
     if not cgroup:
         monkeypatch.setattr(cgroups, "_FOUND", [(None, 0, "", "disabled by the test")])
-        monkeypatch.setattr(sandbox, "_WARNED_BUDGET", [])
+        monkeypatch.setattr(launcher, "_WARNED_BUDGET", [])
     limits = sandbox.Limits(timeout=6.0, memory_mb=256, total_memory_mb=384)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -211,7 +211,7 @@ def test_no_process_is_left_behind(strong):
 
 TRAINER = """
 import os, sys
-from deepseek_rl.rewards import cgroups, sandbox
+from deepseek_rl.rewards import cgroups, launcher, sandbox
 from deepseek_rl.rewards.session import SandboxSession
 kind, mode, marker = sys.argv[1], sys.argv[2], os.environ["MARKER"]
 program = f"import os, time\\nif os.fork() == 0:\\n    os.execv('/bin/sleep', ['sleep', '{marker}'])\\ntime.sleep(600)"
@@ -417,7 +417,7 @@ exec setpriv --reuid=65534 --regid=65534 --clear-groups -- "$@"
 NOBODY_PROBE = """
 import json, sys
 from deepseek_rl.errors import ConfigError
-from deepseek_rl.rewards import cgroups, sandbox
+from deepseek_rl.rewards import cgroups, launcher, sandbox
 from deepseek_rl.rewards.coding import code
 secret, port = sys.argv[1], int(sys.argv[2])
 def score(solution, tests):

@@ -6,7 +6,8 @@ otherwise ("weak" mode). It reads its job as one `marshal`led dict on stdin (wri
 keeps stdin open as a lifeline: when the caller dies (a trainer SIGKILLed, a reward worker gone with it), the pipe
 ends and so does the sandbox, at once, whatever its program is doing. It imports as little as it can (marshal and
 _signal are built in; ctypes for prctl; traceback only on an error): each execution starts a fresh interpreter, and
-imports were half of its start-up time.
+imports were half of its start-up time. What it does to the machine (mounts, capabilities, the memory cgroup) is in
+_sandbox_setup.py, which the caller sends compiled with the job, with the judge's and the program's code.
 
 Strong mode, still as (namespace) root: a size-capped tmpfs, mounted over an existing folder of this private mount
 namespace (so nothing is created on the machine's disk, and nothing can be left there), becomes the new root, with
@@ -48,19 +49,8 @@ import select
 import sys
 import time
 
-# mount(2) flags and prctl(2) options from <sys/mount.h> and <linux/prctl.h>
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
-MS_BIND, MS_REC, MS_PRIVATE = 4096, 16384, 1 << 18
-MS_NOATIME, MS_NODIRATIME, MS_RELATIME = 1024, 2048, 1 << 21
-PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT = 1, 4, 24, 38, 47
-PR_CAP_AMBIENT_CLEAR_ALL = 4
-# statvfs f_flag bits -> the mount flags a bind remount must keep (locked inside a user namespace)
-KEPT_FLAGS = ((2, MS_NOSUID), (4, MS_NODEV), (8, MS_NOEXEC), (1024, MS_NOATIME), (2048, MS_NODIRATIME),
-              (4096, MS_RELATIME))  # fmt: skip
-DEVICES = ("null", "zero", "random", "urandom")
-# folders a strong sandbox may mount its root on, in its own mount namespace (the first that holds nothing it binds)
-MOUNTPOINTS = ("/mnt", "/media", "/srv", "/opt", "/boot", "/home", "/tmp")
-
+# prctl(2) options from <linux/prctl.h>
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS = 1, 4, 38
 _LIBC: list = []
 
 
@@ -79,75 +69,11 @@ def _check(result: int, what: str) -> None:
         raise OSError(err, f"{what}: {os.strerror(err)}")
 
 
-def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
-    ctypes, libc = _libc()
-    args = [None if x is None else x.encode() for x in (source, target, fstype)]
-    _check(libc.mount(*args, ctypes.c_ulong(flags), None if data is None else data.encode()), f"mount {target}")
-
-
-def _bind(path: str, root: str) -> None:
-    """Make `path` appear read-only at the same path under `root`."""
-    target = root + path
-    if os.path.islink(path):
-        os.makedirs(os.path.dirname(target), mode=0o755, exist_ok=True)
-        os.symlink(os.readlink(path), target)
-        return
-    if os.path.isdir(path):
-        os.makedirs(target, mode=0o755, exist_ok=True)
-    else:
-        open(target, "w").close()
-    _mount(path, target, None, MS_BIND | MS_REC)
-    kept = os.statvfs(path).f_flag
-    flags = MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID
-    for bit, flag in KEPT_FLAGS:
-        flags |= flag if kept & bit else 0
-    _mount(None, target, None, flags)
-
-
-def drop_capabilities() -> None:
-    """Every capability gone for good: the bounding set (needs CAP_SETPCAP, still held), ambient, then capset(2)
-    with empty effective, permitted and inheritable sets."""
-    ctypes, libc = _libc()
-    for cap in range(64):
-        if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
-            break  # past the kernel's last capability
-    libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
-    header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
-    data = (ctypes.c_uint32 * 6)()  # two __user_cap_data_struct {effective, permitted, inheritable}, all zero
-    _check(libc.capset(header, data), "capset")
-
-
-def isolate(job: dict) -> None:
-    """Strong mode, as root in fresh namespaces: build the new root and enter it (this process stays the
-    namespace's root; its children drop to unprivileged uids)."""
-    root, uid = job["root"], job["uid"]
-    _mount(None, "/", None, MS_REC | MS_PRIVATE)
-    _mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, f"size={job['limits']['disk_mb']}m,mode=755")
-    for path in job["binds"]:
-        if os.path.lexists(path) and not os.path.lexists(root + path):
-            _bind(path, root)
-    os.makedirs(root + "/dev", mode=0o755, exist_ok=True)
-    for name in DEVICES:
-        open(f"{root}/dev/{name}", "w").close()
-        _mount(f"/dev/{name}", f"{root}/dev/{name}", None, MS_BIND)
-    os.makedirs(root + "/proc", mode=0o555, exist_ok=True)
-    userns = job["flavor"] == "userns"
-    try:
-        _mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    except OSError:
-        if not userns:
-            raise
-    os.makedirs(root + "/tmp", exist_ok=True)
-    os.chmod(root + "/tmp", 0o1777)
-    os.makedirs(root + "/work", mode=0o755, exist_ok=True)  # the judge reads what the program writes there
-    if not userns:
-        os.chown(root + "/work", uid, uid)
-    os.chroot(root)
-    os.chdir("/work")
-    if userns:
-        drop_capabilities()
-    libc = _libc()[1]
-    _check(libc.prctl(PR_SET_PDEATHSIG, _signal.SIGKILL, 0, 0, 0), "pdeathsig")
+def load(code: bytes, name: str) -> dict:
+    """Run code compiled by the caller (`launcher._code`) as a module; its namespace."""
+    namespace = {"__name__": name}
+    exec(marshal.loads(code), namespace)
+    return namespace
 
 
 def rlimits(limits: dict, processes: bool) -> list[tuple[int, int, int]]:
@@ -164,18 +90,6 @@ def rlimits(limits: dict, processes: bool) -> list[tuple[int, int, int]]:
     if processes:
         result.append((resource.RLIMIT_NPROC, limits["processes"], limits["processes"]))
     return result
-
-
-def reroute_prefix() -> int:
-    """Weak mode as root: the interpreter's prefix may sit under a folder other users cannot enter (pyenv in /root,
-    mode 700). Open it while still root and import through `/proc/self/fd/<fd>`, which needs no search permission
-    on the folders above it (below it, permissions apply as usual). Returns the descriptor, to be kept."""
-    fd = os.open(os.path.realpath(sys.prefix), os.O_RDONLY | os.O_DIRECTORY)
-    for prefix in {sys.prefix, os.path.realpath(sys.prefix)}:
-        sys.path[:] = [f"/proc/self/fd/{fd}{p[len(prefix) :]}" if p == prefix or p.startswith(prefix + "/") else p
-                       for p in sys.path]  # fmt: skip
-    sys.path_importer_cache.clear()
-    return fd
 
 
 def _keep_only(fds: list[int]) -> None:
@@ -202,18 +116,16 @@ def program_child(control: int) -> None:
         if not data:
             os._exit(0)  # the harness failed before the start
         blob = marshal.loads(data)
-        config = blob["config"]
+        config, setup = blob["config"], load(blob["setup"], "_sandbox_setup")
         if config["root"]:
             os.chroot(config["root"])
         os.chdir(config["cwd"])
         if config["drop_capabilities"]:
-            drop_capabilities()
-        kept = [reroute_prefix()] if config["reroute"] else []
+            setup["drop_capabilities"]()
+        kept = [setup["reroute_prefix"]()] if config["reroute"] else []
         _keep_only(kept + [config[name] for name in ("requests", "replies", "commands", "status") if name in config])
-        codec, program = {"__name__": "_sandbox_codec"}, {"__name__": "_sandbox_program"}
-        exec(marshal.loads(blob["codec"]), codec)
-        exec(marshal.loads(blob["program"]), program)
-        del data, blob
+        codec, program = load(blob["codec"], "_sandbox_codec"), load(blob["program"], "_sandbox_program")
+        del data, blob, setup
     except BaseException as err:  # noqa: BLE001
         print(f"sandbox: the program could not start: {err}", file=sys.stderr)
         os._exit(3)
@@ -248,14 +160,14 @@ def configure_program(job: dict, control: int, fds: dict[str, int]) -> None:
         "reroute": job["drop"] and job["mode"] == "weak",
         **fds,
     }
-    data = marshal.dumps({"config": config, "codec": job["code"]["codec"], "program": job["code"]["program"]})
+    data = marshal.dumps({"config": config, **{k: job["code"][k] for k in ("codec", "program", "setup")}})
     view = memoryview(data)
     while view:
         view = view[os.write(control, view) :]
     os.close(control)
 
 
-def start_judge(job: dict, requests: int, replies: int, verdict: int, group: int) -> int:
+def start_judge(job: dict, setup: dict, requests: int, replies: int, verdict: int, group: int) -> int:
     """Fork the judge: its own uid where this process is root, not dumpable (no ptrace, no /proc/<pid>/fd or mem
     for the program), limits; then the tests (`_sandbox_judge.judge`). Its pid."""
     pid = os.fork()
@@ -264,7 +176,7 @@ def start_judge(job: dict, requests: int, replies: int, verdict: int, group: int
     try:
         if job["mode"] == "weak":
             os.setpgid(0, group)  # the program's group, which the harness kills at the end
-        kept = [reroute_prefix()] if job["drop"] and job["mode"] == "weak" else []
+        kept = [setup["reroute_prefix"]()] if job["drop"] and job["mode"] == "weak" else []
         _keep_only(kept + [requests, replies, verdict])
         if job["drop"]:
             os.setgroups([])
@@ -275,9 +187,7 @@ def start_judge(job: dict, requests: int, replies: int, verdict: int, group: int
         _check(libc.prctl(PR_SET_PDEATHSIG, _signal.SIGKILL, 0, 0, 0), "pdeathsig")  # (a uid change clears it)
         for which, soft, hard in rlimits(job["limits"], processes=False):
             resource.setrlimit(which, (soft, hard))
-        codec, judge = {"__name__": "_sandbox_codec"}, {"__name__": "_sandbox_judge"}
-        exec(marshal.loads(job["code"]["codec"]), codec)
-        exec(marshal.loads(job["code"]["judge"]), judge)
+        codec, judge = load(job["code"]["codec"], "_sandbox_codec"), load(job["code"]["judge"], "_sandbox_judge")
         nonce = job["nonce"]
 
         def report(line: str) -> None:
@@ -331,43 +241,6 @@ def read_job() -> dict:
     return marshal.loads(data[4:])
 
 
-def sandbox_root(binds: list[str]) -> str:
-    """Where this mount namespace mounts the sandbox's root: an existing folder that holds nothing to bind (it is
-    covered here only; nothing is created on the machine's disk)."""
-    for path in MOUNTPOINTS:
-        inside = any(b == path or b.startswith(path + "/") for b in binds)
-        if os.path.isdir(path) and not os.path.islink(path) and not inside:
-            return path
-    raise OSError(f"no folder to mount the sandbox's root on (tried {', '.join(MOUNTPOINTS)})")
-
-
-def join_cgroup(job: dict, program: int) -> tuple[int, int, str] | None:
-    """Move this process and the program's into the sandbox's memory cgroup (the judge, forked later, follows);
-    what `leave_cgroup` needs, opened now (a strong sandbox's chroot hides /sys)."""
-    if not job["cgroup"]:
-        return None
-    path, home = job["cgroup"]
-    for pid in (os.getpid(), program):
-        fd = os.open(f"{path}/cgroup.procs", os.O_WRONLY)
-        try:
-            os.write(fd, str(pid).encode())
-        finally:
-            os.close(fd)
-    parent = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
-    return os.open(f"{home}/cgroup.procs", os.O_WRONLY), parent, os.path.basename(path)
-
-
-def leave_cgroup(job: dict, cgroup: tuple[int, int, str] | None) -> None:
-    """With every other process of the sandbox dead: return to the caller's cgroup and remove the sandbox's."""
-    if cgroup is not None:
-        home, parent, name = cgroup
-        try:
-            os.write(home, b"0")
-            os.rmdir(name, dir_fd=parent)
-        except OSError:
-            pass  # the caller removes it
-
-
 def kill_all(job: dict, group: int) -> None:
     """Kill every process of the sandbox but this one, and reap them: strong mode, all of this pid namespace;
     weak mode, the program's process group and whatever else is in the sandbox's cgroup."""
@@ -394,26 +267,6 @@ def kill_all(job: dict, group: int) -> None:
         time.sleep(0.005)
 
 
-def remove_folder(path: str) -> None:
-    """Weak mode, when the caller is gone (it removes the folder otherwise): remove the sandbox's folder, once its
-    processes are dead, folders the program made unreadable (mode 000) included."""
-    import shutil
-
-    def unlock(func, target, exc_info):
-        try:
-            os.chmod(os.path.dirname(target), 0o700)
-            os.chmod(target, 0o700)
-            func(target)
-        except OSError:
-            pass
-
-    for _ in range(3):
-        shutil.rmtree(path, onerror=unlock)
-        if not os.path.exists(path):
-            return
-        time.sleep(0.05)  # a process still writing when it was killed
-
-
 def main() -> None:
     _check(_libc()[1].prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")  # for every process of the sandbox
     requests, to_program = os.pipe()
@@ -421,8 +274,9 @@ def main() -> None:
     program, control = fork_program()
     job = read_job()
     nonce, verdict = job["nonce"], job["verdict_fd"]
+    setup = load(job["code"]["setup"], "_sandbox_setup")
     try:
-        cgroup = join_cgroup(job, program)
+        cgroup = setup["join_cgroup"](job, program)
     except OSError as err:
         print(f"sandbox: cannot join its memory cgroup {job['cgroup'][0]}: {err}", file=sys.stderr)
         os._exit(3)
@@ -435,8 +289,8 @@ def main() -> None:
     _signal.signal(_signal.SIGCHLD, lambda signum, frame: None)  # a handler, so that SIGCHLD reaches the pipe
     try:
         if job["mode"] == "strong":
-            job["root"] = sandbox_root(job["binds"])
-            isolate(job)
+            job["root"] = setup["sandbox_root"](job["binds"])
+            setup["isolate"](job)
         else:
             os.setpgid(program, program)  # the judge and the program: one group, which this process kills at the end
             if job["drop"]:  # the program's uid owns its folder; the judge may read it
@@ -452,7 +306,7 @@ def main() -> None:
         main_child = program
     else:
         configure_program(job, control, {"requests": requests, "replies": replies})
-        main_child = start_judge(job, to_program, from_program, verdict, program)
+        main_child = start_judge(job, setup, to_program, from_program, verdict, program)
     for fd in (requests, to_program, from_program, replies):
         os.close(fd)
     os.write(verdict, f"{nonce} ready\n".encode())
@@ -462,9 +316,9 @@ def main() -> None:
     elif outcome == "exited" and program != main_child:  # the program flushes its output when its requests end
         outcome = wait(program, min(deadline, time.monotonic() + 0.5), wake)
     kill_all(job, program)
-    leave_cgroup(job, cgroup)
+    setup["leave_cgroup"](job, cgroup)
     if job["mode"] == "weak" and outcome == "abandoned":
-        remove_folder(job["root"])
+        setup["remove_folder"](job["root"])
     os._exit(0)
 
 

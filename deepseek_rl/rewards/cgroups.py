@@ -10,7 +10,7 @@ they raise their OOM score), never outside.
 Where it goes: cgroup v2 when the memory controller is available to this process's cgroup (as children of it where
 its subtree has the controller, else as siblings), else cgroup v1's memory hierarchy (as children of this process's
 memory cgroup). Not as root, or with a read-only /sys/fs/cgroup or no memory controller, there is none, and
-`sandbox._job` keeps a bound it can prove instead: at most `FALLBACK_PROCESSES` processes of
+`launcher.budget` keeps a bound it can prove instead: at most `FALLBACK_PROCESSES` processes of
 `total_memory_mb / (FALLBACK_PROCESSES + 1)` MiB each (one more for the judge), and says so once. The choice is
 probed once per process (a cgroup made and removed).
 

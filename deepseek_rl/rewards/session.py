@@ -20,7 +20,8 @@ import selectors
 import time
 from dataclasses import replace
 
-from deepseek_rl.rewards.sandbox import Execution, Launched, Limits, SandboxError, launch, resolve
+from deepseek_rl.rewards.launcher import Launched, Limits, SandboxError, launch
+from deepseek_rl.rewards.sandbox import Execution, resolve
 
 LIFETIME = 1800.0  # seconds a session's sandbox may live at most (the harness kills it after that)
 
