@@ -415,19 +415,24 @@ exec setpriv --reuid=65534 --regid=65534 --clear-groups -- "$@"
 """
 
 NOBODY_PROBE = """
-import json, sys
+import json, sys, warnings
 from deepseek_rl.errors import ConfigError
-from deepseek_rl.rewards import cgroups, launcher, sandbox
+from deepseek_rl.rewards import sandbox
 from deepseek_rl.rewards.coding import code
+warnings.simplefilter("ignore")
 secret, port = sys.argv[1], int(sys.argv[2])
-def score(solution, tests):
-    return code(["```python\\n" + solution + "\\n```"], tests=[tests], timeout=3.0)[0]
+def score(solution, tests, mode="auto"):
+    return code(["```python\\n" + solution + "\\n```"], tests=[tests], timeout=3.0, sandbox=mode)[0]
+forge = "import gc\\ntable = {2: 3}\\nfor o in gc.get_objects():\\n    if isinstance(o, dict) and 'tests' in o:\\n"
+forge += "        table = {1: 7}\\ndef f(x):\\n    return table.get(x)"
 print(json.dumps({
     "flavor": sandbox.strong_flavor()[0],
     "read": score(f"stolen = open({secret!r}).read()", ["assert 'hunter2' in stolen"]),
     "net": score(f"import socket\\ns = socket.create_connection(('127.0.0.1', {port}), timeout=1)", ["assert s"]),
     "nested": score("import ctypes\\nr = ctypes.CDLL(None).unshare(0x10000000)", ["assert r == 0"]),
     "works": score("def f(x):\\n    return x + 1", ["assert f(1) == 2"]),
+    "forge": score(forge, ["assert f(1) == 7"]),
+    "weak": score("def f(x):\\n    return x + 1", ["assert f(1) == 2"], "weak"),
 }))
 """
 
@@ -466,5 +471,6 @@ def test_strong_without_root_through_user_namespaces(tmp_path):
         shutil.rmtree(secret.parent)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert report == {"flavor": "userns", "read": 0.0, "net": 0.0, "nested": 0.0, "works": 1.0}
+    expected = {"flavor": "userns", "read": 0.0, "net": 0.0, "nested": 0.0, "works": 1.0, "forge": 0.0, "weak": 1.0}
+    assert report == expected  # forge: the job is not in the program's memory; weak: weak mode without root works
     assert reached == []
