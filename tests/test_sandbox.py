@@ -26,6 +26,7 @@ import pytest
 from deepseek_rl.errors import ConfigError
 from deepseek_rl.rewards import cgroups, launcher, sandbox
 from deepseek_rl.rewards.coding import CodeTimeout, code
+from deepseek_rl.rewards.session import SandboxSession
 
 TIMEOUT = 2.0
 
@@ -313,6 +314,20 @@ def _processes_with(text: str) -> list[int]:
 def test_exiting_or_forging_results_passes_nothing(solution, mode):
     execution = sandbox.execute(solution, ["assert False"], limits=sandbox.Limits(timeout=TIMEOUT), mode=mode)
     assert execution.passed == 0
+
+
+@pytest.mark.parametrize("mode", ["strong", "weak"])
+def test_a_sandbox_that_cannot_set_itself_up_is_an_error_not_a_zero(mode):
+    """A limit the kernel refuses (more open files than fs.nr_open) breaks the program's and the judge's set-up,
+    before any untrusted code runs: the caller gets SandboxError with the reason, never a silent score of 0 (and
+    no program can cause this: it runs only after the set-up succeeded)."""
+    if mode == "strong" and sandbox.isolation() != "strong":
+        pytest.skip("strong sandbox unavailable")
+    limits = sandbox.Limits(timeout=3.0, open_files=2**30)
+    with pytest.raises(sandbox.SandboxError, match=f"the {mode} sandbox did not start: .*(limits|judge)"):
+        sandbox.execute("x = 1", ["assert x == 1"], limits=limits, mode=mode)
+    with pytest.raises(sandbox.SandboxError, match="did not start"):
+        SandboxSession(mode, limits).run("print(1)", 3.0)
 
 
 def test_weak_mode_keeps_timeouts_and_limits():

@@ -107,7 +107,7 @@ def _keep_only(fds: list[int]) -> None:
     _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
 
 
-def program_child(control: int) -> None:
+def program_child(control: int, started: int) -> None:
     """The program's process, forked before this process read its job (so the tests and the nonce were never in
     its memory): wait for its configuration on `control`, enter the sandbox's root and cwd, keep only its own pipes,
     and run `_sandbox_program.main` (which drops privileges and sets limits before any untrusted code)."""
@@ -123,7 +123,9 @@ def program_child(control: int) -> None:
         if config["drop_capabilities"]:
             setup["drop_capabilities"]()
         kept = [setup["reroute_prefix"]()] if config["reroute"] else []
-        _keep_only(kept + [config[name] for name in ("requests", "replies", "commands", "status") if name in config])
+        config["started"] = started
+        names = ("requests", "replies", "commands", "status", "started")
+        _keep_only(kept + [config[name] for name in names if name in config])
         codec, program = load(blob["codec"], "_sandbox_codec"), load(blob["program"], "_sandbox_program")
         del data, blob, setup
     except BaseException as err:  # noqa: BLE001
@@ -132,16 +134,27 @@ def program_child(control: int) -> None:
     program["main"](config, codec)
 
 
-def fork_program() -> tuple[int, int]:
-    """Fork the program's process now, before the job is read; (its pid, the pipe its configuration goes to)."""
+def fork_program() -> tuple[int, int, int]:
+    """Fork the program's process now, before the job is read; (its pid, the pipe its configuration goes to, the
+    pipe where it says its prologue is done)."""
     control, control_w = os.pipe()
+    started_r, started = os.pipe()
     pid = os.fork()
     if pid == 0:
         os.close(control_w)
+        os.close(started_r)
         os.dup2(os.open(os.devnull, os.O_RDONLY), 0)  # never the job's pipe
-        program_child(control)
+        program_child(control, started)
     os.close(control)
-    return pid, control_w
+    os.close(started)
+    return pid, control_w, started_r
+
+
+def program_started(started: int, deadline: float) -> bool:
+    """Whether the program's process finished its prologue (uid, limits) before running anything untrusted: a byte
+    on `started`; the end of the pipe without it means the sandbox itself failed (its reason is in the output)."""
+    ready = select.select([started], [], [], max(0.0, deadline - time.monotonic()))[0]
+    return bool(ready) and os.read(started, 1) == b"1"
 
 
 def configure_program(job: dict, control: int, fds: dict[str, int]) -> None:
@@ -173,7 +186,12 @@ def start_judge(job: dict, setup: dict, requests: int, replies: int, verdict: in
     pid = os.fork()
     if pid:
         return pid
-    try:
+    nonce = job["nonce"]
+
+    def report(line: str) -> None:
+        os.write(verdict, f"{nonce} {line}\n".encode())
+
+    try:  # before any exchange with the program: a failure here is the sandbox's, reported as such
         if job["mode"] == "weak":
             os.setpgid(0, group)  # the program's group, which the harness kills at the end
         kept = [setup["reroute_prefix"]()] if job["drop"] and job["mode"] == "weak" else []
@@ -188,13 +206,14 @@ def start_judge(job: dict, setup: dict, requests: int, replies: int, verdict: in
         for which, soft, hard in rlimits(job["limits"], processes=False):
             resource.setrlimit(which, (soft, hard))
         codec, judge = load(job["code"]["codec"], "_sandbox_codec"), load(job["code"]["judge"], "_sandbox_judge")
-        nonce = job["nonce"]
-
-        def report(line: str) -> None:
-            os.write(verdict, f"{nonce} {line}\n".encode())
-
-        judge["judge"](job, judge["Channel"](codec, requests, replies), report)
-    except BaseException:  # noqa: BLE001 - the judge's own failure: shown, and no verdict after it
+        channel = judge["Channel"](codec, requests, replies)
+    except BaseException as err:  # noqa: BLE001
+        print(f"sandbox: the judge could not start: {err}", file=sys.stderr)
+        report("broken")
+        os._exit(3)
+    try:
+        judge["judge"](job, channel, report)
+    except BaseException:  # noqa: BLE001 - a fault of the judge's own: shown, and no verdict after it
         import traceback
 
         traceback.print_exc()
@@ -271,7 +290,7 @@ def main() -> None:
     _check(_libc()[1].prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")  # for every process of the sandbox
     requests, to_program = os.pipe()
     from_program, replies = os.pipe()
-    program, control = fork_program()
+    program, control, started = fork_program()
     job = read_job()
     nonce, verdict = job["nonce"], job["verdict_fd"]
     setup = load(job["code"]["setup"], "_sandbox_setup")
@@ -309,6 +328,10 @@ def main() -> None:
         main_child = start_judge(job, setup, to_program, from_program, verdict, program)
     for fd in (requests, to_program, from_program, replies):
         os.close(fd)
+    if not program_started(started, deadline):
+        kill_all(job, program)
+        setup["leave_cgroup"](job, cgroup)
+        os._exit(3)  # no `ready`: the caller reports the sandbox as broken, with the program's message
     os.write(verdict, f"{nonce} ready\n".encode())
     outcome = wait(main_child, deadline, wake)
     if outcome == "timeout":

@@ -83,7 +83,7 @@ def prologue(config: dict) -> dict:
 
         for which, soft, hard in config["rlimits"]:
             resource.setrlimit(which, (soft, hard))
-    except OSError as err:
+    except (OSError, ValueError) as err:  # setrlimit raises ValueError for a limit above the hard one
         print(f"sandbox: cannot drop privileges or set limits: {err}", file=sys.stderr)
         os._exit(3)
     import _sitebuiltins
@@ -190,6 +190,8 @@ def session(config: dict, namespace: dict) -> None:
 
 def main(config: dict, codec: dict) -> None:
     namespace = prologue(config)
+    os.write(config["started"], b"1")  # the harness now says `ready`: a failure from here on is the program's
+    os.close(config["started"])
     if config["mode"] == "session":
         session(config, namespace)
     else:
