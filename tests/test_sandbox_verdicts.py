@@ -96,9 +96,9 @@ def f(x):
     return 0
 """,
     # the judge imports only from the interpreter's read-only standard library, never from the working folder
-    "plant modules the tests import in the working folder": """
+    "plant modules the tests import in its folders": """
 import os
-for folder in (".", os.environ.get("TMPDIR", "/tmp"), "/tmp"):
+for folder in (".", os.environ["TMPDIR"]):  # the sandbox's own folders (weak mode could write the machine's /tmp)
     for name, body in (("math", "isclose = lambda *a, **k: True"), ("builtins", "set = lambda *a: 0")):
         try:
             with open(os.path.join(folder, name + ".py"), "w") as module:
@@ -180,6 +180,22 @@ def test_forged_verdicts_score_zero(name, modes):
         for tests in (TESTS, OTHER_TESTS):
             result = sandbox.execute(FORGES[name], tests, limits=LIMITS, mode=mode)
             assert result.passed == 0, (mode, tests, result.output[-2000:])
+
+
+def test_a_program_cannot_turn_its_zero_into_a_sandbox_error(modes):
+    """Whatever a program does the moment it runs (exit, kill itself, its process group or its parent), the result
+    is a score, never SandboxError: an error is not a 0 (with reward.on_failure=None it leaves the sample unscored),
+    so the sandbox says `ready` once its own set-up is done and before the program runs anything. Repeated, since
+    the window it closes was a race."""
+    attempts = [
+        "import os\nos._exit(0)",
+        "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)",
+        "import os, signal\nos.killpg(0, signal.SIGKILL)",
+        "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)",
+    ]
+    for mode in modes:
+        for solution in attempts * 5:
+            assert sandbox.execute(solution, TESTS, limits=LIMITS, mode=mode).passed == 0
 
 
 def test_the_forges_would_pass_if_the_tests_ran_in_the_program(modes):

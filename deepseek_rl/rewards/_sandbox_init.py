@@ -112,8 +112,8 @@ def program_child(control: int, started: int) -> None:
     its memory): wait for its configuration on `control`, enter the sandbox's root and cwd, keep only its own pipes,
     and run `_sandbox_program.main` (which drops privileges and sets limits before any untrusted code)."""
     try:
-        data = b"".join(iter(lambda: os.read(control, 1 << 20), b""))
-        if not data:
+        data = _frame(control)
+        if data is None:
             os._exit(0)  # the harness failed before the start
         blob = marshal.loads(data)
         config, setup = blob["config"], load(blob["setup"], "_sandbox_setup")
@@ -123,8 +123,8 @@ def program_child(control: int, started: int) -> None:
         if config["drop_capabilities"]:
             setup["drop_capabilities"]()
         kept = [setup["reroute_prefix"]()] if config["reroute"] else []
-        config["started"] = started
-        names = ("requests", "replies", "commands", "status", "started")
+        config["started"], config["go"] = started, control
+        names = ("requests", "replies", "commands", "status", "started", "go")
         _keep_only(kept + [config[name] for name in names if name in config])
         codec, program = load(blob["codec"], "_sandbox_codec"), load(blob["program"], "_sandbox_program")
         del data, blob, setup
@@ -134,31 +134,50 @@ def program_child(control: int, started: int) -> None:
     program["main"](config, codec)
 
 
-def fork_program() -> tuple[int, int, int]:
-    """Fork the program's process now, before the job is read; (its pid, the pipe its configuration goes to, the
-    pipe where it says its prologue is done)."""
+def _frame(fd: int) -> bytes | None:
+    """One frame (4-byte length, then that many bytes) from `fd`; None if the pipe ends first."""
+    data = b""
+    while len(data) < 4 or len(data) < 4 + int.from_bytes(data[:4], "big"):
+        chunk = os.read(fd, 1 << 20)
+        if not chunk:
+            return None
+        data += chunk
+    return data[4:]
+
+
+def fork_program(started: int) -> tuple[int, int]:
+    """Fork the program's process now, before the job is read; (its pid, the pipe its configuration goes to, and
+    whose end then lets it run). It writes a byte to `started` when its prologue is done."""
     control, control_w = os.pipe()
-    started_r, started = os.pipe()
     pid = os.fork()
     if pid == 0:
         os.close(control_w)
-        os.close(started_r)
         os.dup2(os.open(os.devnull, os.O_RDONLY), 0)  # never the job's pipe
         program_child(control, started)
     os.close(control)
-    os.close(started)
-    return pid, control_w, started_r
+    return pid, control_w
 
 
-def program_started(started: int, deadline: float) -> bool:
-    """Whether the program's process finished its prologue (uid, limits) before running anything untrusted: a byte
-    on `started`; the end of the pipe without it means the sandbox itself failed (its reason is in the output)."""
-    ready = select.select([started], [], [], max(0.0, deadline - time.monotonic()))[0]
-    return bool(ready) and os.read(started, 1) == b"1"
+def all_started(started: int, count: int, deadline: float) -> bool:
+    """Whether `count` processes (the program, and the judge) finished their set-up (uid, limits) before anything
+    untrusted ran: a byte each on `started`. The end of that pipe before then means the sandbox itself failed (the
+    reason is in the output), never the program, which has not run yet."""
+    received = b""
+    while len(received) < count:
+        ready = select.select([started, 0], [], [], max(0.0, deadline - time.monotonic()))[0]
+        if not ready or (0 in ready and not os.read(0, 4096)):  # the deadline, or the caller is gone
+            return False
+        if started in ready:
+            chunk = os.read(started, count)
+            if not chunk:
+                return False
+            received += chunk
+    return True
 
 
 def configure_program(job: dict, control: int, fds: dict[str, int]) -> None:
-    """Send the program's process its configuration (mode, solution, uid, limits, pipes, code) and let it go."""
+    """Send the program's process its configuration (mode, solution, uid, limits, pipes, code); closing `control`
+    later lets it run the untrusted code."""
     session = job["command_fd"] is not None
     config = {
         "mode": "session" if session else "tests",
@@ -174,28 +193,28 @@ def configure_program(job: dict, control: int, fds: dict[str, int]) -> None:
         **fds,
     }
     data = marshal.dumps({"config": config, **{k: job["code"][k] for k in ("codec", "program", "setup")}})
-    view = memoryview(data)
+    view = memoryview(len(data).to_bytes(4, "big") + data)
     while view:
-        view = view[os.write(control, view) :]
-    os.close(control)
+        view = view[os.write(control, view) :]  # the pipe stays open: its end lets the program run
 
 
-def start_judge(job: dict, setup: dict, requests: int, replies: int, verdict: int, group: int) -> int:
+def start_judge(job: dict, setup: dict, pipes: tuple[int, int, int, int], group: int) -> int:
     """Fork the judge: its own uid where this process is root, not dumpable (no ptrace, no /proc/<pid>/fd or mem
     for the program), limits; then the tests (`_sandbox_judge.judge`). Its pid."""
     pid = os.fork()
     if pid:
         return pid
+    requests, replies, verdict, started = pipes
     nonce = job["nonce"]
 
     def report(line: str) -> None:
         os.write(verdict, f"{nonce} {line}\n".encode())
 
-    try:  # before any exchange with the program: a failure here is the sandbox's, reported as such
+    try:  # before the program runs anything: a failure here is the sandbox's (the harness says so)
         if job["mode"] == "weak":
             os.setpgid(0, group)  # the program's group, which the harness kills at the end
         kept = [setup["reroute_prefix"]()] if job["drop"] and job["mode"] == "weak" else []
-        _keep_only(kept + [requests, replies, verdict])
+        _keep_only(kept + [requests, replies, verdict, started])
         if job["drop"]:
             os.setgroups([])
             os.setgid(job["judge_uid"])
@@ -207,9 +226,10 @@ def start_judge(job: dict, setup: dict, requests: int, replies: int, verdict: in
             resource.setrlimit(which, (soft, hard))
         codec, judge = load(job["code"]["codec"], "_sandbox_codec"), load(job["code"]["judge"], "_sandbox_judge")
         channel = judge["Channel"](codec, requests, replies)
+        os.write(started, b"j")
+        os.close(started)
     except BaseException as err:  # noqa: BLE001
         print(f"sandbox: the judge could not start: {err}", file=sys.stderr)
-        report("broken")
         os._exit(3)
     try:
         judge["judge"](job, channel, report)
@@ -251,13 +271,10 @@ def wait(pid: int, deadline: float, wake: int) -> str:
 
 def read_job() -> dict:
     """The job: one frame (4-byte length, marshal) on stdin, which stays open (see `wait`)."""
-    data = b""
-    while len(data) < 4 or len(data) < 4 + int.from_bytes(data[:4], "big"):
-        chunk = os.read(0, 1 << 20)
-        if not chunk:
-            os._exit(3)  # the caller died before it sent the whole job
-        data += chunk
-    return marshal.loads(data[4:])
+    data = _frame(0)
+    if data is None:
+        os._exit(3)  # the caller died before it sent the whole job
+    return marshal.loads(data)
 
 
 def kill_all(job: dict, group: int) -> None:
@@ -290,7 +307,8 @@ def main() -> None:
     _check(_libc()[1].prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")  # for every process of the sandbox
     requests, to_program = os.pipe()
     from_program, replies = os.pipe()
-    program, control, started = fork_program()
+    started, started_w = os.pipe()
+    program, control = fork_program(started_w)
     job = read_job()
     nonce, verdict = job["nonce"], job["verdict_fd"]
     setup = load(job["code"]["setup"], "_sandbox_setup")
@@ -321,18 +339,19 @@ def main() -> None:
         print(f"sandbox: isolation failed: {err}", file=sys.stderr)
         os._exit(3)
     if job["command_fd"] is not None:
-        configure_program(job, control, {"commands": job["command_fd"], "status": verdict})
         main_child = program
-    else:
+        configure_program(job, control, {"commands": job["command_fd"], "status": verdict})
+    else:  # the judge first: its set-up must not depend on what the program does
+        main_child = start_judge(job, setup, (to_program, from_program, verdict, started_w), program)
         configure_program(job, control, {"requests": requests, "replies": replies})
-        main_child = start_judge(job, setup, to_program, from_program, verdict, program)
-    for fd in (requests, to_program, from_program, replies):
+    for fd in (requests, to_program, from_program, replies, started_w):
         os.close(fd)
-    if not program_started(started, deadline):
+    if not all_started(started, 1 if main_child == program else 2, deadline):
         kill_all(job, program)
         setup["leave_cgroup"](job, cgroup)
-        os._exit(3)  # no `ready`: the caller reports the sandbox as broken, with the program's message
+        os._exit(3)  # no `ready`: the caller reports the sandbox as broken, with the reason from the output
     os.write(verdict, f"{nonce} ready\n".encode())
+    os.close(control)  # the program may run now
     outcome = wait(main_child, deadline, wake)
     if outcome == "timeout":
         os.write(verdict, f"{nonce} timeout\n".encode())

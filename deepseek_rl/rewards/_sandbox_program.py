@@ -190,8 +190,11 @@ def session(config: dict, namespace: dict) -> None:
 
 def main(config: dict, codec: dict) -> None:
     namespace = prologue(config)
-    os.write(config["started"], b"1")  # the harness now says `ready`: a failure from here on is the program's
+    os.write(config["started"], b"p")  # set up: from here on a failure is the program's
     os.close(config["started"])
+    while os.read(config["go"], 1):  # the harness closes it once it has said `ready`
+        pass
+    os.close(config["go"])
     if config["mode"] == "session":
         session(config, namespace)
     else:

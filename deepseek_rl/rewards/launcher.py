@@ -121,15 +121,19 @@ def _code() -> dict[str, bytes]:
 
 def budget(limits: Limits, cgroup: bool) -> tuple[int, int]:
     """(processes, memory_mb) for the program: as given under a memory cgroup; without one, lowered so that its
-    processes and the judge, each within memory_mb, fit in total_memory_mb (said once, when it lowers anything).
+    processes and the judge, each within memory_mb, fit in total_memory_mb.
 
-    >>> budget(Limits(), cgroup=False)
-    (4, 409)
+    >>> budget(Limits(), cgroup=False), budget(Limits(), cgroup=True), budget(Limits(memory_mb=256), cgroup=False)
+    ((4, 409), (32, 1024), (4, 256))
     """
     if cgroup:
         return limits.processes, limits.memory_mb
     processes = min(limits.processes, cgroups.FALLBACK_PROCESSES)
-    memory_mb = min(limits.memory_mb, limits.total_memory_mb // (processes + 1))
+    return processes, min(limits.memory_mb, limits.total_memory_mb // (processes + 1))
+
+
+def _warn_budget(limits: Limits, processes: int, memory_mb: int) -> None:
+    """Once per process: the sandbox's memory is bounded by fewer, smaller processes (no cgroup)."""
     if (processes, memory_mb) != (limits.processes, limits.memory_mb) and not _WARNED_BUDGET:
         _WARNED_BUDGET.append(True)
         warnings.warn(
@@ -138,9 +142,8 @@ def budget(limits: Limits, cgroup: bool) -> tuple[int, int]:
             f"count) of {memory_mb} MiB (processes={limits.processes}, memory_mb={limits.memory_mb} asked); run as "
             "root with a writable /sys/fs/cgroup to cap the sandbox as a whole instead",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
-    return processes, memory_mb
 
 
 _WARNED_BUDGET: list[bool] = []
@@ -159,6 +162,8 @@ def _job(
     values = asdict(limits)
     values["cpu_seconds"] = math.ceil(limits.timeout)
     values["processes"], values["memory_mb"] = budget(limits, cgroup is not None)
+    if cgroup is None:
+        _warn_budget(limits, values["processes"], values["memory_mb"])
     drop = os.geteuid() == 0 and (mode == "weak" or flavor == "root")  # the judge and the program take these uids
     if not drop:  # the limit counts all of this user's processes
         values["processes"] += _user_process_count()

@@ -115,24 +115,21 @@ def _read(proc: subprocess.Popen, verdict_fd: int, deadline: float, cap: int) ->
 
 
 def _verdict(lines: bytes, nonce: str) -> tuple[bool, set[int], bool, bool]:
-    """(the sandbox started: `ready` and the judge not `broken`, tests passed, `done`, `timeout`) from the lines
-    that carry the nonce."""
-    ready, passed, done, timed_out, broken = False, set(), False, False, False
+    """(`ready`: the sandbox set itself up, tests passed, `done`, `timeout`) from the lines that carry the nonce."""
+    ready, passed, done, timed_out = False, set(), False, False
     for line in lines.decode("utf-8", "replace").splitlines():
         token, _, rest = line.partition(" ")
         if token != nonce:
             continue
         if rest == "ready":
             ready = True
-        elif rest == "broken":
-            broken = True
         elif rest == "done":
             done = True
         elif rest == "timeout":
             timed_out = True
         elif rest.startswith("pass ") and rest[5:].isdigit():
             passed.add(int(rest[5:]))
-    return ready and not broken, passed, done, timed_out
+    return ready, passed, done, timed_out
 
 
 def resolve(mode: str, flavor: str | None = None) -> tuple[str, str]:
