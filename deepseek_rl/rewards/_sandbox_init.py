@@ -24,11 +24,13 @@ Then chroot, and:
 then no_new_privs, and a parent-death signal.
 
 Then two children, never one process (see _sandbox_judge.py for the guarantee this gives):
-- the program: a freshly executed interpreter (`_sandbox_program.py`) that sets its limits and runs the solution, so
-  that nothing of this process (the tests, the verdict pipe, the nonce) is in its memory;
-- the judge: runs setup and tests, asking the program for its objects over two pipes, and alone writes the verdict
-  lines, each prefixed by a nonce: `pass <i>` (test i passed), `done` (all tests ran). This process writes `ready`
-  (isolation done) and `timeout`.
+- the program (`_sandbox_program.py`): forked first thing, before this process read its job, so that nothing of the
+  job (the tests, the nonce) was ever in its memory; it gets its configuration on a pipe, sets its uid and limits,
+  and runs the solution;
+- the judge (`_sandbox_judge.py`): runs setup and tests, asking the program for its objects over two pipes, and alone
+  writes the verdict lines, each prefixed by a nonce: `pass <i>` (test i passed), `done` (all tests ran).
+This process writes `ready` once the judge and the program are set up, and only then lets the program run (so that
+nothing the program does can turn into a failure of the sandbox), and `timeout`.
 This process reaps every child until the judge exits (then gives the program a moment to flush its output), the
 wall-clock limit passes or the lifeline ends, and exits: in strong mode it is pid 1, so its exit kills every process
 left in the namespace; in weak mode it kills the program's process group (the judge is in it too), and when the

@@ -1,11 +1,13 @@
 """The judge of a code sandbox: runs the tests, in a process of its own, against a program it can only talk to.
 
 The verdict must come from something the tested program cannot read or write. So the program (the solution, run by
-`_sandbox_program.py` in a freshly executed interpreter, as an unprivileged uid) and the tests never share a
-process: the judge, a process the program cannot signal into, trace or read (another uid where the sandbox runs as
-root; not dumpable everywhere), executes each test's own code with its own builtins and standard library, and
-reports `pass <i>` on a pipe that only it holds. The program's names (its functions, classes, values) reach the
-tests through a two-pipe channel (`_sandbox_codec.py`):
+`_sandbox_program.py` in a process forked before the harness read its job, as an unprivileged uid) and the tests
+never share a process: the judge, a process the program cannot trace or read (another uid where the sandbox runs as
+root, which it cannot signal either; not dumpable everywhere, so no ptrace and no /proc/<pid>/mem or fd for it),
+executes each test's own code with its own builtins and standard library, and reports `pass <i>` on a pipe that only
+it holds. Where both run as one uid (user namespaces, weak mode without root) the program can still kill or stop the
+judge: that ends the verdicts (no test passes after it), never adds one. The program's names (its functions,
+classes, values) reach the tests through a two-pipe channel (`_sandbox_codec.py`):
 
 - a name the tests do not define, that is neither a builtin nor a standard-library module, is looked up in the
   program: plain data crosses as a copy, anything else as a `Remote` handle;

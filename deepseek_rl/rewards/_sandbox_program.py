@@ -1,4 +1,4 @@
-"""The program side of a code sandbox: a fresh interpreter that runs the untrusted code and answers for its objects.
+"""The program side of a code sandbox: the process that runs the untrusted code and answers for its objects.
 
 `_sandbox_init.py` forks this process first thing, before it reads its job, so nothing of the job was ever in its
 memory: not the tests, not the nonce. Its configuration (the solution, the uid, the resource limits, the file
