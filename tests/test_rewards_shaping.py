@@ -6,13 +6,13 @@ import doctest
 import pytest
 
 from deepseek_rl.config import ConfigError, RewardConfig
-from deepseek_rl.rewards import INLINE, REWARDS, basic, coding, math_answer, sandbox, shaping
+from deepseek_rl.rewards import INLINE, REWARDS, basic, coding, launcher, math_answer, sandbox, shaping
 from deepseek_rl.rewards.runner import pool_timeout, with_context
 
 R1_PROMPT = "<｜begin▁of▁sentence｜><｜User｜>What is 2+2?<｜Assistant｜><think>\n"
 
 
-@pytest.mark.parametrize("module", [basic, coding, math_answer, sandbox, shaping])
+@pytest.mark.parametrize("module", [basic, coding, launcher, math_answer, sandbox, shaping])
 def test_doctests(module):
     result = doctest.testmod(module)
     assert result.failed == 0 and result.attempted > 0

@@ -9,20 +9,24 @@ must run); elsewhere they skip with the reason. The weak mode's own guarantees a
 
 import json
 import os
+import re
 import select
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import pytest
 
 from deepseek_rl.errors import ConfigError
-from deepseek_rl.rewards import sandbox
+from deepseek_rl.rewards import cgroups, launcher, sandbox
 from deepseek_rl.rewards.coding import CodeTimeout, code
+from deepseek_rl.rewards.session import SandboxSession
 
 TIMEOUT = 2.0
 
@@ -77,6 +81,59 @@ def test_memory_exhaustion_is_contained(strong):
     assert score == 0.0
     score, _ = attack("big = bytearray(16 * 2**30)", "assert len(big) > 0")
     assert score == 0.0
+
+
+HOG = """
+import os, time
+r, w = os.pipe()
+children = []
+for i in range(8):
+    try:
+        pid = os.fork()
+    except OSError:
+        break
+    if pid == 0:
+        try:
+            block = bytearray(b'x') * (64 << 20)  # 64 MiB, every page written
+            os.write(w, bytes([i]))
+            time.sleep(30)
+        finally:
+            os._exit(0)
+    children.append(pid)
+os.close(w)
+time.sleep(1.5)
+os.set_blocking(r, False)
+held = set(os.read(r, 64))
+alive = [i for i, pid in enumerate(children) if os.waitpid(pid, os.WNOHANG) == (0, 0)]
+print(f"forked {len(children)} holding {len([i for i in alive if i in held])}")
+"""
+
+
+@pytest.mark.parametrize("mode", ["strong", "weak"])
+@pytest.mark.parametrize("cgroup", [True, False], ids=["cgroup", "no-cgroup"])
+def test_a_sandbox_cannot_exceed_its_total_memory(mode, cgroup, monkeypatch):
+    """Eight children of 64 MiB each (512 MiB) against a 384 MiB budget (256 MiB per process): those holding their
+    memory at once never exceed the budget, with a cgroup (the OOM killer acts inside it) or without (the process
+    and per-process limits are lowered so that they fit), and the trainer is unharmed."""
+    if mode == "strong" and sandbox.isolation() != "strong":
+        pytest.skip("strong sandbox unavailable")
+    if cgroup and cgroups.memory_parent()[0] is None:
+        pytest.skip(f"no memory cgroup can be made here ({cgroups.memory_parent()[3]})")
+    if not cgroup:
+        monkeypatch.setattr(cgroups, "_FOUND", [(None, 0, "", "disabled by the test")])
+        monkeypatch.setattr(launcher, "_WARNED_BUDGET", [])
+    limits = sandbox.Limits(timeout=6.0, memory_mb=256, total_memory_mb=384)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = sandbox.execute(HOG, "assert True", limits=limits, mode=mode)
+    forked, holding = map(int, re.search(r"forked (\d+) holding (\d+)", result.output).groups())
+    assert holding * 64 <= 384, result.output[-1000:]
+    if cgroup:
+        assert forked == 8 and holding < 8  # every child started; the budget, not a process limit, stopped some
+    else:
+        assert any("keeps within total_memory_mb=384 by allowing 4 processes" in str(w.message) for w in caught)
+    assert subprocess.run(["true"], timeout=10).returncode == 0
+    assert _sandbox_cgroups(os.getpid()) == []  # each sandbox's cgroup went with it
 
 
 def test_disk_filling_is_contained(strong):
@@ -153,6 +210,83 @@ def test_no_process_is_left_behind(strong):
     assert _processes_with(marker) == []
 
 
+TRAINER = """
+import os, sys
+from deepseek_rl.rewards import cgroups, launcher, sandbox
+from deepseek_rl.rewards.session import SandboxSession
+kind, mode, marker = sys.argv[1], sys.argv[2], os.environ["MARKER"]
+program = f"import os, time\\nif os.fork() == 0:\\n    os.execv('/bin/sleep', ['sleep', '{marker}'])\\ntime.sleep(600)"
+if kind == "session":
+    SandboxSession(mode).run(program, 600.0)
+else:
+    sandbox.execute(program, ["assert True"], limits=sandbox.Limits(timeout=600.0), mode=mode)
+"""
+
+
+@pytest.mark.parametrize("kind", ["code", "session"])
+@pytest.mark.parametrize("mode", ["strong", "weak"])
+def test_a_killed_trainer_leaves_no_sandbox_behind(kind, mode):
+    """A trainer-like process runs a sandbox that would live 10 minutes (a code reward, or a tool session's call);
+    SIGKILL it: every process of the sandbox is gone within seconds, and no folder is left in the temp dir."""
+    if mode == "strong" and sandbox.isolation() != "strong":
+        pytest.skip("strong sandbox unavailable")
+    before = sandbox_dirs()
+    marker = f"{600 + time.time() % 300:.6f}"  # the program's child sleeps this long: an argument no other has
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "PYTHONWARNINGS": "ignore"}
+    env["MARKER"] = marker  # not on the trainer's command line
+    trainer = subprocess.Popen([sys.executable, "-c", TRAINER, kind, mode], env=env, start_new_session=True)
+    sandbox_pids: set[int] = set()
+    try:
+        started = time.monotonic()
+        while not _processes_with(marker) and time.monotonic() - started < 20:
+            time.sleep(0.05)
+        assert _processes_with(marker), "the sandbox did not start"
+        sandbox_pids = _descendants(trainer.pid)
+        trainer.kill()
+        trainer.wait()
+        killed = time.monotonic()
+        while any(map(_alive, sandbox_pids)) and time.monotonic() - killed < 5:
+            time.sleep(0.02)
+        left = [pid for pid in sandbox_pids if _alive(pid)]
+        assert not left, f"{len(left)} of the sandbox's processes outlived the trainer by 5 s"
+        print(f"{kind}/{mode}: the sandbox died {time.monotonic() - killed:.2f} s after its trainer")
+        assert sandbox_dirs() == before
+        assert _sandbox_cgroups(trainer.pid) == []
+    finally:
+        for pid in sandbox_pids | set(_processes_with(marker)):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+def _sandbox_cgroups(creator: int) -> list[str]:
+    parent = cgroups.memory_parent()[0]
+    return [] if parent is None else [n for n in os.listdir(parent) if n.startswith(f"{cgroups.PREFIX}{creator}-")]
+
+
+def _descendants(root: int) -> set[int]:
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                pass
+    found, frontier = set(), {root}
+    while frontier:
+        frontier = {pid for pid, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def _processes_with(text: str) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
@@ -182,6 +316,20 @@ def test_exiting_or_forging_results_passes_nothing(solution, mode):
     assert execution.passed == 0
 
 
+@pytest.mark.parametrize("mode", ["strong", "weak"])
+def test_a_sandbox_that_cannot_set_itself_up_is_an_error_not_a_zero(mode):
+    """A limit the kernel refuses (more open files than fs.nr_open) breaks the program's and the judge's set-up,
+    before any untrusted code runs: the caller gets SandboxError with the reason, never a silent score of 0 (and
+    no program can cause this: it runs only after the set-up succeeded)."""
+    if mode == "strong" and sandbox.isolation() != "strong":
+        pytest.skip("strong sandbox unavailable")
+    limits = sandbox.Limits(timeout=3.0, open_files=2**30)
+    with pytest.raises(sandbox.SandboxError, match=f"the {mode} sandbox did not start: .*(limits|judge)"):
+        sandbox.execute("x = 1", ["assert x == 1"], limits=limits, mode=mode)
+    with pytest.raises(sandbox.SandboxError, match="did not start"):
+        SandboxSession(mode, limits).run("print(1)", 3.0)
+
+
 def test_weak_mode_keeps_timeouts_and_limits():
     limits = sandbox.Limits(timeout=1.0, memory_mb=256)
     slow = sandbox.execute("import time\ntime.sleep(30)", "assert True", limits=limits, mode="weak")
@@ -190,6 +338,55 @@ def test_weak_mode_keeps_timeouts_and_limits():
     assert hungry.passed == 0 and "MemoryError" in hungry.output
     ok = sandbox.execute("def f():\n    return 1", ["assert f() == 1", "assert f() == 2"], limits=limits, mode="weak")
     assert (ok.passed, ok.total, ok.finished, ok.mode) == (1, 2, True, "weak")
+
+
+WEAK_AS_ROOT = """
+import os, signal, time
+uid = os.getuid()
+caps = [line.split()[1] for line in open('/proc/self/status') if line.startswith('CapEff')][0]
+signals = []
+for target, signum in (({victim}, signal.SIGKILL), (os.getppid(), 0), ({trainer}, 0)):
+    try:
+        os.kill(target, signum)
+        signals.append('sent')
+    except OSError as err:
+        signals.append(type(err).__name__)
+forks = 0
+for _ in range(100):
+    try:
+        if os.fork() == 0:
+            time.sleep(3)
+            os._exit(0)
+        forks += 1
+    except OSError:
+        break
+try:
+    open('big', 'wb').write(b'x' * (2 * 2**20))
+    write = 'written'
+except OSError as err:
+    write = type(err).__name__
+"""
+
+
+def test_weak_mode_as_root_drops_privileges_and_keeps_limits():
+    """With reward.sandbox=weak and a root trainer, the program is not root, holds no capability, cannot signal the
+    trainer, its harness or another root process, and the process and file-size limits hold."""
+    if os.geteuid() != 0:
+        pytest.skip("weak mode drops to an unprivileged uid only when the trainer is root")
+    victim = subprocess.Popen(["sleep", "60"])
+    try:
+        solution = WEAK_AS_ROOT.format(victim=victim.pid, trainer=os.getpid())
+        tests = "assert uid != 0\nassert caps == '0' * 16\nassert signals == ['PermissionError'] * 3\n"
+        tests += "assert forks < 8\nassert write == 'OSError'"
+        limits = sandbox.Limits(timeout=5.0, processes=8, file_mb=1)
+        result = sandbox.execute(solution, tests, limits=limits, mode="weak")
+        assert (result.passed, result.total) == (5, 5), result.output[-2000:]
+        assert victim.poll() is None
+    finally:
+        victim.kill()
+        victim.wait()
+    with pytest.warns(RuntimeWarning, match="runs as an unprivileged uid without capabilities.*reach the network"):
+        warnings.warn(sandbox.weak_warning(), RuntimeWarning, stacklevel=1)
 
 
 def test_output_is_capped():
@@ -233,19 +430,24 @@ exec setpriv --reuid=65534 --regid=65534 --clear-groups -- "$@"
 """
 
 NOBODY_PROBE = """
-import json, sys
+import json, sys, warnings
 from deepseek_rl.errors import ConfigError
 from deepseek_rl.rewards import sandbox
 from deepseek_rl.rewards.coding import code
+warnings.simplefilter("ignore")
 secret, port = sys.argv[1], int(sys.argv[2])
-def score(solution, tests):
-    return code(["```python\\n" + solution + "\\n```"], tests=[tests], timeout=3.0)[0]
+def score(solution, tests, mode="auto"):
+    return code(["```python\\n" + solution + "\\n```"], tests=[tests], timeout=3.0, sandbox=mode)[0]
+forge = "import gc\\ntable = {2: 3}\\nfor o in gc.get_objects():\\n    if isinstance(o, dict) and 'tests' in o:\\n"
+forge += "        table = {1: 7}\\ndef f(x):\\n    return table.get(x)"
 print(json.dumps({
     "flavor": sandbox.strong_flavor()[0],
     "read": score(f"stolen = open({secret!r}).read()", ["assert 'hunter2' in stolen"]),
     "net": score(f"import socket\\ns = socket.create_connection(('127.0.0.1', {port}), timeout=1)", ["assert s"]),
     "nested": score("import ctypes\\nr = ctypes.CDLL(None).unshare(0x10000000)", ["assert r == 0"]),
     "works": score("def f(x):\\n    return x + 1", ["assert f(1) == 2"]),
+    "forge": score(forge, ["assert f(1) == 7"]),
+    "weak": score("def f(x):\\n    return x + 1", ["assert f(1) == 2"], "weak"),
 }))
 """
 
@@ -284,5 +486,6 @@ def test_strong_without_root_through_user_namespaces(tmp_path):
         shutil.rmtree(secret.parent)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert report == {"flavor": "userns", "read": 0.0, "net": 0.0, "nested": 0.0, "works": 1.0}
+    expected = {"flavor": "userns", "read": 0.0, "net": 0.0, "nested": 0.0, "works": 1.0, "forge": 0.0, "weak": 1.0}
+    assert report == expected  # forge: the job is not in the program's memory; weak: weak mode without root works
     assert reached == []

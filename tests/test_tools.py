@@ -5,6 +5,7 @@ import json
 import os
 import tempfile
 import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -143,6 +144,34 @@ def test_a_session_keeps_state_until_it_ends():
     assert fresh.output == "False\n" and session.restarts == 1
     session.close()
     assert not session.alive
+
+
+def test_a_session_that_stops_reading_cannot_block_the_next_call():
+    """A program that stops itself after its call (so it never reads the next command) must not make the trainer
+    block in the write: a call larger than the pipe buffer times out within its own timeout and kills the session."""
+    session = SandboxSession(isolation(), Limits())
+    stop_later = (
+        "import os, signal, threading, time\n"
+        "threading.Thread(target=lambda: (time.sleep(0.3), os.kill(os.getpid(), signal.SIGSTOP))).start()"
+    )
+    try:
+        assert session.run(stop_later, 2.0).finished
+        time.sleep(0.8)  # the program has stopped itself
+        results = []
+        call = threading.Thread(target=lambda: results.append(session.run("x = '" + "a" * 300_000 + "'", 1.0)))
+        start = time.monotonic()
+        call.start()
+        call.join(10.0)
+        seconds = time.monotonic() - start
+        if call.is_alive():  # blocked in the write: free the thread before failing
+            session.sandbox.kill()
+            call.join()
+        assert seconds < 3.0, f"the call blocked for {seconds:.1f} s"
+        assert results[0].timed_out and not results[0].finished and not session.alive
+        text, status = run_tool("print(1)", ToolsConfig(enabled=True, timeout=2.0), isolation(), session)
+        assert (text, status) == ("\n1\n```\n", "ok") and session.restarts == 1  # the next call starts afresh
+    finally:
+        session.close()
 
 
 def test_tool_sessions_follow_their_trajectories():

@@ -1,60 +1,63 @@
-"""The first process of a code sandbox: isolate, drop privileges, run the untrusted program in a child, reap it.
+"""The first process of a code sandbox: isolate, then start the judge and the program, wait for them, end them.
 
 `deepseek_rl.rewards.sandbox` starts this file as a script (`python -I -S -B _sandbox_init.py`), inside fresh mount,
 pid, network, IPC and UTS namespaces when it runs as root ("strong" mode), or as a plain child in a new session
-otherwise ("weak" mode). It reads its job as one `marshal`led dict on stdin, then closes stdin. It imports as
-little as it can (marshal and _signal are built in; ctypes only in strong mode, traceback only on an error): each
-execution starts a fresh interpreter, and imports were half of its ~40 ms.
+otherwise ("weak" mode). It reads its job as one `marshal`led dict on stdin (written by the trusted caller), and
+keeps stdin open as a lifeline: when the caller dies (a trainer SIGKILLed, a reward worker gone with it), the pipe
+ends and so does the sandbox, at once, whatever its program is doing. It imports as little as it can (marshal and
+_signal are built in; ctypes for prctl; traceback only on an error): each execution starts a fresh interpreter, and
+imports were half of its start-up time. What it does to the machine (mounts, capabilities, the memory cgroup) is in
+_sandbox_setup.py, which the caller sends compiled with the job, with the judge's and the program's code.
 
-Strong mode, still as (namespace) root: a size-capped tmpfs becomes the new root, with read-only binds of /usr (and
-/bin, /lib, ... where they are not symlinks into /usr) and of the interpreter's prefix at its own path, the devices
-null, zero, random and urandom, a new /proc (this pid namespace only), a writable /work (owned by the sandbox uid)
-and /tmp. Everything else (the trainer's home, checkpoints, data, /etc) is absent. Then chroot, and:
-- as real root ("root" flavor): setgroups/setgid/setuid to an unprivileged uid chosen by the caller;
+Strong mode, still as (namespace) root: a size-capped tmpfs, mounted over an existing folder of this private mount
+namespace (so nothing is created on the machine's disk, and nothing can be left there), becomes the new root, with
+read-only binds of /usr (and /bin, /lib, ... where they are not symlinks into /usr) and of the interpreter's prefix
+at its own path, the devices null, zero, random and urandom, a new /proc (this pid namespace only), a writable /work
+(owned by the program's uid) and /tmp. Everything else (the trainer's home, checkpoints, data, /etc) is absent.
+Then chroot, and:
+- as real root ("root" flavor): this process stays root (pid 1 of the namespace, out of the program's reach); its
+  children become unprivileged uids chosen by the caller, one for the program and another for the judge;
 - in an unprivileged user namespace ("userns" flavor; only this user's uid is mapped, to 0): every capability
-  dropped (bounding set, ambient, then effective/permitted/inheritable), so the program cannot undo the chroot or
-  the mounts; a chrooted process cannot create a nested user namespace either. A new /proc needs the host's
-  /proc fully visible; where a container masks parts of it, the sandbox goes without /proc;
-then no_new_privs, and a parent-death signal (a uid change clears it).
+  dropped (bounding set, ambient, then effective/permitted/inheritable), so nothing can undo the chroot or the
+  mounts; a chrooted process cannot create a nested user namespace either. A new /proc needs the host's /proc
+  fully visible; where a container masks parts of it, the sandbox goes without /proc;
+then no_new_privs, and a parent-death signal.
 
-This process then forks: the child sets the resource limits and runs solution, setup and tests in one namespace;
-this process reaps every child until the program's child exits or the wall-clock limit passes, and exits. In strong
-mode it is pid 1 of the namespace, so its exit kills every process the program left behind, and the program cannot
-signal it. Results go to the caller on a separate pipe, each line prefixed by a nonce that only the harness knows:
-`ready` (isolation done), `pass <i>` (test i ran without raising), `done` (all tests ran). Output that the program
-forges without the nonce, and exits before `done`, count for nothing.
+Then two children, never one process (see _sandbox_judge.py for the guarantee this gives):
+- the program (`_sandbox_program.py`): forked first thing, before this process read its job, so that nothing of the
+  job (the tests, the nonce) was ever in its memory; it gets its configuration on a pipe, sets its uid and limits,
+  and runs the solution;
+- the judge (`_sandbox_judge.py`): runs setup and tests, asking the program for its objects over two pipes, and alone
+  writes the verdict lines, each prefixed by a nonce: `pass <i>` (test i passed), `done` (all tests ran).
+This process writes `ready` once the judge and the program are set up, and only then lets the program run (so that
+nothing the program does can turn into a failure of the sandbox), and `timeout`.
+This process reaps every child until the judge exits (then gives the program a moment to flush its output), the
+wall-clock limit passes or the lifeline ends, and exits: in strong mode it is pid 1, so its exit kills every process
+left in the namespace; in weak mode it kills the program's process group (the judge is in it too), and when the
+caller is gone it also removes the sandbox's folder, which the caller would otherwise remove.
 
-A session (`command_fd` in the job: tool calls that keep their state, rewards/session.py) runs programs one after
-another in the same namespace, each read from that pipe, reporting `end <k>` or `fail <k>` after each, until the
-pipe closes; the caller enforces each call's timeout by killing the whole sandbox.
+A session (`command_fd` in the job: tool calls that keep their state, rewards/session.py) has no judge: the program
+runs programs one after another from that pipe, reporting `end <k>` or `fail <k>` after each, until the pipe
+closes; the caller enforces each call's timeout by killing the whole sandbox.
 """
 
 from __future__ import annotations
 
 import _signal
-import _sitebuiltins
-import builtins
 import marshal
 import os
 import resource
+import select
 import sys
+import time
 
-# mount(2) flags and prctl(2) options from <sys/mount.h> and <linux/prctl.h>
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
-MS_BIND, MS_REC, MS_PRIVATE = 4096, 16384, 1 << 18
-MS_NOATIME, MS_NODIRATIME, MS_RELATIME = 1024, 2048, 1 << 21
-PR_SET_PDEATHSIG, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT = 1, 24, 38, 47
-PR_CAP_AMBIENT_CLEAR_ALL = 4
-# statvfs f_flag bits -> the mount flags a bind remount must keep (locked inside a user namespace)
-KEPT_FLAGS = ((2, MS_NOSUID), (4, MS_NODEV), (8, MS_NOEXEC), (1024, MS_NOATIME), (2048, MS_NODIRATIME),
-              (4096, MS_RELATIME))  # fmt: skip
-DEVICES = ("null", "zero", "random", "urandom")
-
+# prctl(2) options from <linux/prctl.h>
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS = 1, 4, 38
 _LIBC: list = []
 
 
 def _libc():
-    """(ctypes, libc), imported at first use: weak mode never needs them."""
+    """(ctypes, libc), imported at first use (before the program's process is forked, which then has them too)."""
     if not _LIBC:
         import ctypes
 
@@ -68,215 +71,298 @@ def _check(result: int, what: str) -> None:
         raise OSError(err, f"{what}: {os.strerror(err)}")
 
 
-def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
-    ctypes, libc = _libc()
-    args = [None if x is None else x.encode() for x in (source, target, fstype)]
-    _check(libc.mount(*args, ctypes.c_ulong(flags), None if data is None else data.encode()), f"mount {target}")
+def load(code: bytes, name: str) -> dict:
+    """Run code compiled by the caller (`launcher._code`) as a module; its namespace."""
+    namespace = {"__name__": name}
+    exec(marshal.loads(code), namespace)
+    return namespace
 
 
-def _bind(path: str, root: str) -> None:
-    """Make `path` appear read-only at the same path under `root`."""
-    target = root + path
-    if os.path.islink(path):
-        os.makedirs(os.path.dirname(target), mode=0o755, exist_ok=True)
-        os.symlink(os.readlink(path), target)
-        return
-    if os.path.isdir(path):
-        os.makedirs(target, mode=0o755, exist_ok=True)
-    else:
-        open(target, "w").close()
-    _mount(path, target, None, MS_BIND | MS_REC)
-    kept = os.statvfs(path).f_flag
-    flags = MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID
-    for bit, flag in KEPT_FLAGS:
-        flags |= flag if kept & bit else 0
-    _mount(None, target, None, flags)
-
-
-def drop_capabilities() -> None:
-    """Every capability gone for good: the bounding set (needs CAP_SETPCAP, still held), ambient, then capset(2)
-    with empty effective, permitted and inheritable sets."""
-    ctypes, libc = _libc()
-    for cap in range(64):
-        if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
-            break  # past the kernel's last capability
-    libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
-    header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
-    data = (ctypes.c_uint32 * 6)()  # two __user_cap_data_struct {effective, permitted, inheritable}, all zero
-    _check(libc.capset(header, data), "capset")
-
-
-def isolate(job: dict) -> None:
-    """Strong mode, as root in fresh namespaces: build the new root, enter it and become the sandbox uid."""
-    root, uid = job["root"], job["uid"]
-    _mount(None, "/", None, MS_REC | MS_PRIVATE)
-    _mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, f"size={job['limits']['disk_mb']}m,mode=755")
-    for path in job["binds"]:
-        if os.path.lexists(path) and not os.path.lexists(root + path):
-            _bind(path, root)
-    os.makedirs(root + "/dev", mode=0o755, exist_ok=True)
-    for name in DEVICES:
-        open(f"{root}/dev/{name}", "w").close()
-        _mount(f"/dev/{name}", f"{root}/dev/{name}", None, MS_BIND)
-    os.makedirs(root + "/proc", mode=0o555, exist_ok=True)
-    userns = job["flavor"] == "userns"
-    try:
-        _mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    except OSError:
-        if not userns:
-            raise
-    os.makedirs(root + "/tmp", exist_ok=True)
-    os.chmod(root + "/tmp", 0o1777)
-    os.makedirs(root + "/work", mode=0o700, exist_ok=True)
-    if not userns:
-        os.chown(root + "/work", uid, uid)
-    os.chroot(root)
-    os.chdir("/work")
-    if userns:
-        drop_capabilities()
-    else:
-        os.setgroups([])
-        os.setgid(uid)
-        os.setuid(uid)
-    libc = _libc()[1]
-    _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
-    _check(libc.prctl(PR_SET_PDEATHSIG, _signal.SIGKILL, 0, 0, 0), "pdeathsig")
-
-
-def set_limits(limits: dict) -> None:
+def rlimits(limits: dict, processes: bool) -> list[tuple[int, int, int]]:
+    """(resource, soft, hard) for the program (with a process limit) or the judge (without)."""
     cpu = int(limits["cpu_seconds"])
-    memory = limits["memory_mb"] * 2**20
-    file_size = limits["file_mb"] * 2**20
-    for which, value in (
-        (resource.RLIMIT_CPU, (cpu, cpu + 1)),
-        (resource.RLIMIT_AS, (memory, memory)),
-        (resource.RLIMIT_FSIZE, (file_size, file_size)),
-        (resource.RLIMIT_NOFILE, (limits["open_files"], limits["open_files"])),
-        (resource.RLIMIT_CORE, (0, 0)),
-        (resource.RLIMIT_NPROC, (limits["processes"], limits["processes"])),
-    ):
-        resource.setrlimit(which, value)
+    memory, file_size, files = limits["memory_mb"] << 20, limits["file_mb"] << 20, limits["open_files"]
+    result = [
+        (resource.RLIMIT_CPU, cpu, cpu + 1),
+        (resource.RLIMIT_AS, memory, memory),
+        (resource.RLIMIT_FSIZE, file_size, file_size),
+        (resource.RLIMIT_NOFILE, files, files),
+        (resource.RLIMIT_CORE, 0, 0),
+    ]
+    if processes:
+        result.append((resource.RLIMIT_NPROC, limits["processes"], limits["processes"]))
+    return result
 
 
-def _run(source: str, filename: str, namespace: dict) -> bool:
-    """Execute one piece of code; False (with the traceback on stderr) when it raises anything, SystemExit too."""
+def _keep_only(fds: list[int]) -> None:
+    """In a new child: /dev/null on stdin, stdout and stderr as they are, `fds` kept (inheritable), every other
+    descriptor closed."""
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    low = 3
+    for fd in sorted(set(fds)):
+        os.set_inheritable(fd, True)
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 2**31 - 1)
+    _signal.set_wakeup_fd(-1)
+    _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
+
+
+def program_child(control: int, started: int) -> None:
+    """The program's process, forked before this process read its job (so the tests and the nonce were never in
+    its memory): wait for its configuration on `control`, enter the sandbox's root and cwd, keep only its own pipes,
+    and run `_sandbox_program.main` (which drops privileges and sets limits before any untrusted code)."""
     try:
-        exec(compile(source, filename, "exec"), namespace)
-        return True
-    except BaseException:  # noqa: BLE001 - untrusted code may raise anything, exit() included
-        try:
-            sys.stdout.flush()  # what it printed before the error comes first
-            import traceback
-
-            traceback.print_exc(limit=-2)
-        except BaseException:  # noqa: BLE001
-            pass
-        return False
-
-
-def _program_namespace(job: dict, name: str) -> dict:
-    """In the child: the resource limits (exit 3 if they cannot be set), `exit`/`quit` as `site` would add them,
-    and the namespace the programs run in."""
-    try:
-        set_limits(job["limits"])
-    except OSError as err:
-        print(f"sandbox: cannot set limits: {err}", file=sys.stderr)
+        data = _frame(control)
+        if data is None:
+            os._exit(0)  # the harness failed before the start
+        blob = marshal.loads(data)
+        config, setup = blob["config"], load(blob["setup"], "_sandbox_setup")
+        if config["root"]:
+            os.chroot(config["root"])
+        os.chdir(config["cwd"])
+        if config["drop_capabilities"]:
+            setup["drop_capabilities"]()
+        kept = [setup["reroute_prefix"]()] if config["reroute"] else []
+        config["started"], config["go"] = started, control
+        names = ("requests", "replies", "commands", "status", "started", "go")
+        _keep_only(kept + [config[name] for name in names if name in config])
+        codec, program = load(blob["codec"], "_sandbox_codec"), load(blob["program"], "_sandbox_program")
+        del data, blob, setup
+    except BaseException as err:  # noqa: BLE001
+        print(f"sandbox: the program could not start: {err}", file=sys.stderr)
         os._exit(3)
-    builtins.exit = builtins.quit = _sitebuiltins.Quitter("exit", "Ctrl-D (i.e. EOF)")
-    return {"__name__": name, "__builtins__": builtins}
+    program["main"](config, codec)
 
 
-def _flush() -> None:
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except BaseException:  # noqa: BLE001
-            pass
+def _frame(fd: int) -> bytes | None:
+    """One frame (4-byte length, then that many bytes) from `fd`; None if the pipe ends first."""
+    data = b""
+    while len(data) < 4 or len(data) < 4 + int.from_bytes(data[:4], "big"):
+        chunk = os.read(fd, 1 << 20)
+        if not chunk:
+            return None
+        data += chunk
+    return data[4:]
 
 
-def run_program(job: dict, nonce: str, fd: int) -> None:
-    """The child: limits, then solution, setup and each test in one namespace; report with the nonce; exit."""
-    write = os.write
-    namespace = _program_namespace(job, "__solution__")
-    ok = _run(job["solution"], "solution.py", namespace)
-    ok = ok and (not job["setup"] or _run(job["setup"], "setup.py", namespace))
-    if ok:
-        for i, (test, counts) in enumerate(job["tests"]):
-            passed = _run(test, f"test_{i}.py", namespace)
-            if passed and counts:
-                write(fd, f"{nonce} pass {i}\n".encode())
-            elif not passed and not counts:
-                break  # a statement the tests depend on failed: the remaining tests cannot pass
-        else:
-            write(fd, f"{nonce} done\n".encode())
-    _flush()
-    os._exit(0)
+def fork_program(started: int) -> tuple[int, int]:
+    """Fork the program's process now, before the job is read; (its pid, the pipe its configuration goes to, and
+    whose end then lets it run). It writes a byte to `started` when its prologue is done."""
+    control, control_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(control_w)
+        os.dup2(os.open(os.devnull, os.O_RDONLY), 0)  # never the job's pipe
+        program_child(control, started)
+    os.close(control)
+    return pid, control_w
 
 
-def run_session(job: dict, nonce: str, fd: int) -> None:
-    """The child of a session (tool calls with state): limits, then one program after another in one namespace,
-    each read from the command pipe as a 4-byte length and UTF-8 source; after each, its output is flushed and
-    `end <k>` (ran) or `fail <k>` (raised) reported. Exits at the end of the pipe (the caller closed it or died)."""
-    commands = job["command_fd"]
-    namespace = _program_namespace(job, "__main__")
-
-    def read(n: int) -> bytes:
-        data = b""
-        while len(data) < n:
-            chunk = os.read(commands, n - len(data))
+def all_started(started: int, count: int, deadline: float) -> bool:
+    """Whether `count` processes (the program, and the judge) finished their set-up (uid, limits) before anything
+    untrusted ran: a byte each on `started`. The end of that pipe before then means the sandbox itself failed (the
+    reason is in the output), never the program, which has not run yet."""
+    received = b""
+    while len(received) < count:
+        ready = select.select([started, 0], [], [], max(0.0, deadline - time.monotonic()))[0]
+        if not ready or (0 in ready and not os.read(0, 4096)):  # the deadline, or the caller is gone
+            return False
+        if started in ready:
+            chunk = os.read(started, count)
             if not chunk:
-                os._exit(0)
-            data += chunk
-        return data
-
-    for k in range(1 << 30):
-        source = read(int.from_bytes(read(4), "big")).decode("utf-8", "replace")
-        ok = _run(source, f"call_{k}.py", namespace)
-        _flush()
-        os.write(fd, f"{nonce} {'end' if ok else 'fail'} {k}\n".encode())
+                return False
+            received += chunk
+    return True
 
 
-def reap(child: int, timeout: float) -> bool:
-    """Reap every process until `child` exits, killing it after `timeout` seconds. True when it was killed."""
-    expired = []
+def configure_program(job: dict, control: int, fds: dict[str, int]) -> None:
+    """Send the program's process its configuration (mode, solution, uid, limits, pipes, code); closing `control`
+    later lets it run the untrusted code."""
+    session = job["command_fd"] is not None
+    config = {
+        "mode": "session" if session else "tests",
+        "solution": job["solution"],
+        "name": "__main__" if session else "__solution__",
+        "uid": job["uid"] if job["drop"] else None,
+        "rlimits": rlimits(job["limits"], processes=True),
+        "nonce": job["nonce"] if session else "",
+        "root": job["root"] if job["mode"] == "strong" else "",
+        "cwd": "/work" if job["mode"] == "strong" else job["workdir"],
+        "drop_capabilities": job["flavor"] == "userns",
+        "reroute": job["drop"] and job["mode"] == "weak",
+        **fds,
+    }
+    data = marshal.dumps({"config": config, **{k: job["code"][k] for k in ("codec", "program", "setup")}})
+    view = memoryview(len(data).to_bytes(4, "big") + data)
+    while view:
+        view = view[os.write(control, view) :]  # the pipe stays open: its end lets the program run
 
-    def expire(signum, frame):
-        expired.append(True)
-        os.kill(child, _signal.SIGKILL)
 
-    _signal.signal(_signal.SIGALRM, expire)
-    _signal.setitimer(_signal.ITIMER_REAL, timeout)
+def start_judge(job: dict, setup: dict, pipes: tuple[int, int, int, int], group: int) -> int:
+    """Fork the judge: its own uid where this process is root, not dumpable (no ptrace, no /proc/<pid>/fd or mem
+    for the program), limits; then the tests (`_sandbox_judge.judge`). Its pid."""
+    pid = os.fork()
+    if pid:
+        return pid
+    requests, replies, verdict, started = pipes
+    nonce = job["nonce"]
+
+    def report(line: str) -> None:
+        os.write(verdict, f"{nonce} {line}\n".encode())
+
+    try:  # before the program runs anything: a failure here is the sandbox's (the harness says so)
+        if job["mode"] == "weak":
+            os.setpgid(0, group)  # the program's group, which the harness kills at the end
+        kept = [setup["reroute_prefix"]()] if job["drop"] and job["mode"] == "weak" else []
+        _keep_only(kept + [requests, replies, verdict, started])
+        if job["drop"]:
+            os.setgroups([])
+            os.setgid(job["judge_uid"])
+            os.setuid(job["judge_uid"])
+        libc = _libc()[1]
+        _check(libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "dumpable")
+        _check(libc.prctl(PR_SET_PDEATHSIG, _signal.SIGKILL, 0, 0, 0), "pdeathsig")  # (a uid change clears it)
+        for which, soft, hard in rlimits(job["limits"], processes=False):
+            resource.setrlimit(which, (soft, hard))
+        codec, judge = load(job["code"]["codec"], "_sandbox_codec"), load(job["code"]["judge"], "_sandbox_judge")
+        channel = judge["Channel"](codec, requests, replies)
+        os.write(started, b"j")
+        os.close(started)
+    except BaseException as err:  # noqa: BLE001
+        print(f"sandbox: the judge could not start: {err}", file=sys.stderr)
+        os._exit(3)
+    try:
+        judge["judge"](job, channel, report)
+    except BaseException:  # noqa: BLE001 - a fault of the judge's own: shown, and no verdict after it
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        os._exit(0)
+
+
+def _reap(pid: int) -> bool:
+    """Reap every child that has exited; True when `pid` is (or was already) gone."""
+    gone = False
     while True:
         try:
-            pid, _ = os.waitpid(-1, 0)
+            got, _ = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
-            return bool(expired)
-        if pid == child:
-            _signal.setitimer(_signal.ITIMER_REAL, 0)
-            return bool(expired)
+            return True
+        if got == 0:
+            return gone
+        gone = gone or got == pid
+
+
+def wait(pid: int, deadline: float, wake: int) -> str:
+    """Reap children until `pid` exits ("exited"), the deadline passes ("timeout") or stdin, the caller's lifeline,
+    ends ("abandoned": the trainer died). SIGCHLD wakes the wait (`wake` is the signal module's wakeup pipe)."""
+    while not _reap(pid):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return "timeout"
+        for fd in select.select([wake, 0], [], [], remaining)[0]:
+            if not os.read(fd, 4096) and fd == 0:
+                return "abandoned"
+    return "exited"
+
+
+def read_job() -> dict:
+    """The job: one frame (4-byte length, marshal) on stdin, which stays open (see `wait`)."""
+    data = _frame(0)
+    if data is None:
+        os._exit(3)  # the caller died before it sent the whole job
+    return marshal.loads(data)
+
+
+def kill_all(job: dict, group: int) -> None:
+    """Kill every process of the sandbox but this one, and reap them: strong mode, all of this pid namespace;
+    weak mode, the program's process group and whatever else is in the sandbox's cgroup."""
+    try:
+        if job["mode"] == "weak":
+            os.killpg(group, _signal.SIGKILL)
+        elif os.getpid() == 1:  # only ever as the namespace's first process
+            os.kill(-1, _signal.SIGKILL)
+    except OSError:
+        pass  # nothing left to kill
+    until = time.monotonic() + 1.0
+    while time.monotonic() < until:
+        members = []
+        if job["cgroup"] and job["mode"] == "weak":
+            with open(f"{job['cgroup'][0]}/cgroup.procs") as procs:
+                members = [int(pid) for pid in procs.read().split() if int(pid) != os.getpid()]
+            for pid in members:
+                try:
+                    os.kill(pid, _signal.SIGKILL)
+                except OSError:
+                    pass
+        if _reap(-1) and not members:
+            return
+        time.sleep(0.005)
 
 
 def main() -> None:
-    job = marshal.loads(b"".join(iter(lambda: os.read(0, 1 << 20), b"")))
-    os.close(0)
-    os.open(os.devnull, os.O_RDONLY)
-    nonce, fd = job.pop("nonce"), job["verdict_fd"]
+    _check(_libc()[1].prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")  # for every process of the sandbox
+    requests, to_program = os.pipe()
+    from_program, replies = os.pipe()
+    started, started_w = os.pipe()
+    program, control = fork_program(started_w)
+    job = read_job()
+    nonce, verdict = job["nonce"], job["verdict_fd"]
+    setup = load(job["code"]["setup"], "_sandbox_setup")
+    try:
+        cgroup = setup["join_cgroup"](job, program)
+    except OSError as err:
+        print(f"sandbox: cannot join its memory cgroup {job['cgroup'][0]}: {err}", file=sys.stderr)
+        os._exit(3)
+    deadline = time.monotonic() + job["limits"]["timeout"]
     os.umask(0o022)
     _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
+    wake, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    _signal.set_wakeup_fd(wake_w)
+    _signal.signal(_signal.SIGCHLD, lambda signum, frame: None)  # a handler, so that SIGCHLD reaches the pipe
     try:
         if job["mode"] == "strong":
-            isolate(job)
+            job["root"] = setup["sandbox_root"](job["binds"])
+            setup["isolate"](job)
         else:
+            os.setpgid(program, program)  # the judge and the program: one group, which this process kills at the end
+            if job["drop"]:  # the program's uid owns its folder; the judge may read it
+                os.chmod(job["root"], 0o711)
+                os.chown(job["workdir"], job["uid"], job["uid"])
+                os.chmod(job["workdir"], 0o755)
             os.chdir(job["workdir"])
     except OSError as err:
         print(f"sandbox: isolation failed: {err}", file=sys.stderr)
         os._exit(3)
-    os.write(fd, f"{nonce} ready\n".encode())
-    child = os.fork()
-    if child == 0:
-        (run_program if job["command_fd"] is None else run_session)(job, nonce, fd)
-    if reap(child, job["limits"]["timeout"]):
-        os.write(fd, f"{nonce} timeout\n".encode())
+    if job["command_fd"] is not None:
+        main_child = program
+        configure_program(job, control, {"commands": job["command_fd"], "status": verdict})
+    else:  # the judge first: its set-up must not depend on what the program does
+        main_child = start_judge(job, setup, (to_program, from_program, verdict, started_w), program)
+        configure_program(job, control, {"requests": requests, "replies": replies})
+    for fd in (requests, to_program, from_program, replies, started_w):
+        os.close(fd)
+    if not all_started(started, 1 if main_child == program else 2, deadline):
+        kill_all(job, program)
+        setup["leave_cgroup"](job, cgroup)
+        os._exit(3)  # no `ready`: the caller reports the sandbox as broken, with the reason from the output
+    os.write(verdict, f"{nonce} ready\n".encode())
+    os.close(control)  # the program may run now
+    outcome = wait(main_child, deadline, wake)
+    if outcome == "timeout":
+        os.write(verdict, f"{nonce} timeout\n".encode())
+    elif outcome == "exited" and program != main_child:  # the program flushes its output when its requests end
+        outcome = wait(program, min(deadline, time.monotonic() + 0.5), wake)
+    kill_all(job, program)
+    setup["leave_cgroup"](job, cgroup)
+    if job["mode"] == "weak" and outcome == "abandoned":
+        setup["remove_folder"](job["root"])
     os._exit(0)
 
 

@@ -15,6 +15,7 @@ and scored reward.on_failure), so a hang never looks like wrong code either; the
 list with partial credit (tests passed before the timeout), for direct callers.
 
 Isolation: `sandbox` is strong, weak or auto (reward.sandbox; see sandbox.py). The trainer passes it by name.
+Limits: `timeout` (seconds), `memory_mb` (each process), `total_memory_mb` (the sandbox as a whole).
 """
 
 from __future__ import annotations
@@ -96,6 +97,7 @@ def code(
     timeout: float = 8.0,
     memory_mb: int = 1024,
     sandbox: str = "auto",
+    total_memory_mb: int = 2048,
     **kwargs: Any,
 ) -> list[float | None]:
     """Fraction of the row's tests that the last Python block passes (sandboxed, `timeout` seconds in all).
@@ -103,7 +105,8 @@ def code(
     >>> code(["```python\\ndef f(x):\\n    return x * 2\\n```"], tests=[["assert f(1) == 2", "assert f(2) == 5"]])
     [0.5]
     """
-    return _scores(completions, tests, setup, Limits(timeout=timeout, memory_mb=memory_mb), False, sandbox)
+    limits = Limits(timeout=timeout, memory_mb=memory_mb, total_memory_mb=total_memory_mb)
+    return _scores(completions, tests, setup, limits, False, sandbox)
 
 
 def binary_code(
@@ -113,6 +116,7 @@ def binary_code(
     timeout: float = 8.0,
     memory_mb: int = 1024,
     sandbox: str = "auto",
+    total_memory_mb: int = 2048,
     **kwargs: Any,
 ) -> list[float | None]:
     """1.0 when the last Python block passes every test of the row, else 0.0.
@@ -120,7 +124,8 @@ def binary_code(
     >>> binary_code(["```py\\nf = abs\\n```", "f = abs"], tests=["assert f(-1) == 1\\nassert f(2) == 2"] * 2)
     [1.0, 0.0]
     """
-    return _scores(completions, tests, setup, Limits(timeout=timeout, memory_mb=memory_mb), True, sandbox)
+    limits = Limits(timeout=timeout, memory_mb=memory_mb, total_memory_mb=total_memory_mb)
+    return _scores(completions, tests, setup, limits, True, sandbox)
 
 
 def warm_up(sandbox: str = "auto", **kwargs: Any) -> None:

@@ -14,70 +14,49 @@ Two levels of isolation, chosen explicitly with `reward.sandbox` (the code rewar
     Slurm node): the program stays the namespace's root but with every capability dropped (bounding set, permitted,
     effective, inheritable, ambient) and no_new_privs, inside a chroot (which also forbids it a nested user
     namespace). Its RLIMIT_NPROC counts all the user's processes, like weak mode's.
-- weak: the same process tree and limits, run as the current user in a new session. It cannot hide files, block the
-  network or stop a program that escapes its process group.
+- weak: the same process tree and limits in a new session, without namespaces. As root, the program and the judge
+  still run as unprivileged uids of their own with no capability (so the process limit holds, and they cannot
+  signal or trace the trainer); the interpreter is reached through an open descriptor where it sits under a folder
+  others cannot enter (/root). It cannot hide world-readable files, block the network, cap the disk beyond each
+  file's size, or stop a program that escapes its process group. Without root it runs as the current user.
 
 `reward.sandbox`: `strong` requires strong isolation (an error says why it is unavailable); `weak` runs weakly on
 purpose (one warning); `auto` (the default) is strong where possible and otherwise refuses to run untrusted code,
 naming `reward.sandbox=weak` as the explicit opt-in. The attack tests that need strong isolation skip without it.
 
 Resource limits in both: CPU seconds, address space, processes, file size, open files; output kept up to a cap.
-A result counts only what the harness reported with a per-run nonce that is never in the program's files,
-arguments or environment (it arrives on stdin, which is closed before the program runs): `exit(0)` or
-`os._exit(0)` before the tests, or printing fake results, pass nothing. Known limit: the program runs in the same
-interpreter as its tests, so a program that inspects the interpreter (frames, gc, tracing) could find the nonce or
-fake a test; and an object whose `__eq__` always returns True passes `assert f(x) == y` anywhere.
+
+Verdicts (threat model: the program is written to pass its tests without solving its task, e.g. by an RL policy
+that found a reward hack). The tests never run in the program's process: the sandbox holds two, the program (a
+process forked before the harness read its job, so that the tests and the nonce were never in its memory, as the
+program's uid) and the judge (another uid where the sandbox runs as root; not dumpable, so it cannot be traced or
+read through /proc). The judge runs each test's own code with its own builtins and standard library, asks the
+program for what the test needs of it (call `f`, read `p.x`) over two pipes that carry plain data and handles,
+compares the answers itself, and alone writes `pass <i>` lines, with a nonce, to a pipe only it holds. So whatever
+the program does inside its process (walk frames, scan gc, patch builtins or AssertionError, write to every file
+descriptor, exit with status 0, print look-alike lines, answer True to everything, return an object equal to
+everything) it chooses only its own answers, from the arguments the tests give it. What still passes without
+solving: a test that asks only a yes/no question of the program (`assert is_prime(7)`), compares two of the
+program's objects, or trusts a helper of the program to compute the expected value. Weak mode without root is
+weaker: the program runs as the trainer's user and may trace the trainer or rewrite the interpreter's files
+(see `resolve_mode`'s warning). _sandbox_judge.py gives the rules.
 """
 
 from __future__ import annotations
 
 import ast
-import marshal
-import math
 import os
-import random
-import secrets
 import selectors
 import shutil
-import signal
 import subprocess
-import sys
-import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 from deepseek_rl.errors import ConfigError
+from deepseek_rl.rewards.launcher import Limits, SandboxError, launch
 
-HARNESS = Path(__file__).with_name("_sandbox_init.py")
-UNSHARE = ("unshare", "--mount", "--pid", "--net", "--ipc", "--uts", "--fork", "--kill-child", "--")
-# Without root: the same namespaces inside a new user namespace where this user is mapped to root.
-UNSHARE_USER = ("unshare", "--user", "--map-root-user", *UNSHARE[1:])
 MODES = ("strong", "weak", "auto")
-SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
-# Unprivileged uids drawn for strong sandboxes: far above any real account, distinct per execution.
-UID_RANGE = (1_000_000_000, 1_100_000_000)
-
-
-class SandboxError(RuntimeError):
-    """The sandbox itself could not run (not the program's fault): counted as a reward error, never as a 0."""
-
-
-@dataclass(frozen=True)
-class Limits:
-    # Wall-clock seconds for solution, setup and tests together; CPU seconds are the same, rounded up.
-    timeout: float = 8.0
-    # Address space of each process, MiB.
-    memory_mb: int = 1024
-    # Processes and threads of the sandbox's uid (strong mode; in weak mode on top of the user's current count).
-    processes: int = 32
-    # Largest file the program may write, MiB; and (strong mode) the whole writable filesystem, MiB.
-    file_mb: int = 16
-    disk_mb: int = 64
-    open_files: int = 64
-    # Bytes of the program's stdout + stderr kept for debugging; the rest is read and dropped.
-    output_bytes: int = 16384
 
 
 @dataclass
@@ -109,53 +88,6 @@ def split_tests(tests: str | list[str]) -> list[tuple[str, bool]]:
     return [(ast.get_source_segment(tests, node), isinstance(node, ast.Assert)) for node in body]
 
 
-def interpreter() -> str:
-    """The base interpreter, run outside any venv and without `site` (-S): the program gets the standard library
-    only, not the trainer's packages, and starts in ~10 ms instead of ~40."""
-    return os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
-
-
-def _binds() -> list[str]:
-    prefix = os.path.realpath(sys.base_prefix)
-    extra = [prefix] if not interpreter().startswith(prefix + os.sep) else [prefix, os.path.dirname(interpreter())]
-    return [*SYSTEM_DIRS, *extra]
-
-
-def _user_process_count() -> int:
-    uid = os.getuid()
-    count = 0
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                count += entry.stat().st_uid == uid
-            except OSError:
-                pass
-    return count
-
-
-def _job(
-    mode: str, flavor: str, tmp: str, nonce: str, fd: int, solution: str, setup: str, tests, limits: Limits
-) -> dict:
-    values = asdict(limits)
-    values["cpu_seconds"] = math.ceil(limits.timeout)
-    if mode == "weak" or flavor == "userns":  # the limit counts all of this user's processes
-        values["processes"] += _user_process_count()
-    return {
-        "nonce": nonce,
-        "verdict_fd": fd,
-        "mode": mode,
-        "flavor": flavor,
-        "root": tmp,
-        "workdir": os.path.join(tmp, "work"),
-        "uid": random.SystemRandom().randrange(*UID_RANGE),
-        "binds": _binds(),
-        "limits": values,
-        "solution": solution,
-        "setup": setup,
-        "tests": tests,
-    }
-
-
 def _read(proc: subprocess.Popen, verdict_fd: int, deadline: float, cap: int) -> tuple[bytes, bytes]:
     """Read the program's output (up to `cap` bytes) and the harness's verdict lines until both pipes close,
     the process tree is gone, or the deadline passes."""
@@ -182,25 +114,8 @@ def _read(proc: subprocess.Popen, verdict_fd: int, deadline: float, cap: int) ->
     return bytes(kept[proc.stdout.fileno()]), bytes(kept[verdict_fd])
 
 
-def _kill_tree(proc: subprocess.Popen) -> None:
-    """SIGKILL the namespace's first process (the kernel then kills the whole pid namespace) and the session's group."""
-    try:
-        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
-    except OSError:
-        children = []
-    for pid in children:
-        try:
-            os.kill(int(pid), signal.SIGKILL)
-        except OSError:
-            pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except OSError:
-        pass
-    proc.wait()
-
-
 def _verdict(lines: bytes, nonce: str) -> tuple[bool, set[int], bool, bool]:
+    """(`ready`: the sandbox set itself up, tests passed, `done`, `timeout`) from the lines that carry the nonce."""
     ready, passed, done, timed_out = False, set(), False, False
     for line in lines.decode("utf-8", "replace").splitlines():
         token, _, rest = line.partition(" ")
@@ -217,24 +132,6 @@ def _verdict(lines: bytes, nonce: str) -> tuple[bool, set[int], bool, bool]:
     return ready, passed, done, timed_out
 
 
-@dataclass
-class Launched:
-    """A started harness: its process, its temporary root, the nonce of its verdict lines and where they arrive."""
-
-    proc: subprocess.Popen
-    tmp: str
-    nonce: str
-    verdict_fd: int
-    mode: str
-
-    def kill(self) -> None:
-        """Kill the whole sandbox and remove its files."""
-        _kill_tree(self.proc)
-        self.proc.stdout.close()
-        os.close(self.verdict_fd)
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
-
 def resolve(mode: str, flavor: str | None = None) -> tuple[str, str]:
     """(mode, flavor) to launch with: `mode` resolved (resolve_mode), or strong through `flavor` when forced."""
     if flavor is not None:
@@ -243,51 +140,11 @@ def resolve(mode: str, flavor: str | None = None) -> tuple[str, str]:
     return mode, strong_flavor()[0] if mode == "strong" else ""
 
 
-def launch(
-    mode: str, flavor: str, limits: Limits, solution: str = "", setup: str = "", tests=(), command_fd: int | None = None
-) -> Launched:
-    """Start the harness (isolated as `mode`/`flavor` say) with its job on stdin. `command_fd`, the read end of a
-    pipe, makes it a session (programs sent one after another, rewards/session.py). SandboxError if it cannot."""
-    tmp = tempfile.mkdtemp(prefix="deepseek-rl-sandbox-")
-    os.makedirs(os.path.join(tmp, "work"))
-    nonce = secrets.token_hex(16)
-    read_fd, write_fd = os.pipe()
-    job = _job(mode, flavor, tmp, nonce, write_fd, solution, setup, list(tests), limits)
-    job["command_fd"] = command_fd
-    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
-    home = "/work" if mode == "strong" else job["workdir"]
-    env.update(HOME=home, TMPDIR="/tmp" if mode == "strong" else home)
-    prefix = {"root": UNSHARE, "userns": UNSHARE_USER}.get(flavor, ()) if mode == "strong" else ()
-    try:
-        proc = subprocess.Popen(
-            [*prefix, interpreter(), "-I", "-S", "-B", str(HARNESS)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            pass_fds=(write_fd,) if command_fd is None else (write_fd, command_fd),
-            start_new_session=True,
-            env=env,
-            cwd=tmp,
-        )
-    except OSError as err:
-        os.close(read_fd)
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise SandboxError(f"cannot start the sandbox: {err}") from err
-    finally:
-        os.close(write_fd)
-    try:
-        proc.stdin.write(marshal.dumps(job))
-        proc.stdin.close()
-    except BrokenPipeError:
-        pass
-    return Launched(proc, tmp, nonce, read_fd, mode)
-
-
 def execute(
     solution: str,
     tests: str | list[str],
     setup: str = "",
-    limits: Limits = Limits(),
+    limits: Limits | None = None,
     mode: str = "auto",
     flavor: str | None = None,
 ) -> Execution:
@@ -298,6 +155,7 @@ def execute(
     when `tests` do not parse.
     """
     mode, flavor = resolve(mode, flavor)
+    limits = limits or Limits()
     pieces = split_tests(tests)
     start = time.monotonic()
     sandbox = launch(mode, flavor, limits, solution, setup or "", pieces)
@@ -343,6 +201,23 @@ def strong_flavor() -> tuple[str | None, str]:
     return _STRONG[0]
 
 
+def weak_warning() -> str:
+    """What weak isolation leaves open, here (as root or not)."""
+    if os.geteuid() == 0:
+        return (
+            "deepseek-rl code sandbox: weak isolation (reward.sandbox=weak): untrusted code runs as an unprivileged "
+            "uid without capabilities, with timeouts and resource limits (processes, memory, file size), but it can "
+            "read world-readable files, reach the network, see other processes, and fill world-writable folders "
+            "(/tmp, /dev/shm) beyond disk_mb; a process it detaches from its process group outlives it"
+        )
+    return (
+        "deepseek-rl code sandbox: weak isolation (reward.sandbox=weak): untrusted code runs as this user with "
+        "timeouts and resource limits, but it can read and change this user's files (the interpreter's too), "
+        "signal and trace this user's processes (the trainer's: so it can forge its tests' verdicts), reach the "
+        "network and fill the disk; run as root or with user namespaces for strong isolation"
+    )
+
+
 def resolve_mode(requested: str) -> str:
     """strong or weak for `reward.sandbox` = strong | weak | auto (see the module docstring); ConfigError when
     strong isolation is required (strong) or would be (auto) and this machine cannot provide it."""
@@ -351,12 +226,7 @@ def resolve_mode(requested: str) -> str:
     if requested == "weak":
         if not _WARNED:
             _WARNED.append(True)
-            warnings.warn(
-                "deepseek-rl code sandbox: weak isolation (reward.sandbox=weak): untrusted code runs as this user "
-                "with resource limits and timeouts, but can read this user's files and reach the network",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+            warnings.warn(weak_warning(), RuntimeWarning, stacklevel=2)
         return "weak"
     flavor, reason = strong_flavor()
     if flavor is not None:

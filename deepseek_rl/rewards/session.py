@@ -4,9 +4,13 @@
 program process stays alive: each `run(code)` sends the code on a command pipe, the harness executes it in the
 namespace of the calls before it (variables, imports and files persist), and reports the end of the call. The
 caller enforces each call's timeout: a call that runs over it kills the whole sandbox (its state is lost, which the
-output says), and the next call starts a fresh one. `close()` kills it; so does the end of the command pipe (the
-trainer closed it or died), and, as a backstop for a program that blocks while the trainer is gone, the harness's
-own wall clock (`LIFETIME`).
+output says), and the next call starts a fresh one. `close()` kills it; so does the trainer's death, at once (the
+harness's stdin, its lifeline, ends), and, as a backstop for a session the trainer forgets, the harness's own wall
+clock (`LIFETIME`).
+
+Nothing here waits without a deadline: the command pipe is non-blocking, so a program that stops reading it (it
+stopped itself, or shrank the pipe and never reads) cannot make the trainer block in a write. A call that cannot be
+delivered within its timeout is a timeout like any other: the sandbox is killed and the next call starts afresh.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ import selectors
 import time
 from dataclasses import replace
 
-from deepseek_rl.rewards.sandbox import Execution, Launched, Limits, SandboxError, launch, resolve
+from deepseek_rl.rewards.launcher import Launched, Limits, SandboxError, launch
+from deepseek_rl.rewards.sandbox import Execution, resolve
 
 LIFETIME = 1800.0  # seconds a session's sandbox may live at most (the harness kills it after that)
 
@@ -45,6 +50,7 @@ class SandboxSession:
             raise
         finally:
             os.close(command_r)
+        os.set_blocking(self.command_fd, False)  # a write never waits for a program that stopped reading
         self.selector = selectors.DefaultSelector()
         for fd in (self.sandbox.proc.stdout.fileno(), self.sandbox.verdict_fd):
             os.set_blocking(fd, False)
@@ -59,27 +65,51 @@ class SandboxSession:
 
     def run(self, code: str, timeout: float) -> Execution:
         """Run `code` after the calls before it: its output, whether it ran without raising (`finished`), whether
-        it ran over `timeout`. A call that runs over its time or ends the process closes the session."""
+        it ran over `timeout` (or could not be delivered within it). A call that runs over its time or ends the
+        process closes the session."""
         start = time.monotonic()
         if not self.alive:
             self.close()
             self.restarts += self.started
             self.start()
             self.started = True
+        deadline = time.monotonic() + timeout  # the call's own time, after a fresh sandbox's start-up
         k, mode = self.calls, self.sandbox.mode
         self.calls += 1
         data = code.encode()
         try:
-            os.write(self.command_fd, len(data).to_bytes(4, "big") + data)  # a pipe buffer holds 64 kB
+            delivered = self._send(len(data).to_bytes(4, "big") + data, deadline)
         except OSError:
             self.close()
             return Execution(0, 0, False, False, "the session had ended; run the call again", 0.0, mode)
+        if not delivered:  # the program stopped reading its commands: the call's time ran out in the write
+            self.close()
+            return Execution(0, 0, False, True, "", time.monotonic() - start, mode)
         markers = {status: f"{self.sandbox.nonce} {status} {k}\n".encode() for status in ("end", "fail")}
-        output, status = self._collect(markers, time.monotonic() + timeout)
+        output, status = self._collect(markers, deadline)
         if status not in markers:
             self.close()  # a call over its time, or a program that ended its process: the state is gone
         text = output.decode("utf-8", "replace")
         return Execution(0, 0, status == "end", status == "timeout", text, time.monotonic() - start, mode)
+
+    def _send(self, data: bytes, deadline: float) -> bool:
+        """Write `data` to the command pipe before `deadline`; False when the sandbox would not take it in time.
+        OSError when the pipe is closed (the sandbox is gone)."""
+        view = memoryview(data)
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.command_fd, selectors.EVENT_WRITE)
+            while view:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                if selector.select(timeout=min(remaining, 0.05)):
+                    try:
+                        view = view[os.write(self.command_fd, view) :]
+                    except BlockingIOError:
+                        pass
+                elif self.sandbox.proc.poll() is not None:
+                    raise BrokenPipeError("the session's sandbox is gone")
+        return True
 
     def _collect(self, markers: dict[str, bytes], deadline: float) -> tuple[bytes, str]:
         """Read the program's output (kept up to the output cap) until one of `markers` arrives on the verdict pipe
