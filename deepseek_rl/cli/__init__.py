@@ -5,6 +5,7 @@ deepseek-rl eval --model DIR --data TASK|FILE --reward NAME  evaluate a model (s
 deepseek-rl score --reward NAME[,NAME...] --input rows.jsonl  score a JSONL file offline (see cli/score.py)
 deepseek-rl check --config-name RECIPE [--launch-config F]     preflight: batch, parameters, memory (see cli/check.py)
 deepseek-rl sweeps DIR [--metric reward] [--png out.png]      tabulate the runs of a sweep (see cli/sweeps.py)
+deepseek-rl port-trl CONFIG.yaml [--output RECIPE.yaml]       a TRL / open-r1 config as a recipe (cli/port_trl.py)
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ commands:
           [key=value ...] (--help for more)
   sweeps  tabulate the runs under a sweep directory: deepseek-rl sweeps DIR [--metric reward] [--mode max|min]
           [--png sweep.png] (--help for more)
+  port-trl  a TRL GRPOConfig / open-r1 YAML as our recipe: deepseek-rl port-trl CONFIG.yaml [--output RECIPE.yaml]
+          [--num-processes 8] (every key it could not map is listed)
 """
 
 
@@ -68,6 +71,11 @@ def main(argv: list[str] | None = None) -> None:
         from deepseek_rl.cli import check
 
         check.main(rest)
+        return
+    if command == "port-trl":
+        from deepseek_rl.cli import port_trl
+
+        port_trl.main(rest)
         return
     if command == "sweeps":
         from deepseek_rl.cli import sweeps

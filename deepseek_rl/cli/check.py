@@ -20,6 +20,7 @@ from dataclasses import replace
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(prog="deepseek-rl check", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config-name", "-cn", default="default", help="a recipe in recipes/")
+    parser.add_argument("--config-dir", "-cd", help="your own recipes, searched before ours (as train's)")
     parser.add_argument("--launch-config", help="an accelerate config file, e.g. launch/zero3.yaml")
     parser.add_argument("--num-processes", type=int, help="processes in all (overrides the launch config)")
     parser.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], help="as accelerate launch takes it")
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
 
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        cfg = load_recipe(args.config_name, overrides)
+        cfg = load_recipe(args.config_name, overrides, args.config_dir)
         if args.launch_config:
             launch = launch_from_file(args.launch_config, args.num_processes, args.mixed_precision)
         else:
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
             if launch.backend == "single" and world > 1:
                 launch = replace(launch, backend="ddp", source="--num-processes")
         memory = args.device_memory_gb * GB if args.device_memory_gb else detected_device_memory()
-        report = check(cfg, launch, memory, args.config_name)
+        report = check(cfg, launch, memory, args.config_name, config_dir=args.config_dir)
     except (ConfigError, HydraException, OmegaConfBaseException, OSError) as err:
         print(f"deepseek-rl check: configuration error: {err}", file=sys.stderr)
         sys.exit(2)

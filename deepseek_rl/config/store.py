@@ -56,17 +56,20 @@ def check_recipe(name: str, dirs: list[Path]) -> None:
     )
 
 
-def load_recipe(name: str, overrides: list[str] | None = None) -> Config:
-    """Compose a recipe from `recipes/` with Hydra overrides and validate it (without running anything)."""
+def load_recipe(name: str, overrides: list[str] | None = None, config_dir: str | Path | None = None) -> Config:
+    """Compose a recipe from `recipes/` (and the user's `config_dir`, searched first, as `--config-dir`) with Hydra
+    overrides and validate it (without running anything)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     overrides = list(overrides or [])
-    check_recipe(name, [recipes_dir()])
-    check_override_keys(overrides, group_names(recipes_dir()))
+    dirs = [Path(config_dir).resolve(), recipes_dir()] if config_dir else [recipes_dir()]
+    check_recipe(name, dirs)
+    check_override_keys(overrides, group_names(*dirs))
+    search = [f"hydra.searchpath=[file://{recipes_dir()}]"] if config_dir else []
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(recipes_dir()), version_base="1.3"):
-        composed = compose(config_name=name, overrides=overrides)
+    with initialize_config_dir(config_dir=str(dirs[0]), version_base="1.3"):
+        composed = compose(config_name=name, overrides=overrides + search)
     check_composed(composed)
     return OmegaConf.to_object(composed)
 

@@ -302,7 +302,7 @@ def with_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
     return out
 
 
-def combined_fix(cfg: Config, launch: Launch, device_memory: float, name: str) -> str:
+def combined_fix(cfg: Config, launch: Launch, device_memory: float, name: str, config_dir: str | None = None) -> str:
     """Apply the first problem's fix, re-check, repeat: one command line that fits, checked before it is printed
     (or why no combination of the fixes above does)."""
     overrides: dict[str, Any] = {}
@@ -321,7 +321,8 @@ def combined_fix(cfg: Config, launch: Launch, device_memory: float, name: str) -
                                f" --mixed-precision {current.mixed_precision}")  # fmt: skip
             memory = f" --device-memory-gb {device_memory / GB:g}"
             return (f"one line that fits (re-checked: peak {peak / GB:.1f} GB in the {phase} phase, of "
-                    f"{device_memory * HEADROOM / GB:.1f}):\n  deepseek-rl check --config-name {name}{launch_args}"
+                    f"{device_memory * HEADROOM / GB:.1f}):\n  deepseek-rl check"
+                    f"{f' --config-dir {config_dir}' if config_dir else ''} --config-name {name}{launch_args}"
                     f"{memory} {args}".rstrip())  # fmt: skip
         problem = report.problems[0]
         changed = False
@@ -358,7 +359,14 @@ def fitting_micro_batch(cfg: Config, shape: ModelShape, launch: Launch, budget: 
     return None
 
 
-def check(cfg: Config, launch: Launch, device_memory: float | None, name: str = "", combine: bool = True) -> Report:
+def check(
+    cfg: Config,
+    launch: Launch,
+    device_memory: float | None,
+    name: str = "",
+    combine: bool = True,
+    config_dir: str | None = None,
+) -> Report:
     """The full preflight report of a validated config; with problems and a known device, one combined fix."""
     report = Report(problems=batch_problems(cfg, launch.world_size))
     report.shape = model_shape(cfg)
@@ -370,7 +378,7 @@ def check(cfg: Config, launch: Launch, device_memory: float | None, name: str = 
     report.lines = describe(cfg, launch, report.shape, report.estimate, device_memory, name)
     fixable = any(p.overrides or p.launch for p in report.problems)
     if combine and fixable and device_memory:
-        report.combined = combined_fix(cfg, launch, device_memory, name or "RECIPE")
+        report.combined = combined_fix(cfg, launch, device_memory, name or "RECIPE", config_dir)
     return report
 
 
