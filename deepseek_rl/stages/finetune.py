@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from accelerate.utils import gather_object, set_seed
-from tqdm import tqdm
 
 from deepseek_rl.algo.logprobs import completion_logprobs
 from deepseek_rl.algo.losses import backward_scale, nll_loss
@@ -32,21 +30,9 @@ from deepseek_rl.config.schema import Config
 from deepseek_rl.data.examples import Examples
 from deepseek_rl.data.prompts import rank_indices, step_indices
 from deepseek_rl.errors import NumericalError
-from deepseek_rl.infra.checkpoint import TrainerState, export_hf, save_checkpoint
-from deepseek_rl.infra.distributed import (
-    any_rank,
-    broadcast_value,
-    launched_world_size,
-    make_accelerator,
-    write_rank_report,
-)
-from deepseek_rl.infra.optim import build_optimizer, lr_schedule
-from deepseek_rl.infra.preemption import Preempted, Preemption
-from deepseek_rl.infra.resume import resume_stage
-from deepseek_rl.infra.tracking import RunTracker
-from deepseek_rl.models.loading import eos_token_ids, load_model, load_tokenizer
-from deepseek_rl.rollout.engine import BuiltinEngine
-from deepseek_rl.rollout.tools import with_tools
+from deepseek_rl.infra.checkpoint import TrainerState
+from deepseek_rl.infra.distributed import launched_world_size
+from deepseek_rl.stages.run import close_stage, exports, open_stage, release, run_steps
 
 
 @dataclass(frozen=True)
@@ -79,81 +65,52 @@ class FineTuneSpec:
 
 
 class FineTuner:
-    """The policy under accelerate with its optimizer, schedule, tracker and checkpoints (setup in __init__)."""
+    """A fine-tuning stage on the scaffold (stages/run.py): the stage's `step` function over its examples, with the
+    scaffold's loop, checkpoints, preemption and export."""
 
     def __init__(self, cfg: Config, spec: FineTuneSpec, output_dir: Path):
         self.cfg, self.spec = cfg, spec
-        self.plan: BatchPlan = getattr(cfg, spec.stage).plan(launched_world_size())
-        self.accelerator = make_accelerator(self.plan, cfg.optimizer.max_grad_norm)
-        self.output_dir = Path(broadcast_value(self.accelerator, str(output_dir)))
-        self.tokenizer = load_tokenizer(cfg.model)
-        set_seed(cfg.trainer.seed)
-        policy = load_model(cfg.model, self.tokenizer, seed=cfg.trainer.seed, trainable=True)
-        eos_ids = eos_token_ids(self.tokenizer, policy)
-        optimizer = build_optimizer(policy, spec.lr, cfg.optimizer)
-        self.policy, self.optimizer = self.accelerator.prepare(policy, optimizer)
-        self.scheduler = lr_schedule(self.optimizer, cfg.optimizer, self.plan.optimizer_steps, spec.warmup_steps)
-        self.accelerator.register_for_checkpointing(self.scheduler)
-        config, trainer = asdict(cfg), cfg.trainer  # a resume checks the checkpoint and its config
-        state = resume_stage(
-            self.accelerator, trainer.resume, trainer.resume_override, self.output_dir, config, spec.stage,
-            self.optimizer, self.scheduler,
-        )  # fmt: skip
-        self.state = state or TrainerState(step=0)
-        self.tracker = RunTracker(cfg.logger, self.output_dir, config, self.is_main, self.state)
-        builtin = BuiltinEngine(self.policy, self.tokenizer, eos_ids, self.accelerator)
-        self.engine = with_tools(builtin, cfg.rollout, eos_ids, cfg.reward.sandbox)
-        self.preemption = Preemption()
+        plan: BatchPlan = getattr(cfg, spec.stage).plan(launched_world_size())
+        self.stage, _ = open_stage(cfg, spec.stage, plan, output_dir, spec.lr, spec.warmup_steps)
 
-    @property
-    def is_main(self) -> bool:
-        return self.accelerator.is_main_process
-
-    @property
-    def rank(self) -> int:
-        return self.accelerator.process_index
+    # the scaffold's parts under the names the fine-tuning stages use
+    plan = property(lambda self: self.stage.plan)
+    accelerator = property(lambda self: self.stage.accelerator)
+    output_dir = property(lambda self: self.stage.output_dir)
+    tokenizer = property(lambda self: self.stage.tokenizer)
+    policy = property(lambda self: self.stage.policy)
+    optimizer = property(lambda self: self.stage.optimizer)
+    scheduler = property(lambda self: self.stage.scheduler)
+    state = property(lambda self: self.stage.state)
+    tracker = property(lambda self: self.stage.tracker)
+    engine = property(lambda self: self.stage.engine)
+    is_main = property(lambda self: self.stage.is_main)
+    rank = property(lambda self: self.stage.rank)
 
     def all_ranks(self, items: list) -> list:
-        """Every rank's items, in rank order, on every rank."""
-        return gather_object(items) if self.plan.world_size > 1 else items
+        return self.stage.all_ranks(items)
 
     def rank_zero_value(self, value):
-        return broadcast_value(self.accelerator, value)
+        return self.stage.rank_zero_value(value)
 
     def train(
         self, examples: Examples, check: Callable[[int], bool] | None = None, budget: Budget | None = None
     ) -> int:
         """Train until max_steps, until `check(step)` says stop, or until the `budget` of training seconds or tokens
         (cumulative in the trainer state, so a resumed run continues the count) is spent; returns the steps done."""
-        plan = self.plan
-        progress = tqdm(
-            range(self.state.step, plan.max_steps),
-            desc=self.spec.stage,
-            initial=self.state.step,
-            total=plan.max_steps,
-            disable=not self.is_main,
-            dynamic_ncols=True,
-        )
-        for step in progress:
-            metrics = self.step(examples, step)
-            self.tracker.log(self.state.step, metrics)
-            progress.set_postfix(loss=f"{metrics['loss']:.3f}")
-            stop = budget is not None and budget.spent(self.state)
-            if check is not None and self.spec.eval_every and self.state.step % self.spec.eval_every == 0:
-                stop = bool(self.rank_zero_value(check(self.state.step))) or stop
-            preempted = any_rank(self.accelerator, self.preemption.requested)
-            every = self.cfg.trainer.save_every
-            if preempted or (every and self.state.step % every == 0):
-                save_checkpoint(
-                    self.accelerator, self.output_dir, self.state, self.cfg.trainer.keep_last, self.tracker.run_config
-                )
-            if preempted:
-                self.tracker.finish()
-                self.preemption.close()
-                raise Preempted(self.spec.stage, self.state.step)
-            if stop:
-                break
-        return self.state.step
+
+        def stop(done: int, metrics: dict[str, float]) -> bool:
+            spent = budget is not None and budget.spent(self.state)
+            if check is not None and self.spec.eval_every and done % self.spec.eval_every == 0:
+                return bool(self.rank_zero_value(check(done))) or spent
+            return spent
+
+        try:
+            return run_steps(self.stage, lambda index: self.step(examples, index), stop,
+                             postfix=lambda m: {"loss": f"{m['loss']:.3f}"})  # fmt: skip
+        except BaseException:
+            release(self.stage)
+            raise
 
     def step(self, examples: Examples, step: int) -> dict[str, float]:
         """One optimizer step on this step's batch (this rank's share, in micro-batches); returns its metrics."""
@@ -195,11 +152,6 @@ class FineTuner:
         }
 
     def finish(self) -> Path:
-        """Rank reports, the HF export in `<output_dir>/final`, summary.json; returns the export directory."""
-        final = self.output_dir / "final"
-        write_rank_report(self.accelerator, self.policy, self.output_dir / "rank_reports")
-        export_hf(self.accelerator, self.policy, self.tokenizer, final)
-        self.tracker.finish(summary=True)
-        self.preemption.close()
-        self.engine.close()
-        return final
+        """Rank reports, the HF export in `<output_dir>/final` (trainer.save_final, or when a later stage starts
+        from it), summary.json; returns the export directory."""
+        return close_stage(self.stage, exports(self.cfg, self.spec.stage))

@@ -1,11 +1,12 @@
-"""The GRPO stage: one explicit loop in three phases, setup -> step -> finish.
+"""The GRPO stage: one explicit loop in three phases, setup -> step -> finish, on the stage scaffold (stages/run.py).
 
     deepseek-rl train --config-name smoke trainer.max_steps=10
     accelerate launch --config_file launch/zero2.yaml -m deepseek_rl.train --config-name smoke
 
-setup    everything fixed for the run, in one `GRPORun`: the batch plan, the accelerator, policy (and a frozen
-         reference only when kl_coef > 0 or log_kl), optimizer and LR schedule sized in optimizer steps, the
-         rollout engine, the reward set, the tracker; a checkpoint is restored when resuming.
+setup    what every stage has (the scaffold's `Stage`: accelerator, policy, optimizer, schedule, tracker, engine,
+         checkpoint) and what is GRPO's own, in one `GRPORun`: a frozen reference only when kl_coef > 0 or log_kl,
+         the reward set, the collector, the observer, the held-out evaluator; data and rewards are checked before any
+         weights load.
 step     on every rank: sample G completions for each of this rank's prompts (groups stay on the rank) and score
          them -> group-relative advantages -> old / reference log-probs if the algorithm needs them -> micro-batched
          clipped-surrogate update (num_iterations optimizer steps) -> the engine is told the weights changed ->
@@ -19,45 +20,31 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, set_seed
-from tqdm import tqdm
+from accelerate.utils import DistributedType
 
 from deepseek_rl.algo.reward_set import RewardSet
 from deepseek_rl.algo.update import UpdateSettings, add_old_and_ref_logprobs, build_loss_inputs, update_policy
-from deepseek_rl.config.plan import BatchPlan
 from deepseek_rl.config.schema import Config
-from deepseek_rl.data.prompts import build_prompt_set
+from deepseek_rl.data.prompts import PromptSet, build_prompt_set
 from deepseek_rl.data.sources import source_name
 from deepseek_rl.errors import ConfigError, NumericalError
-from deepseek_rl.infra.checkpoint import TrainerState, export_hf, save_checkpoint
-from deepseek_rl.infra.distributed import (
-    any_rank,
-    broadcast_value,
-    launched_world_size,
-    make_accelerator,
-    prepare_reference,
-    write_rank_report,
-)
-from deepseek_rl.infra.optim import build_optimizer, lr_schedule
-from deepseek_rl.infra.preemption import Preempted, Preemption
-from deepseek_rl.infra.resume import resume_stage
-from deepseek_rl.infra.tracking import RunTracker
-from deepseek_rl.models.loading import eos_token_ids, load_model, load_tokenizer
+from deepseek_rl.infra.distributed import launched_world_size, prepare_reference
+from deepseek_rl.models.loading import load_model
 from deepseek_rl.models.lora import AdapterDisabledReference
 from deepseek_rl.preflight.check import preflight_before_training
 from deepseek_rl.rewards import check_reward_columns
-from deepseek_rl.rollout.engine import BuiltinEngine, RolloutEngine
-from deepseek_rl.rollout.tools import with_tools
+from deepseek_rl.rollout.engine import RolloutEngine
 from deepseek_rl.stages.alarms import RewardFailureGuard
 from deepseek_rl.stages.collect import RolloutCollector
 from deepseek_rl.stages.evaluate import HeldOutEval, shard_of
 from deepseek_rl.stages.metrics import rollout_metrics, update_metrics
 from deepseek_rl.stages.observability import RolloutObserver
+from deepseek_rl.stages.run import Stage, close_stage, exports, open_stage, release, run_steps
 
 # Rewards given from Python: name -> reward(completions, **columns) -> list[float | None].
 RewardFunctions = Mapping[str, Callable[..., list]]
@@ -75,26 +62,37 @@ class StepStats:
 
 @dataclass
 class GRPORun:
-    """Everything the loop needs, built once by `setup`."""
+    """The stage (what every stage has) and what is GRPO's own, built once by `setup`."""
 
-    cfg: Config
-    plan: BatchPlan
-    output_dir: Path
-    accelerator: Accelerator
-    policy: torch.nn.Module
+    stage: Stage
     reference: torch.nn.Module | None
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    engine: RolloutEngine
     collector: RolloutCollector
     rewards: RewardSet
     update: UpdateSettings
-    tracker: RunTracker
     observer: RolloutObserver
     evaluator: HeldOutEval | None
-    state: TrainerState
-    preemption: Preemption
     reward_guard: RewardFailureGuard
+
+    # the scaffold's parts under their usual names
+    cfg = property(lambda self: self.stage.cfg)
+    plan = property(lambda self: self.stage.plan)
+    accelerator = property(lambda self: self.stage.accelerator)
+    policy = property(lambda self: self.stage.policy)
+    optimizer = property(lambda self: self.stage.optimizer)
+    scheduler = property(lambda self: self.stage.scheduler)
+    engine = property(lambda self: self.stage.engine)
+    state = property(lambda self: self.stage.state)
+    tracker = property(lambda self: self.stage.tracker)
+    output_dir = property(lambda self: self.stage.output_dir)
+
+
+@dataclass
+class Checked:
+    """What GRPO checks before any weights load: the prompt sets and the reward set."""
+
+    prompts: PromptSet
+    held_out: PromptSet | None
+    rewards: RewardSet
 
 
 def setup(cfg: Config, output_dir: Path, reward_funcs: RewardFunctions | None = None) -> GRPORun:
@@ -102,110 +100,87 @@ def setup(cfg: Config, output_dir: Path, reward_funcs: RewardFunctions | None = 
     `reward_funcs` adds rewards given as Python callables (name -> callable), as TRL's `reward_funcs`."""
     plan = cfg.grpo_plan(launched_world_size())
     preflight_before_training(cfg)  # memory and precision, before any weights load (deepseek-rl check)
-    accelerator = make_accelerator(plan, cfg.optimizer.max_grad_norm)
-    if cfg.trainer.max_tokens_per_micro_batch is not None and accelerator.distributed_type == DistributedType.DEEPSPEED:
-        raise ConfigError(
-            "trainer.max_tokens_per_micro_batch: DeepSpeed fixes its gradient accumulation steps at start, so "
-            "micro-batches cannot vary per step; use trainer.micro_batch_size (with trainer.padding_free=true), or "
-            "DDP / FSDP2"
-        )
-    output_dir = Path(broadcast_value(accelerator, str(output_dir)))
 
-    tokenizer = load_tokenizer(cfg.model)
-    prompts = build_prompt_set(cfg.data, tokenizer, cfg.rollout.max_prompt_length)
-    context = {"max_completion_length": cfg.rollout.max_completion_length}
-    functions = {**cfg.reward.functions, **(reward_funcs or {})}
-    check_reward_columns(cfg.reward, list(prompts.columns), source_name(cfg.data), tuple(context), functions)
-    held_out = None
-    if cfg.eval.every:
-        held_out = build_prompt_set(cfg.data, tokenizer, cfg.rollout.max_prompt_length, split="eval")
-        check_reward_columns(cfg.reward.subset([cfg.eval.correctness]), list(held_out.columns),
-                             source_name(cfg.data, "eval"), functions=functions)  # fmt: skip
-    rewards = RewardSet(
-        cfg.reward, context, functions=reward_funcs, device=accelerator.device, report=accelerator.is_main_process
+    def before_model(accelerator: Accelerator, tokenizer) -> Checked:
+        deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
+        if cfg.trainer.max_tokens_per_micro_batch is not None and deepspeed:
+            raise ConfigError(
+                "trainer.max_tokens_per_micro_batch: DeepSpeed fixes its gradient accumulation steps at start, so "
+                "micro-batches cannot vary per step; use trainer.micro_batch_size (with trainer.padding_free=true), "
+                "or DDP / FSDP2"
+            )
+        prompts = build_prompt_set(cfg.data, tokenizer, cfg.rollout.max_prompt_length)
+        context = {"max_completion_length": cfg.rollout.max_completion_length}
+        functions = {**cfg.reward.functions, **(reward_funcs or {})}
+        check_reward_columns(cfg.reward, list(prompts.columns), source_name(cfg.data), tuple(context), functions)
+        held_out = None
+        if cfg.eval.every:
+            held_out = build_prompt_set(cfg.data, tokenizer, cfg.rollout.max_prompt_length, split="eval")
+            check_reward_columns(cfg.reward.subset([cfg.eval.correctness]), list(held_out.columns),
+                                 source_name(cfg.data, "eval"), functions=functions)  # fmt: skip
+        rewards = RewardSet(cfg.reward, context, functions=reward_funcs, device=accelerator.device,
+                            report=accelerator.is_main_process)  # fmt: skip
+        return Checked(prompts, held_out, rewards)
+
+    stage, checked = open_stage(
+        cfg, "grpo", plan, output_dir, cfg.algorithm.lr, cfg.optimizer.warmup_steps, before_model, engine="rollout"
     )
-    set_seed(cfg.trainer.seed)
-    policy = load_model(cfg.model, tokenizer, seed=cfg.trainer.seed, trainable=True)
+    try:
+        return grpo_parts(stage, checked)
+    except BaseException:
+        checked.rewards.close()
+        release(stage)
+        raise
+
+
+def grpo_parts(stage: Stage, checked: Checked) -> GRPORun:
+    """What GRPO adds to the stage: the reference model, the collector, the observer, the held-out evaluator."""
+    cfg, accelerator = stage.cfg, stage.accelerator
     # a second copy from the same weights (deepcopy would not work on a ZeRO-3 partitioned model); for a LoRA
     # policy, the policy itself with its adapters disabled
     reference = None
-    with_reference = cfg.algorithm.kl_coef > 0 or cfg.algorithm.log_kl
-    if with_reference and cfg.model.lora.enabled:
-        reference = AdapterDisabledReference(policy)
-    elif with_reference:
-        reference = prepare_reference(accelerator, load_model(cfg.model, tokenizer, seed=cfg.trainer.seed))
-    eos_ids = eos_token_ids(tokenizer, policy)
-    optimizer = build_optimizer(policy, cfg.algorithm.lr, cfg.optimizer)
-    policy, optimizer = accelerator.prepare(policy, optimizer)
-    passes = plan.passes  # the schedule counts optimizer steps: num_iterations per training step
-    scheduler = lr_schedule(optimizer, cfg.optimizer, plan.optimizer_steps, cfg.optimizer.warmup_steps * passes)
-    accelerator.register_for_checkpointing(scheduler)
-
-    config, trainer = asdict(cfg), cfg.trainer  # a resume checks the checkpoint and its config (infra/resume.py)
-    state = resume_stage(
-        accelerator, trainer.resume, trainer.resume_override, output_dir, config, "grpo", optimizer, scheduler
-    )
-    state = state or TrainerState(step=0)
-    tracker = RunTracker(cfg.logger, output_dir, config, accelerator.is_main_process, state)
-    engine = make_engine(cfg, policy, tokenizer, eos_ids, accelerator, output_dir)
+    if cfg.algorithm.kl_coef > 0 or cfg.algorithm.log_kl:
+        if cfg.model.lora.enabled:
+            reference = AdapterDisabledReference(accelerator.unwrap_model(stage.policy))
+        else:
+            reference = prepare_reference(accelerator, load_model(cfg.model, stage.tokenizer, seed=cfg.trainer.seed))
+    rewards = checked.rewards
     collector = RolloutCollector(
-        plan=plan,
+        plan=stage.plan,
         rank=accelerator.process_index,
         seed=cfg.trainer.seed,
         rollout=cfg.rollout,
         algorithm=cfg.algorithm,
-        prompts=prompts,
+        prompts=checked.prompts,
         rewards=rewards,
-        pad_id=tokenizer.pad_token_id,
+        pad_id=stage.tokenizer.pad_token_id,
         gather=lambda t: accelerator.gather(t.to(accelerator.device)).cpu(),
     )
     evaluator = None
-    if held_out is not None:
+    if checked.held_out is not None:
         settings = cfg.eval.during_training()
         evaluator = HeldOutEval(
-            held_out.subset(settings.num_prompts), settings, cfg.rollout, cfg.trainer.seed, cfg.reward
+            checked.held_out.subset(settings.num_prompts), settings, cfg.rollout, cfg.trainer.seed, cfg.reward
         )
+    trainer = cfg.trainer
     return GRPORun(
-        cfg=cfg,
-        plan=plan,
-        output_dir=output_dir,
-        accelerator=accelerator,
-        policy=policy,
+        stage=stage,
         reference=reference,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        engine=engine,
         collector=collector,
         rewards=rewards,
         update=UpdateSettings(
             cfg.algorithm,
-            plan,
+            stage.plan,
             cfg.rollout.temperature,
             cfg.rollout.max_completion_length,
             cfg.optimizer.max_grad_norm,
-            cfg.trainer.padding_free,
-            cfg.trainer.max_tokens_per_micro_batch,
+            trainer.padding_free,
+            trainer.max_tokens_per_micro_batch,
         ),
-        tracker=tracker,
-        observer=RolloutObserver(cfg.logger, cfg.eval, cfg.data.source_column, rewards.names, tracker),
+        observer=RolloutObserver(cfg.logger, cfg.eval, cfg.data.source_column, rewards.names, stage.tracker),
         evaluator=evaluator,
-        state=state,
-        preemption=Preemption(),
         reward_guard=RewardFailureGuard(rewards.names, cfg.reward.max_error_rate, cfg.reward.max_error_steps),
     )
-
-
-def make_engine(cfg: Config, policy, tokenizer, eos_ids: list[int], accelerator: Accelerator, run_dir: Path):
-    """The rollout engine of `rollout.engine` (vLLM is imported only when selected)."""
-    if cfg.rollout.engine == "builtin":
-        engine = BuiltinEngine(policy, tokenizer, eos_ids, accelerator)
-    else:
-        from deepseek_rl.rollout.vllm_engine import VLLMEngine, engine_model_dir
-
-        model_dir = engine_model_dir(cfg.model, accelerator.unwrap_model(policy), tokenizer, run_dir)
-        seed = cfg.trainer.seed
-        engine = VLLMEngine(model_dir, cfg.model, cfg.rollout, policy, tokenizer, eos_ids, accelerator, seed)
-    return with_tools(engine, cfg.rollout, eos_ids, cfg.reward.sandbox)  # tool calls isolated as reward.sandbox says
 
 
 def held_out_metrics(run: GRPORun) -> dict[str, float]:
@@ -263,21 +238,10 @@ def engine_metrics(engine: RolloutEngine) -> dict[str, float]:
 
 
 def finish(run: GRPORun) -> Path:
-    """After the last step: rank reports, the HF export, summary.json; returns the run directory."""
-    accelerator = run.accelerator
-    write_rank_report(accelerator, run.policy, run.output_dir / "rank_reports")
-    if run.cfg.trainer.save_final:
-        export_hf(accelerator, run.policy, run.engine.tokenizer, run.output_dir / "final")
-    run.tracker.finish(summary=True)
-    close(run)
-    return run.output_dir
-
-
-def close(run: GRPORun) -> None:
-    """Release the workers, the engine and the signal handler (also after a failure or preemption)."""
+    """After the last step: rank reports, the HF export (trainer.save_final), summary.json; the run directory."""
     run.rewards.close()
-    run.engine.close()
-    run.preemption.close()
+    close_stage(run.stage, exports(run.cfg, "grpo"))
+    return run.output_dir
 
 
 def train(cfg: Config, output_dir: Path, reward_funcs: RewardFunctions | None = None) -> Path:
@@ -286,29 +250,13 @@ def train(cfg: Config, output_dir: Path, reward_funcs: RewardFunctions | None = 
     try:
         if run.evaluator is not None and run.state.step == 0:
             run.tracker.log(0, held_out_metrics(run))
-        main = run.accelerator.is_main_process
-        progress = tqdm(
-            range(run.state.step, run.plan.max_steps),
-            desc="grpo",
-            initial=run.state.step,
-            total=run.plan.max_steps,
-            disable=not main,
-            dynamic_ncols=True,
+        run_steps(
+            run.stage,
+            lambda index: step(run, index).metrics,
+            postfix=lambda m: {"reward": f"{m['reward']:.3f}", "loss": f"{m['loss']:.4f}"},
         )
-        for index in progress:
-            stats = step(run, index)
-            run.tracker.log(stats.step, stats.metrics)
-            progress.set_postfix(reward=f"{stats.reward:.3f}", loss=f"{stats.loss:.4f}")
-            preempted = any_rank(run.accelerator, run.preemption.requested)
-            every = run.cfg.trainer.save_every
-            if preempted or (every and stats.step % every == 0):
-                save_checkpoint(
-                    run.accelerator, run.output_dir, run.state, run.cfg.trainer.keep_last, run.tracker.run_config
-                )
-            if preempted:
-                run.tracker.finish()
-                raise Preempted("grpo", stats.step)
     except BaseException:
-        close(run)
+        run.rewards.close()
+        release(run.stage)
         raise
     return finish(run)
