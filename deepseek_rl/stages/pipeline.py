@@ -35,6 +35,7 @@ from deepseek_rl.infra.plots import plot_training_curves
 from deepseek_rl.infra.preemption import Preempted, Preemption
 from deepseek_rl.infra.resume import flatten, require_same_run
 from deepseek_rl.infra.storage import check_writable
+from deepseek_rl.infra.tracking import check_logger
 from deepseek_rl.models.loading import eos_token_ids, load_model, load_tokenizer
 from deepseek_rl.rewards import check_reward_columns
 from deepseek_rl.rollout.engine import BuiltinEngine, RolloutEngine
@@ -95,13 +96,15 @@ def run_stage(stage: str, cfg: Config, stage_dir: Path, reward_funcs: RewardFunc
 
 
 def run_stages(cfg: Config, output_dir: Path, reward_funcs: RewardFunctions | None = None) -> dict[str, Path]:
-    """Run cfg.stages; returns the checkpoint directory of each training stage. The output directory is checked
-    for writing before anything loads; a SIGTERM is honoured in every stage and between them (Preempted); a
-    write that fails for want of space becomes a StorageError naming what is intact. `reward_funcs` (Python
-    callables) are GRPO's extra rewards."""
+    """Run cfg.stages; returns the checkpoint directory of each training stage. Before anything loads: the output
+    directory is checked for writing and the tracker's package for importing; a SIGTERM is honoured in every
+    stage and between them (Preempted); a write that fails for want of space becomes a StorageError naming what is
+    intact. `reward_funcs` (Python callables) are GRPO's extra rewards."""
     preemption = Preemption()  # one flag for the whole run (infra/preemption.py)
     try:
-        check_writable(output_dir, "trainer.output_dir" if cfg.trainer.output_dir is not None else "hydra.run.dir")
+        key = "trainer.output_dir" if cfg.trainer.output_dir is not None else "hydra.run.dir"
+        check_writable(output_dir, key)
+        check_logger(cfg.logger)  # the tracker's package imports
         return _run_stages(cfg, output_dir, preemption, reward_funcs)
     except Exception as err:
         full = storage_error(err, output_dir, "writing the run's files")
