@@ -7,7 +7,7 @@ import json
 import os
 
 from .conftest import run_cli
-from .test_faults import message, train
+from .test_faults import message, no_unshare_path, train
 
 # ------------------------------------------------------------------------------- errors that used to end in a traceback
 
@@ -35,3 +35,20 @@ def test_wandb_that_cannot_be_imported_is_one_line_before_any_model_loads(tmp_pa
                     "(ImportError: wandb is broken here (a test)); install it (pip install wandb) or choose another "
                     "logger: logger=none (metrics.jsonl only), logger=tensorboard or logger=mlflow")  # fmt: skip
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+# ----------------------------------------------------------------------------------------------------------- tool calls
+
+
+def test_tool_calls_refuse_to_run_without_isolation_before_any_model_loads(tmp_path):
+    env = no_unshare_path(tmp_path)
+    tools = ["rollout.tools.enabled=true", "trainer.max_steps=1", f"trainer.output_dir={tmp_path / 'run'}"]
+    line = message(train(*tools, cwd=tmp_path, env=env), 2)
+    assert line.startswith("deepseek-rl: configuration error: reward.sandbox=auto: refusing to run untrusted code "
+                           "without isolation (util-linux `unshare` not found)")  # fmt: skip
+    assert line.endswith("or set reward.sandbox=weak to run it weakly on purpose")
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+    line = message(train(*tools, "reward.sandbox=strong", cwd=tmp_path, env=env), 2)
+    assert "reward.sandbox=strong: strong isolation is not available here (util-linux `unshare` not found)" in line
+    weak = train(*tools, "reward.sandbox=weak", cwd=tmp_path, env=env)  # the explicit opt-in trains
+    assert weak.returncode == 0, weak.stderr[-3000:]

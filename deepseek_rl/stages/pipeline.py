@@ -39,7 +39,7 @@ from deepseek_rl.infra.tracking import check_logger
 from deepseek_rl.models.loading import eos_token_ids, load_model, load_tokenizer
 from deepseek_rl.rewards import check_reward_columns
 from deepseek_rl.rollout.engine import BuiltinEngine, RolloutEngine
-from deepseek_rl.rollout.tools import with_tools
+from deepseek_rl.rollout.tools import check_isolation, with_tools
 from deepseek_rl.stages.control import LABELS as CONTROL_LABELS
 from deepseek_rl.stages.control import run_control
 from deepseek_rl.stages.evaluate import Shard, evaluate
@@ -97,13 +97,14 @@ def run_stage(stage: str, cfg: Config, stage_dir: Path, reward_funcs: RewardFunc
 
 def run_stages(cfg: Config, output_dir: Path, reward_funcs: RewardFunctions | None = None) -> dict[str, Path]:
     """Run cfg.stages; returns the checkpoint directory of each training stage. Before anything loads: the output
-    directory is checked for writing and the tracker's package for importing; a SIGTERM is honoured in every
-    stage and between them (Preempted); a write that fails for want of space becomes a StorageError naming what is
-    intact. `reward_funcs` (Python callables) are GRPO's extra rewards."""
+    directory is checked for writing, the tools' sandbox mode and the tracker's package; a SIGTERM is honoured in
+    every stage and between them (Preempted); a write that fails for want of space becomes a StorageError naming
+    what is intact. `reward_funcs` (Python callables) are GRPO's extra rewards."""
     preemption = Preemption()  # one flag for the whole run (infra/preemption.py)
     try:
         key = "trainer.output_dir" if cfg.trainer.output_dir is not None else "hydra.run.dir"
         check_writable(output_dir, key)
+        check_isolation(cfg.rollout, cfg.reward.sandbox)  # tool calls: the sandbox mode, as code rewards decide it
         check_logger(cfg.logger)  # the tracker's package imports
         return _run_stages(cfg, output_dir, preemption, reward_funcs)
     except Exception as err:
