@@ -5,7 +5,8 @@
 
 A configuration, data or launch error ends in one line on stderr and exit status 2 (a mistyped recipe or key
 before Hydra composes: cli/recipes.py), and so does a checkpoint that cannot be resumed; a full disk in one line and
-exit status 74; a preempted run (SIGTERM) in one line and exit status 75 after its checkpoint was written.
+exit status 74; a preempted run (SIGTERM) in one line and exit status 75 after its checkpoint was written; Ctrl-C
+likewise with exit status 130 (a second Ctrl-C stops at once, also 130).
 """
 
 from __future__ import annotations
@@ -20,12 +21,17 @@ from omegaconf import DictConfig, OmegaConf
 from deepseek_rl.cli.recipes import prepare
 from deepseek_rl.config.overrides import check_composed
 from deepseek_rl.config.schema import Config
-from deepseek_rl.errors import ConfigError, DataError, LaunchError, UserError
+from deepseek_rl.errors import ConfigError, UserError
 from deepseek_rl.infra.distributed import release_accelerator
-from deepseek_rl.infra.preemption import PREEMPTED_EXIT, Preempted
+from deepseek_rl.infra.preemption import INTERRUPTED_EXIT, Preempted
 from deepseek_rl.infra.sweep import current_job, job_logger
 from deepseek_rl.paths import recipes_dir
 from deepseek_rl.stages.pipeline import run_stages
+
+ABORTED = (
+    "interrupted (Ctrl-C twice): stopped at once, without a checkpoint of the step in progress; resume from the "
+    "last checkpoint with trainer.resume=auto"
+)
 
 
 def run(dcfg: DictConfig) -> Path:
@@ -37,15 +43,15 @@ def run(dcfg: DictConfig) -> Path:
         output_dir = Path(cfg.trainer.output_dir or HydraConfig.get().runtime.output_dir)
         run_stages(cfg, output_dir)
         return output_dir
-    except (ConfigError, DataError, LaunchError) as err:
-        print(f"deepseek-rl: configuration error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except UserError as err:  # a checkpoint that cannot be resumed, a full disk: its own kind and exit status
+    except UserError as err:  # configuration, data, launch, checkpoint, full disk: each its kind and exit status
         print(f"deepseek-rl: {err.kind}: {err}", file=sys.stderr)
         sys.exit(err.exit_status)
-    except Preempted as stop:
+    except Preempted as stop:  # SIGTERM (75) or Ctrl-C (130), after the checkpoint
         print(f"deepseek-rl: {stop}; resume with trainer.resume=auto", file=sys.stderr)
-        sys.exit(PREEMPTED_EXIT)
+        sys.exit(stop.exit_status)
+    except KeyboardInterrupt:  # the second Ctrl-C
+        print(f"deepseek-rl: {ABORTED}", file=sys.stderr)
+        sys.exit(INTERRUPTED_EXIT)
     finally:
         release_accelerator()  # the next job of a multirun (same process) starts from a clean accelerate state
 
@@ -63,4 +69,11 @@ def main() -> None:
     except ConfigError as err:
         print(f"deepseek-rl: configuration error: {err}", file=sys.stderr)
         sys.exit(2)
-    hydra_main()
+    except KeyboardInterrupt:
+        print("deepseek-rl: interrupted (Ctrl-C) before the run started", file=sys.stderr)
+        sys.exit(INTERRUPTED_EXIT)
+    try:
+        hydra_main()
+    except KeyboardInterrupt:  # outside a run's handlers: while Hydra composes
+        print("deepseek-rl: interrupted (Ctrl-C)", file=sys.stderr)
+        sys.exit(INTERRUPTED_EXIT)

@@ -12,10 +12,10 @@ run directory also gets `results.json`, `results.md` (the table) and `curves.png
 and completion length over steps). Each stage is its own wandb run, grouped under the run directory's name.
 
 A finished stage writes `<stage dir>/stage.json` (its checkpoint); with `trainer.resume=auto` a pipeline skips the
-stages that finished and resumes the interrupted one from its newest checkpoint. A SIGTERM stops the run with
-`Preempted` (exit status 75 from the command line) at the end of a training step after a checkpoint, between
-stages, or in the evaluation stage before its next generation batch (each evaluated model's metrics are saved as
-`metrics-<name>.json`, and a resumed run does not evaluate it again).
+stages that finished and resumes the interrupted one from its newest checkpoint. A SIGTERM (or Ctrl-C) stops the run
+with `Preempted` (exit status 75, or 130, from the command line) at the end of a training step after a checkpoint,
+between stages, or in the evaluation stage before its next generation batch (each evaluated model's metrics are
+saved as `metrics-<name>.json`, and a resumed run does not evaluate it again).
 """
 
 from __future__ import annotations
