@@ -3,16 +3,21 @@ stderr naming the cause and the fix, without a traceback, and loses nothing. Eac
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from .conftest import run_cli
-from .test_faults import SMOKE, lines_in, message, no_unshare_path, steps, train
+from .test_distributed import launch
+from .test_faults import SMOKE, digest, lines_in, message, no_unshare_path, steps, train
+
+LOCK = ".deepseek-rl.lock"
 
 
 def start(*overrides: str, cwd: Path) -> subprocess.Popen:
@@ -123,3 +128,92 @@ def test_ctrl_c_checkpoints_and_a_second_one_stops_at_once(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resuming from {run / 'checkpoints' / f'step-{stopped:08d}'}" in resumed.stderr
     assert steps(run) == list(range(1, stopped + 2))
+
+
+# ----------------------------------------------------------------------------------------------------------- run folder
+
+
+def dead_pid() -> int:
+    """The pid of a process that has ended (and was reaped)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_second_run_in_a_busy_folder_stops_and_names_the_first(tmp_path):
+    run = tmp_path / "run"
+    first = start("trainer.max_steps=500", "trainer.save_every=2", f"trainer.output_dir={run}", cwd=tmp_path)
+    wait_for(lines_in(run / "metrics.jsonl", 2), first)
+    second = train("trainer.max_steps=2", f"trainer.output_dir={run}", cwd=tmp_path)
+    line = message(second, 2)
+    holder = f"pid {first.pid} on host {socket.gethostname()}, started "
+    assert line.startswith(f"deepseek-rl: configuration error: trainer.output_dir={run} is in use by another run "
+                           f"({holder}"), line  # fmt: skip
+    assert line.endswith("); wait for it to finish, stop it, or choose another trainer.output_dir")
+    first.send_signal(signal.SIGTERM)
+    assert finish(first).returncode == 75
+    done = steps(run)
+    assert done == list(range(1, len(done) + 1))  # one run's lines only, in order
+    assert not (run / LOCK).exists()  # given back at the end
+
+
+def test_a_stale_lock_is_taken_over_and_another_hosts_lock_is_not(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / LOCK).write_text(json.dumps({"pid": 1, "host": "node-7", "started": "2026-12-01 10:00:00"}))
+    line = message(train("trainer.max_steps=1", f"trainer.output_dir={run}", cwd=tmp_path), 2)
+    assert line == (f"deepseek-rl: configuration error: trainer.output_dir={run} is locked by a run on another host "
+                    "(pid 1 on host node-7, started 2026-12-01 10:00:00), which cannot be checked from here; if that "
+                    f"run has ended, delete {run / LOCK}, or choose another trainer.output_dir")  # fmt: skip
+
+    pid, host = dead_pid(), socket.gethostname()
+    (run / LOCK).write_text(json.dumps({"pid": pid, "host": host, "started": "2026-12-01 10:00:00"}))
+    result = train("trainer.max_steps=1", f"trainer.output_dir={run}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (f"deepseek-rl: took over the stale lock of trainer.output_dir={run} left by pid {pid} on host {host}, "
+            "started 2026-12-01 10:00:00, which is no longer running") in result.stderr  # fmt: skip
+    assert steps(run) == [1] and not (run / LOCK).exists()
+
+
+def test_a_new_run_in_a_used_folder_needs_an_explicit_choice(tmp_path):
+    run = tmp_path / "run"
+    first = train("trainer.max_steps=2", "trainer.save_every=1", f"trainer.output_dir={run}", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    (run / "notes.txt").write_text("mine")
+    before = digest(run)
+
+    line = message(train("trainer.max_steps=3", f"trainer.output_dir={run}", cwd=tmp_path), 2)
+    assert line.startswith(f"deepseek-rl: configuration error: trainer.output_dir={run} holds an earlier run "
+                           "(metrics.jsonl, checkpoints, final, summary.json, stage.json); continue it with "
+                           "trainer.resume=auto, start over there with trainer.overwrite=true"), line  # fmt: skip
+    assert digest(run) == before  # nothing of the earlier run was touched
+
+    both = train("trainer.overwrite=true", "trainer.resume=auto", f"trainer.output_dir={run}", cwd=tmp_path)
+    assert "trainer.overwrite=true starts over but trainer.resume=auto continues: choose one" in message(both, 2)
+
+    again = train("trainer.max_steps=3", "trainer.overwrite=true", f"trainer.output_dir={run}", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "trainer.overwrite: removed the earlier run's checkpoints, curves.png, final, metrics.jsonl" in again.stderr
+    assert steps(run) == [1, 2, 3] and not (run / "checkpoints").exists()  # no step-1/step-2 beside the new export
+    assert json.loads((run / "summary.json").read_text())["steps"] == 3
+    assert (run / "notes.txt").read_text() == "mine"  # only what runs write is removed
+
+
+def test_on_two_ranks_only_rank_0_checks_the_folder_and_both_stop(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    with open(run / LOCK, "w") as held:  # a live run holds it: this test process
+        fcntl.flock(held, fcntl.LOCK_EX)
+        held.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": "now"}))
+        held.flush()
+        start_time = time.monotonic()
+        result = launch("cpu_ddp.yaml", [*SMOKE, "trainer.max_steps=2", f"trainer.output_dir={run}"], tmp_path)
+    assert result.returncode != 0 and time.monotonic() - start_time < 300
+    expected = f"deepseek-rl: configuration error: trainer.output_dir={run} is in use by another run (pid {os.getpid()}"
+    lines = [line for line in result.stderr.splitlines() if line.startswith("deepseek-rl")]
+    assert lines and all(line.startswith(expected) for line in lines), result.stderr[-4000:]  # none failed otherwise
+    assert "/deepseek_rl/" not in result.stderr  # no traceback of ours (the launcher prints its own)
+    assert not (run / "metrics.jsonl").exists()
+    free = launch("cpu_ddp.yaml", [*SMOKE, "trainer.max_steps=2", f"trainer.output_dir={run}"], tmp_path)
+    assert free.returncode == 0, free.stderr[-4000:]  # rank 0 alone took the lock: rank 1 did not find it taken
+    assert steps(run) == [1, 2] and not (run / LOCK).exists()

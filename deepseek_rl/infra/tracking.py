@@ -88,7 +88,7 @@ def _step_of(line: str) -> int | None:
 
 
 # Where a run writes, and how it is labelled: not part of what makes two runs the same experiment.
-UNHASHED = ("logger", "trainer.output_dir", "trainer.resume")
+UNHASHED = ("logger", "trainer.output_dir", "trainer.resume", "trainer.overwrite")
 
 
 def config_hash(run_config: dict[str, Any]) -> str:
