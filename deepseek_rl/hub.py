@@ -9,6 +9,8 @@ Choices:
   connect to the Hub's host (2 s at most) tells whether there is a network; without one the process goes offline
   (HF_HUB_OFFLINE), so a cached model loads at once and a missing one fails at once, instead of the Hub client
   retrying for half a minute.
+- A config.json without `model_type` (or with one this transformers does not know): a ConfigError naming the key,
+  read before any weights (`model.path`, `reward.models.NAME`).
 - Datasets: `datasets.load_dataset(name, subset, split=...)`, only when a recipe sets `data.hub_name`; a local
   folder of data files works as a name too (splits from file names, e.g. train.jsonl / test.jsonl).
 """
@@ -117,6 +119,29 @@ def load_model_config(name: str, key: str = "model.path") -> Any:
         if local_path(name) is not None:
             raise ConfigError(f"{key}={name}: config.json could not be read ({err})") from err
         raise offline_hint(name, key, err) from err
+    except (ValueError, KeyError) as err:  # no model_type, or one this transformers does not know
+        raise architecture_error(name, key, Path(source) / "config.json", err) from None
+
+
+def architecture_error(name: str, key: str, config_file: Path, err: Exception) -> ConfigError:
+    """The error for a config.json whose architecture transformers cannot tell: no `model_type`, or an unknown one."""
+    import json
+
+    why = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0][:200]
+    try:
+        model_type = json.loads(config_file.read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):  # a Hub id (the file is in the cache), or not a JSON object
+        return ConfigError(f"{key}={name}: transformers cannot load its config ({why}); upgrade transformers, or give "
+                           "a model of a supported architecture")  # fmt: skip
+    if model_type is None:
+        return ConfigError(
+            f"{key}={name}: its config.json has no `model_type`, so transformers cannot tell the architecture; "
+            'save the model with save_pretrained, or add "model_type" (e.g. "llama", "qwen2") to config.json'
+        )
+    return ConfigError(
+        f"{key}={name}: transformers does not know its model_type '{model_type}' ({why}); upgrade transformers, "
+        "or give a model of a supported architecture"
+    )
 
 
 def load_pretrained(loader: Any, name: str, key: str, **kwargs: Any) -> Any:

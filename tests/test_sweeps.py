@@ -1,9 +1,14 @@
 """Sweeps end to end: a 2-run Hydra multirun of the smoke recipe (wandb offline), its wandb group and run names
 read back from wandb's own run files, the rollout tables and summaries it writes, `deepseek-rl sweeps` over it,
-and the wandb sweep files in recipes/sweeps/ (every parameter value composes with its recipe)."""
+a sweep with a failed job (reported; the others run), a preempted sweep, and the wandb sweep files in
+recipes/sweeps/ (every parameter value composes with its recipe)."""
 
 import json
+import signal
 import struct
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -156,6 +161,76 @@ def test_sweeps_command_prints_a_sorted_table_and_a_png(sweep: Path, tmp_path: P
 def test_sweeps_command_rejects_an_unknown_metric(sweep: Path, tmp_path: Path):
     result = run_cli("sweeps", str(sweep), "--metric", "rewrd", cwd=tmp_path)
     assert result.returncode == 2 and "no run logged 'rewrd'" in result.stderr
+
+
+def test_a_failed_job_is_reported_and_the_others_still_run(tmp_path: Path):
+    """Job 0 cannot run (3 does not divide the batch): it is reported in one line and in failed.json, job 1 still
+    runs, the end lists the failed job and the sweep exits 1; `deepseek-rl sweeps` lists it under its table."""
+    sweep_dir = tmp_path / "sweep"
+    result = run_cli(
+        "train", "--config-name", "smoke", "-m", "logger=none", "trainer.max_steps=1",
+        "algorithm.num_generations=3,4", f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    bad = ("configuration error: trainer.batch_size=16 does not divide into whole groups of "
+           "algorithm.num_generations=3: use a multiple of 3 (e.g. 15)")  # fmt: skip
+    lines = [line for line in result.stderr.splitlines() if line.startswith("deepseek-rl")]
+    assert lines == [
+        f"deepseek-rl: job 0: {bad}",
+        "deepseek-rl: sweep finished: 1 of 2 jobs failed",
+        f"deepseek-rl:   job 0 (algorithm.num_generations=3): {bad}",
+    ]
+    failed, done = job_dirs(sweep_dir)
+    assert json.loads((failed / "failed.json").read_text())["status"] == 2
+    assert [m["step"] for m in map(json.loads, (done / "metrics.jsonl").read_text().splitlines())] == [1]
+
+    table = run_cli("sweeps", str(sweep_dir), cwd=tmp_path)
+    assert table.returncode == 0, table.stderr
+    assert f"failed jobs (1):\n- 0 (algorithm.num_generations=3): exit status 2, {bad}" in table.stdout
+
+
+def test_a_preempted_sweep_stops_and_its_rerun_continues(tmp_path: Path):
+    """SIGTERM during job 0 stops the whole sweep (75) after job 0's checkpoint; the same command with
+    trainer.resume=auto resumes job 0 and runs job 1."""
+    sweep_dir = tmp_path / "sweep"
+    args = ["train", "--config-name", "smoke", "-m", "logger=none", "trainer.max_steps=40", "trainer.save_every=50",
+            "algorithm.lr=1e-3,3e-3", f"hydra.sweep.dir={sweep_dir}"]  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "deepseek_rl.cli", *args], cwd=tmp_path, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    deadline = time.time() + 300
+    while proc.poll() is None and time.time() < deadline:
+        logged = list(sweep_dir.glob("0_*/metrics.jsonl"))
+        if logged and len(logged[0].read_text().splitlines()) >= 3:
+            proc.send_signal(signal.SIGTERM)
+            break
+        time.sleep(0.05)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 75, err[-3000:]
+    assert "deepseek-rl: sweep stopped after job 0; the jobs after it did not run" in err
+    assert [p.name[0] for p in job_dirs(sweep_dir)] == ["0"]  # job 1 never started
+    again = run_cli(*args, "trainer.resume=auto", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "deepseek-rl: sweep finished: all 2 jobs completed" in again.stdout
+    assert "resuming from" in again.stderr and not list(sweep_dir.glob("*/failed.json"))
+    for job in job_dirs(sweep_dir):
+        assert [json.loads(line)["step"] for line in (job / "metrics.jsonl").read_text().splitlines()] == list(
+            range(1, 41)
+        )
+
+
+def test_a_multirun_with_one_output_dir_for_every_job_is_refused(tmp_path: Path):
+    result = run_cli(
+        "train", "--config-name", "smoke", "-m", "logger=none", "algorithm.lr=1e-3,3e-3",
+        f"trainer.output_dir={tmp_path / 'one'}", f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    refused = (
+        f"trainer.output_dir={tmp_path / 'one'} is set for every job of this multirun, which would all write into "
+        "one folder; leave it unset (each job writes into its folder under hydra.sweep.dir) or sweep it too"
+    )
+    assert result.stderr.count(refused) == 4  # each job's line and the summary's
+    assert not (tmp_path / "one").exists()
 
 
 def test_release_accelerator_lets_the_next_run_start_clean():

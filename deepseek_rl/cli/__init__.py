@@ -32,6 +32,14 @@ commands:
 
 
 def main(argv: list[str] | None = None) -> None:
+    try:
+        _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C outside a training run's own handling (deepseek_rl/infra/preemption.py)
+        print("deepseek-rl: interrupted (Ctrl-C)", file=sys.stderr)
+        sys.exit(130)
+
+
+def _main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)

@@ -8,6 +8,8 @@ job), else from the summary. The table (markdown) has one row per run, sorted be
 over the run's steps (`--mode max`: highest; `min`: lowest), then its final value; one column per key whose value
 differs between runs (keys set alike in every run are listed above the table); runs that never logged the metric
 come last. `--png` draws the metric over steps for each run (from its metrics.jsonl) beside a bar per run.
+Jobs that failed (a `failed.json` in their folder, written by `deepseek-rl train -m`) are listed below the table
+with their exit status and message.
 """
 
 from __future__ import annotations
@@ -69,6 +71,25 @@ def find_runs(root: Path) -> list[SweepRun]:
             SweepRun(path.parent, run_label(path.parent, root), read_overrides(path.parent, root, summary), summary)
         )
     return runs
+
+
+def find_failed(root: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(label, record) of every job under root that left a failed.json, in path order."""
+    failed = []
+    for path in sorted(root.rglob("failed.json")):
+        try:
+            failed.append((run_label(path.parent, root), json.loads(path.read_text())))
+        except ValueError:
+            failed.append((run_label(path.parent, root), {"status": "?", "message": "failed.json cannot be read"}))
+    return failed
+
+
+def failed_lines(failed: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    lines = [f"failed jobs ({len(failed)}):"] if failed else []
+    for label, record in failed:
+        job = record.get("job") or ",".join(record.get("overrides", []))
+        lines.append(f"- {label} ({job}): exit status {record.get('status')}, {record.get('message', '')}")
+    return lines
 
 
 def split_keys(runs: list[SweepRun]) -> tuple[list[str], dict[str, str]]:
@@ -167,9 +188,11 @@ def main(argv: list[str] | None = None) -> None:
     if not root.is_dir():
         print(f"deepseek-rl sweeps: {args.directory} is not a directory", file=sys.stderr)
         sys.exit(2)
-    runs = find_runs(root)
+    runs, failed = find_runs(root), find_failed(root)
     if not runs:
         print(f"deepseek-rl sweeps: no summary.json under {args.directory} (runs write it when they complete)")
+        if failed:
+            print("\n".join(failed_lines(failed)))
         sys.exit(1)
     known = {k for run in runs for k in run.summary.get("final", {})}
     if args.metric not in known:
@@ -177,6 +200,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     print(f"{len(runs)} runs under {args.directory}, sorted by {args.metric} ({args.mode} over steps):")
     print(sweep_table(runs, args.metric, args.mode))
+    if failed:
+        print("\n".join(failed_lines(failed)))
     if args.png is not None:
         plot_sweep(runs, args.metric, args.mode, args.png)
         print(f"wrote {args.png}")

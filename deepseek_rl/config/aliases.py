@@ -53,6 +53,7 @@ TRL: dict[str, Alias] = {
     "save_steps": Alias("trainer.save_every"),
     "save_total_limit": Alias("trainer.keep_last"),
     "resume_from_checkpoint": Alias("trainer.resume"),
+    "overwrite_output_dir": Alias("trainer.overwrite", "a new run in a used folder stops without it"),
     "warmup_steps": Alias("optimizer.warmup_steps", "counted in training steps"),
     "lr_scheduler_type": Alias("optimizer.schedule", "constant | linear | cosine"),
     "weight_decay": Alias("optimizer.weight_decay"),

@@ -297,6 +297,10 @@ class TrainerConfig:
     # num_generations, data, ...; infra/resume.py lists the keys that never count): the new values apply, the
     # optimizer takes the new learning rate. Without it such a resume stops and lists the keys.
     resume_override: bool = False
+    # A new run (resume=never) in an output_dir that holds an earlier run's outputs (metrics.jsonl, checkpoints,
+    # final, summary.json, finished stages) stops unless this is true; true removes those outputs first (only what
+    # runs write; infra/rundir.py) and starts over there. resume=auto continues the earlier run instead.
+    overwrite: bool = False
     # Save the final policy in Hugging Face format to <output_dir>/final.
     save_final: bool = True
     # The preflight check before any model loads (deepseek_rl/preflight.py): error (stop when the memory estimate
@@ -313,6 +317,11 @@ class TrainerConfig:
         )
         require(self.max_steps >= 1, f"trainer.max_steps={self.max_steps} must be >= 1")
         require(self.save_every >= 0, f"trainer.save_every={self.save_every} must be >= 0")
+        require(
+            not (self.overwrite and self.resume != "never"),
+            f"trainer.overwrite=true starts over but trainer.resume={self.resume} continues: choose one (drop "
+            "trainer.overwrite to resume, or set trainer.resume=never to start over)",
+        )
 
 
 @dataclass

@@ -5,6 +5,8 @@ training code is the same for all. Two CPU traps are handled here (see docs/dist
 ACCELERATE_USE_CPU, or accelerate silently runs unsynchronised copies; DeepSpeed on CPU needs a gloo process group.
 Gradient accumulation is owned by deepseek-rl (micro-batches per step follow from trainer.batch_size and
 trainer.micro_batch_size), and DeepSpeed's micro-batch size and gradient clipping are set from the same config.
+The process group can start before the first Accelerator (`start_process_group`, the same settings; the Accelerator
+then joins it), so that the ranks agree on something before any model loads (`on_rank_zero`: the run folder's lock).
 """
 
 from __future__ import annotations
@@ -13,22 +15,24 @@ import copy
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState, GradientState
-from accelerate.utils import DistributedType, InitProcessGroupKwargs, broadcast_object_list
+from accelerate.state import AcceleratorState, GradientState, PartialState
+from accelerate.utils import DistributedType, InitProcessGroupKwargs, broadcast_object_list, parse_flag_from_env
 from torch import nn
 
 from deepseek_rl.config.plan import BatchPlan
-from deepseek_rl.errors import LaunchError
+from deepseek_rl.errors import LaunchError, UserError
 from deepseek_rl.models.loading import gathered
 
-__all__ = ["LaunchError", "make_accelerator", "release_accelerator"]
+__all__ = ["LaunchError", "make_accelerator", "on_rank_zero", "release_accelerator"]
+
+T = TypeVar("T")
 
 
 def launched_world_size() -> int:
@@ -42,11 +46,8 @@ def make_accelerator(plan: BatchPlan, max_grad_norm: float | None) -> Accelerato
     world = launched_world_size()
     gradient_accumulation_steps = plan.micro_batches
     release_accelerator(keep_process_group=True)
-    distributed_cpu = world > 1 and not torch.cuda.is_available()
-    if distributed_cpu and os.environ.get("ACCELERATE_USE_DEEPSPEED") != "true":
-        os.environ.setdefault("ACCELERATE_USE_CPU", "true")  # DDP over gloo
+    handlers = process_group_handlers()
     os.environ.pop("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", None)  # ours follows from the batch sizes
-    handlers = [InitProcessGroupKwargs(backend="gloo")] if distributed_cpu else []
     accelerator = Accelerator(gradient_accumulation_steps=gradient_accumulation_steps, kwargs_handlers=handlers)
     if accelerator.num_processes != world or (world > 1 and accelerator.distributed_type == DistributedType.NO):
         raise LaunchError(
@@ -60,6 +61,54 @@ def make_accelerator(plan: BatchPlan, max_grad_norm: float | None) -> Accelerato
         ds["train_batch_size"] = plan.micro_batch_size * gradient_accumulation_steps * world
         ds["gradient_clipping"] = max_grad_norm if max_grad_norm is not None else 0.0
     return accelerator
+
+
+def process_group_handlers() -> list[InitProcessGroupKwargs]:
+    """The process-group settings of the launched processes: on CPU, DDP or DeepSpeed over gloo."""
+    distributed_cpu = launched_world_size() > 1 and not torch.cuda.is_available()
+    if distributed_cpu and os.environ.get("ACCELERATE_USE_DEEPSPEED") != "true":
+        os.environ.setdefault("ACCELERATE_USE_CPU", "true")  # DDP over gloo
+    return [InitProcessGroupKwargs(backend="gloo")] if distributed_cpu else []
+
+
+def start_process_group() -> None:
+    """Join the launched processes' group now, as the Accelerator would (which then reuses it); nothing when the
+    launcher started one process or the group exists."""
+    if launched_world_size() > 1 and not PartialState._shared_state:
+        handlers = process_group_handlers()
+        cpu = parse_flag_from_env("ACCELERATE_USE_CPU")  # as AcceleratorState reads it
+        PartialState(cpu, **(handlers[0].to_kwargs() if handlers else {}))
+        if PartialState().num_processes != launched_world_size():
+            raise LaunchError(
+                f"the launcher started {launched_world_size()} processes but they did not join one process group "
+                f"(world size {PartialState().num_processes}): they would train unsynchronised. Use a config from "
+                "launch/."
+            )
+
+
+def on_rank_zero(action: Callable[[], T]) -> T:
+    """Run `action` on rank 0 only, before any Accelerator exists, and give every rank its outcome: the value it
+    returned, or the UserError it raised, raised on every rank (so that all ranks stop alike, none waits)."""
+    if launched_world_size() == 1:
+        return action()
+    start_process_group()
+    outcome: tuple[bool, Any] = (True, None)
+    failure: Exception | None = None
+    if PartialState().is_main_process:
+        try:
+            outcome = (True, action())
+        except UserError as err:
+            outcome = (False, err)
+        except Exception as err:  # a bug: rank 0 raises it; the others stop instead of waiting for rank 0
+            failure, outcome = err, (False, LaunchError(f"rank 0 failed ({type(err).__name__}: {err})"))
+    box = [outcome]
+    broadcast_object_list(box, from_process=0)
+    if failure is not None:
+        raise failure
+    done, value = box[0]
+    if not done:
+        raise value
+    return value
 
 
 def is_zero3(accelerator: Accelerator) -> bool:

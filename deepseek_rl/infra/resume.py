@@ -45,6 +45,7 @@ RUN_NEUTRAL = (
     "trainer.output_dir",
     "trainer.resume",
     "trainer.resume_override",
+    "trainer.overwrite",
     "trainer.max_steps",
     "trainer.save_every",
     "trainer.keep_last",

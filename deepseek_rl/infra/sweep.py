@@ -9,16 +9,28 @@ For each job:
   overrides the job's command-line overrides, kept in `logger.overrides` (so in the wandb run config and summary.json)
 A single run (no -m) keeps its name and group and only records its overrides. Outside Hydra (tests calling
 `train()` directly) nothing changes.
+
+A failed job does not end the sweep: `SweepReport` keeps each job's outcome, the command line prints the job's one
+line and goes on with the next job, and at the end prints which jobs failed and exits 1 (jobs ran with Hydra's basic
+launcher, in this process). A failed job also leaves `failed.json` (exit status and message) in its job folder, for
+`deepseek-rl sweeps`. A preemption or Ctrl-C stops the whole sweep (the machine is going away, or the user said
+stop): the jobs after it do not start. Each job needs a folder of its own: `trainer.output_dir` set alike for every
+job is refused (`check_job_output_dir`); left unset, each job writes into its Hydra job folder.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import json
+import sys
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from deepseek_rl.config.schema import LoggerConfig
+from deepseek_rl.errors import ConfigError
+
+FAILED_FILE = "failed.json"
 
 
 @dataclass
@@ -28,6 +40,7 @@ class HydraJob:
     overrides: list[str]  # the job's command-line overrides, "key=value" (sweeps already expanded)
     sweep_dir: Path | None  # the sweep directory in a multirun, else None
     num: int  # job number within the sweep (0 in a single run)
+    folder: Path | None = None  # the job's Hydra output folder (.hydra/ is there)
 
 
 def current_job() -> HydraJob | None:
@@ -43,6 +56,7 @@ def current_job() -> HydraJob | None:
         overrides=list(hydra.overrides.task),
         sweep_dir=Path(hydra.sweep.dir) if multirun else None,
         num=int(hydra.job.num) if multirun else 0,
+        folder=Path(hydra.runtime.output_dir),
     )
 
 
@@ -79,3 +93,55 @@ def job_logger(logger: LoggerConfig, job: HydraJob | None) -> LoggerConfig:
         return logger
     name = logger.name or run_name(job.overrides, swept_keys(job.sweep_dir), job.num)
     return replace(logger, group=logger.group or job.sweep_dir.name, name=name)
+
+
+def check_job_output_dir(output_dir: str | None, job: HydraJob | None) -> None:
+    """In a multirun, a `trainer.output_dir` that every job shares (set, not swept) is a ConfigError."""
+    if job is None or job.sweep_dir is None or output_dir is None:
+        return
+    keys = swept_keys(job.sweep_dir)
+    if keys is not None and "trainer.output_dir" not in keys:
+        raise ConfigError(
+            f"trainer.output_dir={output_dir} is set for every job of this multirun, which would all write into one "
+            "folder; leave it unset (each job writes into its folder under hydra.sweep.dir) or sweep it too"
+        )
+
+
+@dataclass
+class JobOutcome:
+    num: int
+    label: str  # the job's values of the swept keys, "algorithm.lr=0.001"
+    status: int  # the job's exit status (0: completed)
+    message: str  # its one line, without "deepseek-rl: " ("" when it completed)
+
+
+@dataclass
+class SweepReport:
+    """The outcomes of the multirun jobs this process ran (see the module docstring)."""
+
+    jobs: list[JobOutcome] = field(default_factory=list)
+
+    def record(self, job: HydraJob, status: int, message: str = "") -> None:
+        label = run_name(job.overrides, swept_keys(job.sweep_dir) if job.sweep_dir else None, job.num)
+        self.jobs.append(JobOutcome(job.num, label, status, message))
+        if not status and job.folder is not None:
+            (job.folder / FAILED_FILE).unlink(missing_ok=True)  # an earlier attempt's, now rerun
+        if status and job.folder is not None:
+            try:
+                record = {"status": status, "message": message, "job": label, "overrides": list(job.overrides)}
+                (job.folder / FAILED_FILE).write_text(json.dumps(record) + "\n")
+            except OSError:
+                pass  # the folder itself may be what failed; the summary still lists the job
+
+    def finish(self, stopped: int = 0) -> int:
+        """Print the summary (stderr when a job failed); the sweep's exit status: `stopped` (a preemption or Ctrl-C
+        ended it early), else 1 when a job failed, else 0."""
+        failed = [j for j in self.jobs if j.status]
+        if not failed and not stopped:
+            print(f"deepseek-rl: sweep finished: all {len(self.jobs)} jobs completed")
+            return 0
+        ended = f"stopped after job {self.jobs[-1].num}; the jobs after it did not run" if stopped else "finished"
+        lines = [f"deepseek-rl: sweep {ended}: {len(failed)} of {len(self.jobs)} jobs failed"]
+        lines += [f"deepseek-rl:   job {j.num} ({j.label}): {j.message}" for j in failed]
+        print("\n".join(lines), file=sys.stderr)
+        return stopped or 1

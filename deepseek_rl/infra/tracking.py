@@ -2,7 +2,8 @@
 
 - wandb (the default): online only when an API key is configured (WANDB_API_KEY or a netrc login) and offline
   otherwise, so a run never fails or sends traffic for want of an account; tables, alerts and resumed runs too.
-  This is the only module that imports wandb.
+  This is the only module that imports wandb; a wandb that cannot be imported (missing, or broken by a dependency
+  conflict) is a ConfigError naming the fix, checked before any model loads (`check_logger`).
 - tensorboard and mlflow: accelerate's trackers (`accelerate.tracking`, what `Accelerator(log_with=...)` builds):
   scalar metrics per step and the flattened config as hyperparameters. TensorBoard writes event files to
   `<run>/tensorboard/<run name>/` (`tensorboard --logdir runs`); MLflow logs to `logger.tracking_uri`, else
@@ -33,9 +34,29 @@ from pathlib import Path
 from typing import Any
 
 from deepseek_rl.config.schema import LoggerConfig
+from deepseek_rl.errors import ConfigError
 from deepseek_rl.infra.checkpoint import TrainerState
 from deepseek_rl.infra.metric_names import named
 from deepseek_rl.infra.resume import flatten
+
+
+def import_wandb() -> Any:
+    """The wandb module, or a ConfigError that says why it cannot be imported and what to do."""
+    try:
+        import wandb
+    except ImportError as err:
+        raise ConfigError(
+            f"logger=wandb needs the wandb package, which cannot be imported ({type(err).__name__}: {err}); "
+            "install it (pip install wandb) or choose another logger: logger=none (metrics.jsonl only), "
+            "logger=tensorboard or logger=mlflow"
+        ) from None
+    return wandb
+
+
+def check_logger(cfg: LoggerConfig) -> None:
+    """Before any model loads: the tracker's package can be imported (wandb; the others are checked by the config)."""
+    if cfg.kind == "wandb":
+        import_wandb()
 
 
 def has_wandb_key() -> bool:
@@ -68,7 +89,7 @@ def _step_of(line: str) -> int | None:
 
 
 # Where a run writes, and how it is labelled: not part of what makes two runs the same experiment.
-UNHASHED = ("logger", "trainer.output_dir", "trainer.resume")
+UNHASHED = ("logger", "trainer.output_dir", "trainer.resume", "trainer.overwrite")
 
 
 def config_hash(run_config: dict[str, Any]) -> str:
@@ -128,9 +149,7 @@ class RunTracker:
         resumed_step = state.step if state is not None else 0
         self._drop_lines_after(resumed_step)
         if cfg.kind == "wandb":
-            import wandb
-
-            self.wandb_run = wandb.init(
+            self.wandb_run = import_wandb().init(
                 project=cfg.project,
                 entity=cfg.entity,
                 group=cfg.group,

@@ -22,6 +22,11 @@ State: by default each call is a new program and nothing persists. With `rollout
 gets one sandbox process at its first call (rewards/session.py) that runs its calls one after another in the same
 namespace; it is killed when the trajectory ends (and at the end of generate, whatever happens). A call that runs
 over its time kills its session; the output says so and the next call starts with no state.
+
+Isolation: the calls run as `reward.sandbox` says (strong, weak, auto: rewards/sandbox.py), resolved once when the
+engine is built, and by the pipeline before any model loads (`check_isolation`). A mode this machine cannot provide
+(strong, or auto without strong isolation) stops the run with the sandbox's ConfigError; it is never turned into a
+tool output that the model would read on every call.
 """
 
 from __future__ import annotations
@@ -37,7 +42,8 @@ from transformers import PreTrainedTokenizerBase
 
 from deepseek_rl.batch import PromptBatch, RolloutBatch
 from deepseek_rl.config.rollout import RolloutConfig, ToolsConfig
-from deepseek_rl.rewards.sandbox import Limits, SandboxError, execute
+from deepseek_rl.errors import ConfigError
+from deepseek_rl.rewards.sandbox import Limits, SandboxError, execute, resolve_mode
 from deepseek_rl.rewards.session import SandboxSession
 from deepseek_rl.rollout.engine import RolloutEngine
 
@@ -65,6 +71,8 @@ def run_tool(code: str | None, cfg: ToolsConfig, mode: str, session: SandboxSess
             result = session.run(code, cfg.timeout)
         else:
             result = execute(code, [], limits=Limits(timeout=cfg.timeout), mode=mode)
+    except ConfigError:
+        raise  # the isolation cannot be had here: the run stops (never a tool output for the model to read)
     except (SandboxError, ValueError) as err:
         return f"\nthe tool could not run: {err}\n```\n", "error"
     # the harness's own frame is not the model's business (and would show a host path)
@@ -101,7 +109,8 @@ class ToolEngine(RolloutEngine):
     """Multi-turn rollouts with a Python tool on top of `inner` (see the module docstring)."""
 
     def __init__(self, inner: RolloutEngine, cfg: ToolsConfig, eos_ids: list[int], sandbox_mode: str = "auto"):
-        self.inner, self.cfg, self.eos_ids, self.mode = inner, cfg, set(eos_ids), sandbox_mode
+        # strong or weak, decided now: ConfigError when reward.sandbox asks for isolation this machine lacks
+        self.inner, self.cfg, self.eos_ids, self.mode = inner, cfg, set(eos_ids), resolve_mode(sandbox_mode)
         self.tokenizer: PreTrainedTokenizerBase = inner.tokenizer
         self.pool = ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="tool")
 
@@ -255,6 +264,13 @@ def context_batch(trajectories: list[Trajectory], pad_id: int) -> PromptBatch:
         ids[row, width - len(context) :] = torch.tensor(context, dtype=torch.long)
         mask[row, width - len(context) :] = 1
     return PromptBatch(input_ids=ids, attention_mask=mask, texts=[""] * len(contexts), columns={})
+
+
+def check_isolation(cfg: RolloutConfig, sandbox_mode: str) -> None:
+    """With rollout.tools.enabled, decide the sandbox's isolation now (before any model loads): ConfigError when
+    `sandbox_mode` (reward.sandbox) cannot be had on this machine, as for code rewards."""
+    if cfg.tools.enabled:
+        resolve_mode(sandbox_mode)
 
 
 def with_tools(engine: RolloutEngine, cfg: RolloutConfig, eos_ids: list[int], sandbox_mode: str = "auto"):

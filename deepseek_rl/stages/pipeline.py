@@ -12,10 +12,13 @@ run directory also gets `results.json`, `results.md` (the table) and `curves.png
 and completion length over steps). Each stage is its own wandb run, grouped under the run directory's name.
 
 A finished stage writes `<stage dir>/stage.json` (its checkpoint); with `trainer.resume=auto` a pipeline skips the
-stages that finished and resumes the interrupted one from its newest checkpoint. A SIGTERM stops the run with
-`Preempted` (exit status 75 from the command line) at the end of a training step after a checkpoint, between
-stages, or in the evaluation stage before its next generation batch (each evaluated model's metrics are saved as
-`metrics-<name>.json`, and a resumed run does not evaluate it again).
+stages that finished and resumes the interrupted one from its newest checkpoint. A SIGTERM (or Ctrl-C) stops the run
+with `Preempted` (exit status 75, or 130, from the command line) at the end of a training step after a checkpoint,
+between stages, or in the evaluation stage before its next generation batch (each evaluated model's metrics are
+saved as `metrics-<name>.json`, and a resumed run does not evaluate it again).
+
+Before anything loads, rank 0 locks the run directory for this run and checks that a new run does not start over
+an earlier one's outputs without `trainer.overwrite` (infra/rundir.py); the lock is given back when the run ends.
 """
 
 from __future__ import annotations
@@ -30,15 +33,17 @@ from deepseek_rl.config.schema import Config, ModelConfig
 from deepseek_rl.data.prompts import build_prompt_set
 from deepseek_rl.data.sources import source_name
 from deepseek_rl.infra.checkpoint import storage_error
-from deepseek_rl.infra.distributed import launched_world_size
+from deepseek_rl.infra.distributed import launched_world_size, on_rank_zero
 from deepseek_rl.infra.plots import plot_training_curves
 from deepseek_rl.infra.preemption import Preempted, Preemption
 from deepseek_rl.infra.resume import flatten, require_same_run
+from deepseek_rl.infra.rundir import RunLock, claim
 from deepseek_rl.infra.storage import check_writable
+from deepseek_rl.infra.tracking import check_logger
 from deepseek_rl.models.loading import eos_token_ids, load_model, load_tokenizer
 from deepseek_rl.rewards import check_reward_columns
 from deepseek_rl.rollout.engine import BuiltinEngine, RolloutEngine
-from deepseek_rl.rollout.tools import with_tools
+from deepseek_rl.rollout.tools import check_isolation, with_tools
 from deepseek_rl.stages.control import LABELS as CONTROL_LABELS
 from deepseek_rl.stages.control import run_control
 from deepseek_rl.stages.evaluate import Shard, evaluate
@@ -95,17 +100,24 @@ def run_stage(stage: str, cfg: Config, stage_dir: Path, reward_funcs: RewardFunc
 
 
 def run_stages(cfg: Config, output_dir: Path, reward_funcs: RewardFunctions | None = None) -> dict[str, Path]:
-    """Run cfg.stages; returns the checkpoint directory of each training stage. The output directory is checked
-    for writing before anything loads; a SIGTERM is honoured in every stage and between them (Preempted); a
+    """Run cfg.stages; returns the checkpoint directory of each training stage. Before anything loads: the output
+    directory is checked for writing and locked for this run (infra/rundir.py), the tools' sandbox mode and the
+    tracker's package are checked; a SIGTERM is honoured in every stage and between them (Preempted); a
     write that fails for want of space becomes a StorageError naming what is intact. `reward_funcs` (Python
     callables) are GRPO's extra rewards."""
     preemption = Preemption()  # one flag for the whole run (infra/preemption.py)
+    locks: list[RunLock] = []
     try:
-        check_writable(output_dir, "trainer.output_dir" if cfg.trainer.output_dir is not None else "hydra.run.dir")
+        key = "trainer.output_dir" if cfg.trainer.output_dir is not None else "hydra.run.dir"
+        check_writable(output_dir, key)
+        check_isolation(cfg.rollout, cfg.reward.sandbox)  # tool calls: the sandbox mode, as code rewards decide it
+        check_logger(cfg.logger)  # the tracker's package imports
         if cfg.rollout.engine == "vllm" and any(s in cfg.stages for s in ("grpo", "rft", "eval")):
             from deepseek_rl.rollout.vllm_engine import check_vllm_install
 
-            check_vllm_install()  # before any model loads: vLLM present, and its torchvision wheels loadable
+            check_vllm_install()  # before any model loads: vLLM is installed
+        trainer = cfg.trainer  # one run at a time in the folder, never over an earlier one by accident
+        on_rank_zero(lambda: locks.append(claim(output_dir, trainer.resume, trainer.overwrite, key)))
         return _run_stages(cfg, output_dir, preemption, reward_funcs)
     except Exception as err:
         full = storage_error(err, output_dir, "writing the run's files")
@@ -113,6 +125,8 @@ def run_stages(cfg: Config, output_dir: Path, reward_funcs: RewardFunctions | No
             raise full from err
         raise
     finally:
+        for lock in locks:
+            lock.release()
         preemption.close()
 
 

@@ -57,7 +57,7 @@ QUICK_RFT = ["rft.num_prompts=16", "rft.samples=4", "rft.max_steps=2", "rft.batc
 def run_seed(seed: int, run_dir: Path, args: list[str]) -> float:
     """`deepseek-rl train ARGS` (a --config-name first, if any) for one seed; returns and records its wall time."""
     cmd = [sys.executable, "-m", "deepseek_rl.cli", "train", *args, "logger=none", f"trainer.seed={seed}"]
-    cmd.append(f"trainer.output_dir={run_dir}")
+    cmd += [f"trainer.output_dir={run_dir}", "trainer.overwrite=true"]  # a rerun starts that run over
     start = time.perf_counter()
     subprocess.run(cmd, check=True)
     seconds = time.perf_counter() - start

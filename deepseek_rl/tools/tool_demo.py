@@ -43,7 +43,7 @@ QUICK = [
 
 def run(seed: int, run_dir: Path, overrides: list[str]) -> float:
     cmd = [sys.executable, "-m", "deepseek_rl.cli", "train", "--config-name", "tool_demo", "logger=none"]
-    cmd += [f"trainer.seed={seed}", f"trainer.output_dir={run_dir}", *overrides]
+    cmd += [f"trainer.seed={seed}", f"trainer.output_dir={run_dir}", "trainer.overwrite=true", *overrides]
     start = time.perf_counter()
     subprocess.run(cmd, check=True)
     seconds = time.perf_counter() - start
