@@ -120,16 +120,17 @@ def test_reward_set_metrics_count_failures_per_step():
     rewards = RewardSet(cfg)
     try:
         completions = ["<think>a</think><answer>1</answer>", "3"]
-        terms = rewards.score(completions, {})  # [2, 3]
+        scores = rewards.score(completions, {})
+        terms = scores.terms  # [2, 3]
         assert terms.shape == (2, 3)
         assert terms[:, 0].tolist() == [1.0, 0.0]
         assert all(math.isnan(v) for v in terms[:, 1].tolist())  # on_failure=None: cannot be scored
         assert math.isnan(terms[0, 2].item()) and math.isnan(terms[1, 2].item())  # "<think>..." is no float
-        metrics = rewards.metrics(terms, rewards.pop_failures())
+        metrics = rewards.metrics(terms, scores.failures)
         assert metrics[f"reward/{HERE}:raises/errors"] == 2 and metrics[f"reward/{HERE}:raises/none"] == 1.0
         assert metrics[f"reward/{HERE}:sleeps/timeouts"] == 1 and metrics[f"reward/{HERE}:sleeps/errors"] == 1
         assert metrics["reward/format/mean"] == 0.5 and metrics["reward/format/errors"] == 0
-        assert rewards.pop_failures().sum().item() == 0  # counts are per step
+        assert rewards.score(["ok"], {}).failures[:2].sum().item() == 0  # counts are per call
         assert rewards.total(terms).tolist() == [1.0, 0.0]
     finally:
         rewards.close()

@@ -8,8 +8,8 @@ models (`reward.models`) are scored here, on the trainer's device (`reward_model
 A reward that returns None for a completion ("cannot be scored") contributes 0 to that completion's total and
 is counted in `reward/<name>/none`; its mean and std are over the scored completions only. A sample whose reward
 timed out, raised or returned a non-finite score (inf, or beyond float32's range) scores `reward.on_failure` and is
-counted in `reward/<name>/timeouts` or `/errors` (counts since the previous `pop_failures()`, i.e. per step, summed
-over ranks by the metrics); `reward/<name>/failed` is their share of the step's samples. With on_failure=0.0 (the
+counted in `reward/<name>/timeouts` or `/errors` (`score` returns the counts with the scores; the step sums them over
+its rounds and ranks); `reward/<name>/failed` is their share of the step's samples. With on_failure=0.0 (the
 default) a failed sample enters the reward's mean and the total as 0; with on_failure=null it is left out of the
 reward's mean and counts 0 in the total. The first failure of each reward is printed once, with where it was raised.
 """
@@ -20,6 +20,7 @@ import math
 import sys
 import weakref
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -28,6 +29,14 @@ from torch import Tensor
 from deepseek_rl.algo.reward_model import ModelReward
 from deepseek_rl.config.schema import RewardConfig
 from deepseek_rl.rewards.runner import RewardRunner
+
+
+@dataclass
+class RewardScores:
+    """The scores of N completions by the F rewards, and how many calls failed."""
+
+    terms: Tensor  # [N, F] float, NaN where a reward returned None
+    failures: Tensor  # [3, F] float: timeouts, errors, samples scored
 
 
 class RewardSet:
@@ -58,26 +67,29 @@ class RewardSet:
             context={"sandbox": cfg.sandbox, **(context or {})},  # code rewards run as reward.sandbox says
             functions={**cfg.functions, **(functions or {})},
         )
-        self.failures = torch.zeros(3, len(self.names))  # [3, F] timeouts, errors, samples since pop_failures()
         self.first_errors: dict[str, str] = {}  # reward name -> its first failure's message (this process)
         self.report = report  # print each reward's first failure (the main process of a run)
         self._finalizer = weakref.finalize(self, self.runner.close)
 
-    def score(self, completions: list[str], columns: dict[str, list[Any]], group_size: int | None = None) -> Tensor:
-        """Scores of N completions -> [N, F] float with NaN for None. `columns` are keyword arguments, each [N];
-        `group_size` consecutive completions share a prompt (for rewards that score a whole group)."""
+    def score(
+        self, completions: list[str], columns: dict[str, list[Any]], group_size: int | None = None
+    ) -> RewardScores:
+        """Scores of N completions ([N, F] float with NaN for None) and the failures among them. `columns` are
+        keyword arguments, each [N]; `group_size` consecutive completions share a prompt (group rewards)."""
         scores = self.runner.score(completions, columns, group_size)
         by_name: dict[str, list[float | None]] = dict(zip(scores.names, scores.values, strict=True))
         for name, model in self.models.items():
             by_name[name] = model.score(completions, columns) if completions else []
+        failures = torch.zeros(3, len(self.names))  # [3, F]
         for j, name in enumerate(self.names):
-            self.failures[2, j] += len(completions)
+            failures[2, j] = len(completions)
             if name in scores.names:
-                self.failures[0, j] += scores.count(name, "timeout")
-                self.failures[1, j] += scores.count(name, "error")
+                failures[0, j] = scores.count(name, "timeout")
+                failures[1, j] = scores.count(name, "error")
                 self._note_first_failure(name, scores)
         columns_nf = [[math.nan if s is None else s for s in by_name[n]] for n in self.names]  # [F][N]
-        return torch.tensor(columns_nf, dtype=torch.float32).reshape(len(self.names), len(completions)).T.contiguous()
+        terms = torch.tensor(columns_nf, dtype=torch.float32).reshape(len(self.names), len(completions)).T
+        return RewardScores(terms.contiguous(), failures)
 
     def _note_first_failure(self, name: str, scores) -> None:
         if name in self.first_errors:
@@ -96,11 +108,6 @@ class RewardSet:
                 file=sys.stderr,
                 flush=True,
             )
-
-    def pop_failures(self) -> Tensor:
-        """[3, F] timeouts, errors and samples scored since the last call, then reset."""
-        failures, self.failures = self.failures, torch.zeros_like(self.failures)
-        return failures
 
     def total(self, terms: Tensor) -> Tensor:
         """Weighted sum of the terms [N, F] -> [N]; None (NaN) terms count as 0."""

@@ -9,6 +9,10 @@ is derived the same way, so a step is reproducible (resume, or 1 vs N ranks).
 
 Advantages are computed once the batch is final; with `scale_rewards=batch` the std is that of the whole global
 batch (every rank's rewards gathered), as in TRL, so N ranks compute the advantages one process would.
+
+`collect` returns values: the scored batch and `RolloutStats`, what this rank's rollout phase measured (seconds,
+the round-0 groups whose rewards all agree, the rewards' failures over every round, dynamic sampling's counts);
+metrics.py reduces them over ranks with the rest of the step, once.
 """
 
 from __future__ import annotations
@@ -34,18 +38,37 @@ def derived_seed(seed: int, step: int, round_: int = 0) -> int:
     return (seed * 1_000_003 + step) * 101 + round_
 
 
-def score_rollouts(rollout: RolloutBatch, rewards: RewardSet) -> ScoredBatch:
-    """Rewards [N, F] and [N] for a rollout batch; advantages are filled in once the batch is final."""
-    terms = rewards.score(rollout.completions, rollout.reward_columns(), rollout.group_size)  # [N, F]
-    total = rewards.total(terms)  # [N]
-    return ScoredBatch(
+@dataclass
+class RolloutStats:
+    """What one rank's rollout phase measured; metrics.py reduces it over ranks with the rest of the step."""
+
+    generation_seconds: float = 0.0
+    reward_seconds: float = 0.0
+    first_round_zero_std: Tensor | None = None  # [B] bool: the step's own groups whose rewards all agree
+    reward_failures: Tensor | None = None  # [3, F] timeouts, errors, samples scored, over every round
+    rounds: int = 1  # generation rounds (dynamic sampling)
+    groups_dropped: int = 0
+    unfilled_groups: int = 0
+    dynamic_sampling: bool = False
+
+    def add_failures(self, failures: Tensor) -> None:
+        self.reward_failures = failures if self.reward_failures is None else self.reward_failures + failures
+
+
+def score_rollouts(rollout: RolloutBatch, rewards: RewardSet) -> tuple[ScoredBatch, Tensor]:
+    """Rewards [N, F] and [N] for a rollout batch, and the rewards' failures [3, F]; advantages are filled in once
+    the batch is final."""
+    scores = rewards.score(rollout.completions, rollout.reward_columns(), rollout.group_size)
+    total = rewards.total(scores.terms)  # [N]
+    scored = ScoredBatch(
         rollout=rollout,
         reward_names=rewards.names,
-        reward_terms=terms,
+        reward_terms=scores.terms,
         rewards=total,
         advantages=torch.zeros_like(total),
         loss_weight=torch.ones_like(total),
     )
+    return scored, scores.failures
 
 
 @dataclass
@@ -63,8 +86,8 @@ class RolloutCollector:
     pad_id: int
     gather: Callable[[Tensor], Tensor]
 
-    def sample_round(self, engine: RolloutEngine, step: int, round_: int, times: dict[str, float]) -> ScoredBatch:
-        """One generation round on this rank; adds its generation and reward seconds to `times`."""
+    def sample_round(self, engine: RolloutEngine, step: int, round_: int, stats: RolloutStats) -> ScoredBatch:
+        """One generation round on this rank; adds its seconds and the rewards' failures to `stats`."""
         plan, start = self.plan, time.perf_counter()
         if round_ == 0:
             indices = step_indices(len(self.prompts), plan.prompts_per_step, step, self.seed)
@@ -76,18 +99,19 @@ class RolloutCollector:
             batch, plan.group_size, self.rollout, seed, plan.first_row(self.rank), plan.rows_per_step
         )
         generated = time.perf_counter()
-        scored = score_rollouts(rollout, self.rewards)
-        times["time/generation"] += generated - start
-        times["time/reward"] += time.perf_counter() - generated
+        scored, failures = score_rollouts(rollout, self.rewards)
+        stats.generation_seconds += generated - start
+        stats.reward_seconds += time.perf_counter() - generated
+        stats.add_failures(failures)
         return scored
 
-    def collect(self, engine: RolloutEngine, step: int) -> tuple[ScoredBatch, dict[str, float]]:
-        """This rank's scored groups for the step with their advantages, and sampling statistics for the metrics.
+    def collect(self, engine: RolloutEngine, step: int) -> tuple[ScoredBatch, RolloutStats]:
+        """This rank's scored groups for the step with their advantages, and what the rollout phase measured.
         Call inside `engine.session()`."""
         g = self.plan.group_size
-        stats = {"time/generation": 0.0, "time/reward": 0.0}
+        stats = RolloutStats(dynamic_sampling=self.algorithm.dynamic_sampling)
         scored = self.sample_round(engine, step, 0, stats)
-        stats["zero_std_groups"] = zero_std_groups(scored.rewards, g).float().mean().item()
+        stats.first_round_zero_std = zero_std_groups(scored.rewards, g)
         if self.algorithm.dynamic_sampling:
             scored = self.refill(engine, step, scored, stats)
         scored.advantages = self.advantages(scored.rewards)
@@ -102,7 +126,7 @@ class RolloutCollector:
         batch_std = self.gather(rewards).std() if alg.scale_rewards == "batch" else None
         return group_advantages(rewards, g, alg.scale_rewards, alg.adv_eps, batch_std, alg.advantage)
 
-    def refill(self, engine: RolloutEngine, step: int, scored: ScoredBatch, stats: dict[str, float]) -> ScoredBatch:
+    def refill(self, engine: RolloutEngine, step: int, scored: ScoredBatch, stats: RolloutStats) -> ScoredBatch:
         """Dynamic sampling: replace zero-variance groups by informative ones from more rounds (module docstring)."""
         g = self.plan.group_size
         wanted = len(scored) // g
@@ -121,7 +145,7 @@ class RolloutCollector:
             filler = ScoredBatch.concat(dropped).select_groups(torch.arange(wanted - have))
             filler.loss_weight = torch.zeros_like(filler.loss_weight)
             batch = ScoredBatch.concat([batch, filler])
-        stats["dynamic_sampling/rounds"] = float(round_ + 1)
-        stats["dynamic_sampling/groups_dropped"] = float(sum(len(d) for d in dropped) // g)
-        stats["dynamic_sampling/unfilled_groups"] = float(max(wanted - have, 0))
+        stats.rounds = round_ + 1
+        stats.groups_dropped = sum(len(d) for d in dropped) // g
+        stats.unfilled_groups = max(wanted - have, 0)
         return batch

@@ -157,7 +157,7 @@ def score_samples(batches: Iterator[RolloutBatch], rewards: RewardSet) -> list[d
     """One row per completion: the first reward is the verifier (correct = 1.0), the second the format."""
     rows: list[dict[str, Any]] = []
     for out in batches:
-        terms = rewards.score(out.completions, out.reward_columns(), out.group_size)  # [N, F]
+        terms = rewards.score(out.completions, out.reward_columns(), out.group_size).terms  # [N, F]
         classes = answer_classes(out, rewards)
         for i, completion in enumerate(out.completions):
             rows.append(
@@ -194,7 +194,7 @@ def answer_classes(out: RolloutBatch, rewards: RewardSet) -> list[int | None]:
         rows = [row for row, _, _, _ in pairs]
         pair_columns = {key: [values[r] for r in rows] for key, values in columns.items()}
         pair_columns["answer"] = [distinct[k][j] for _, k, _, j in pairs]
-        terms = rewards.score([out.completions[r] for r in rows], pair_columns)  # [pairs, F]
+        terms = rewards.score([out.completions[r] for r in rows], pair_columns).terms  # [pairs, F]
         same = {(k, i, j) for (_, k, i, j), t in zip(pairs, terms[:, 0].tolist(), strict=True) if t == 1.0}
     classes: list[int | None] = []
     for k, group in enumerate(distinct):

@@ -42,7 +42,7 @@ from deepseek_rl.rollout.engine import RolloutEngine
 from deepseek_rl.stages.alarms import RewardFailureGuard
 from deepseek_rl.stages.collect import RolloutCollector
 from deepseek_rl.stages.evaluate import HeldOutEval, shard_of
-from deepseek_rl.stages.metrics import rollout_metrics, update_metrics
+from deepseek_rl.stages.metrics import step_metrics
 from deepseek_rl.stages.observability import RolloutObserver
 from deepseek_rl.stages.run import Stage, close_stage, exports, open_stage, release, run_steps
 
@@ -190,10 +190,10 @@ def held_out_metrics(run: GRPORun) -> dict[str, float]:
 
 
 def step(run: GRPORun, step_index: int) -> StepStats:
-    """One GRPO step: rollouts -> advantages -> log-probs -> update; statistics reduced over ranks."""
+    """One GRPO step: rollouts -> advantages -> log-probs -> update; statistics reduced over ranks, once."""
     accelerator, start = run.accelerator, time.perf_counter()
     with run.engine.session():
-        scored, sampling = run.collector.collect(run.engine, step_index)
+        scored, rollout_stats = run.collector.collect(run.engine, step_index)
     collected = time.perf_counter()
     inputs = build_loss_inputs(scored, run.cfg.algorithm.mask_truncated)
     inputs = add_old_and_ref_logprobs(run.policy, run.reference, inputs, run.update, accelerator)
@@ -203,27 +203,27 @@ def step(run: GRPORun, step_index: int) -> StepStats:
     except NumericalError as err:
         raise NumericalError(f"grpo step {step_index + 1}: {err}") from None
     run.engine.policy_updated()
+    updated = time.perf_counter()
+    cfg = run.cfg
+    metrics = step_metrics(accelerator, scored, rollout_stats, sums, run.rewards, cfg.algorithm.loss_type,
+                           cfg.eval.correctness, cfg.data.source_column)  # fmt: skip
     run.state.step = step_index + 1
-    generation_time = max(sampling["time/generation"], 1e-9)
-    updated = update_metrics(accelerator, sums, run.cfg.algorithm.loss_type)
     seconds = time.perf_counter() - start
     run.state.train_seconds += seconds
-    run.state.train_tokens += updated["tokens"]
-    metrics = {
-        **rollout_metrics(accelerator, scored, run.rewards),
-        **updated,
-        **sampling,
+    run.state.train_tokens += metrics["tokens"]
+    metrics |= {
         "lr": run.scheduler.get_last_lr()[0],
+        "time/generation": rollout_stats.generation_seconds,
+        "time/reward": rollout_stats.reward_seconds,
         "time/logprobs": logprobs_done - collected,
-        "time/update": time.perf_counter() - logprobs_done,
+        "time/update": updated - logprobs_done,
         "time/step": seconds,
         "train/seconds": run.state.train_seconds,
         "train/tokens": run.state.train_tokens,
-        "tokens_per_second": float(scored.rollout.completion_mask.sum()) / generation_time,
+        "tokens_per_second": float(scored.rollout.completion_mask.sum()) / max(rollout_stats.generation_seconds, 1e-9),
         **engine_metrics(run.engine),
-        **run.observer.metrics(accelerator, scored),
     }
-    every, done = run.cfg.eval.every, run.state.step
+    every, done = cfg.eval.every, run.state.step
     if every and (done % every == 0 or done == run.plan.max_steps):
         metrics |= held_out_metrics(run)
     metrics |= run.observer.alarms(done, metrics)

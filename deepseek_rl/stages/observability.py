@@ -6,7 +6,7 @@ reward term (`reward/<name>`, null where the reward returned None), advantage, l
 correct (when a verifier is among the rewards), and the prompt's scalar dataset columns (`data/<column>`, as text).
 The tracker writes them to wandb as a new table per step and to `<run>/rollouts/{jsonl,parquet}/step_<N>.*`.
 
-Metrics, over the whole global batch (every rank calls `RolloutObserver.metrics`; values are gathered):
+Metrics, over the whole global batch (computed from these functions by metrics.py, in the step's one reduction):
   completion_length/correct, /incorrect   mean length of the completions the verifier scores 1.0 / less; the
                                           verifier is the reward named by `eval.correctness` when the recipe has it
   completions/repetition                  mean share of repeated token 4-grams in a completion (1 - distinct/total):
@@ -26,8 +26,6 @@ from collections import Counter
 from typing import Any
 
 import torch
-from accelerate import Accelerator
-from accelerate.utils import gather_object
 from torch import Tensor
 from tqdm import tqdm
 
@@ -158,32 +156,6 @@ class RolloutObserver:
         self.verifier = evaluation.correctness
         detectors = default_detectors(reward_names, evaluation.correctness, evaluation.format_reward)
         self.monitor = AlarmMonitor(detectors, tracker.history())  # a resumed run keeps its history
-
-    def metrics(self, accelerator: Accelerator, scored: ScoredBatch) -> dict[str, float]:
-        """The rollout metrics above over all ranks (every rank must call this)."""
-        rollout, device = scored.rollout, accelerator.device
-
-        def gather(t: Tensor) -> Tensor:
-            return accelerator.gather(t.float().to(device)).cpu()
-
-        lengths = gather(rollout.completion_lengths)
-        repetition = gather(repeated_ngram_share(rollout.completion_ids, rollout.completion_lengths))
-        dominant = gather(dominant_groups(rollout.completions, rollout.group_size))
-        out = {
-            "completions/repetition": repetition.mean().item(),
-            "completions/dominant_groups": dominant.mean().item(),
-        }
-        local_correct = correct_mask(scored, self.verifier)
-        correct = None if local_correct is None else gather(local_correct).bool()
-        if correct is not None:
-            out |= length_by_correctness(lengths, correct)
-        column = self.source_column
-        if column is not None:
-            sources = [str(v) for v in rollout.columns[column]]
-            if accelerator.num_processes > 1:
-                sources = gather_object(sources)
-            out |= source_metrics(sources, gather(scored.rewards), lengths, correct)
-        return out
 
     def alarms(self, step: int, metrics: dict[str, float]) -> dict[str, float]:
         """Evaluate the alarms on this step's metrics (rank 0); each prints and alerts once, logged as alarm/<name>."""

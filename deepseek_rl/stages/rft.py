@@ -58,7 +58,7 @@ def sample_and_verify(tuner: FineTuner, cfg: Config) -> tuple[list[tuple[str, st
             mine, len(mine), cfg.rft.samples, rollout, cfg.trainer.seed + tuner.rank, cfg.eval.batch_size
         )
         for out in batches:
-            terms = verifiers.score(out.completions, out.reward_columns(), out.group_size)
+            terms = verifiers.score(out.completions, out.reward_columns(), out.group_size).terms
             verified = (terms == 1.0).all(dim=1).tolist()
             kept += select_verified(out.prompts, out.completions, verified, cfg.rft.samples, cfg.rft.max_per_prompt)
             sampled += len(out)
