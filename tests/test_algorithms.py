@@ -166,11 +166,14 @@ def test_kl_zero_builds_no_reference_model(tmp_path, monkeypatch):
     from accelerate.state import AcceleratorState, GradientState
 
     import deepseek_rl.stages.grpo as train_module
+    import deepseek_rl.stages.run as scaffold
     from deepseek_rl.config import load_recipe
 
     loads = []
     real_load = train_module.load_model
-    monkeypatch.setattr(train_module, "load_model", lambda *a, **k: loads.append(1) or real_load(*a, **k))
+    counted = lambda *a, **k: loads.append(1) or real_load(*a, **k)  # noqa: E731
+    monkeypatch.setattr(train_module, "load_model", counted)  # the reference
+    monkeypatch.setattr(scaffold, "load_model", counted)  # the policy
     for kl, expected in ((0.0, 1), (0.05, 2)):
         AcceleratorState._reset_state(True)
         GradientState._reset_state()
