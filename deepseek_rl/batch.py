@@ -50,6 +50,34 @@ class RolloutBatch:
     def __len__(self) -> int:
         return self.completion_ids.shape[0]
 
+    @staticmethod
+    def of_prompts(
+        prompts: PromptBatch,
+        group_size: int,
+        completion_ids: Tensor,
+        completion_mask: Tensor,
+        truncated: Tensor,
+        completions: list[str],
+        device: Any = None,
+        **extras: Any,
+    ) -> RolloutBatch:
+        """The batch of B prompts' B * G completions, every engine's one constructor: each prompt (ids, text and
+        columns) repeated for its G rows, the tensors on `device` (default: the completions'); `extras` are the
+        optional fields (sampling_logprobs, tool_mask, tool_stats)."""
+        device = device if device is not None else completion_ids.device
+        return RolloutBatch(
+            prompt_ids=prompts.input_ids.to(device).repeat_interleave(group_size, dim=0),  # [N, P]
+            prompt_mask=prompts.attention_mask.to(device).repeat_interleave(group_size, dim=0),
+            completion_ids=completion_ids.to(device),
+            completion_mask=completion_mask.to(device),
+            truncated=truncated.to(device),
+            completions=completions,
+            prompts=[text for text in prompts.texts for _ in range(group_size)],
+            columns={k: [v for v in values for _ in range(group_size)] for k, values in prompts.columns.items()},
+            group_size=group_size,
+            **{k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in extras.items()},
+        )
+
     @property
     def input_ids(self) -> Tensor:  # [N, P + C]
         return torch.cat([self.prompt_ids, self.completion_ids], dim=1)
@@ -63,7 +91,7 @@ class RolloutBatch:
         return self.completion_mask.sum(dim=1)
 
     @property
-    def model_mask(self) -> Tensor:  # [N, C] long: the completion tokens the policy sampled (not tool outputs)
+    def sampled_mask(self) -> Tensor:  # [N, C] long: the completion tokens the policy sampled (not tool outputs)
         return self.completion_mask if self.tool_mask is None else self.completion_mask * (1 - self.tool_mask)
 
     def reward_columns(self) -> dict[str, list[Any]]:

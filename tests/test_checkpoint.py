@@ -12,7 +12,6 @@ from deepseek_rl.infra.checkpoint import (
     STATE_FILE,
     TrainerState,
     complete_checkpoints,
-    find_resume_checkpoint,
     load_checkpoint,
     save_checkpoint,
 )
@@ -62,10 +61,7 @@ def test_keep_last_and_newest_complete_is_picked(setup, tmp_path: Path):
     # a folder without trainer_state.json (or a .tmp- folder) is never a checkpoint
     (tmp_path / "checkpoints" / "step-00000099").mkdir()
     (tmp_path / "checkpoints" / ".tmp-step-00000100").mkdir()
-    assert find_resume_checkpoint("auto", tmp_path).name == "step-00000006"
-    assert find_resume_checkpoint("never", tmp_path) is None
-    with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
-        find_resume_checkpoint(str(tmp_path / "checkpoints" / "step-00000099"), tmp_path)
+    assert complete_checkpoints(tmp_path)[-1].name == "step-00000006"
 
 
 def test_a_save_killed_midway_leaves_the_previous_checkpoint(setup, tmp_path: Path, monkeypatch):
@@ -82,7 +78,7 @@ def test_a_save_killed_midway_leaves_the_previous_checkpoint(setup, tmp_path: Pa
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(acc, tmp_path, TrainerState(step=4), keep_last=1)
     assert (tmp_path / "checkpoints" / ".tmp-step-00000004").exists()
-    assert find_resume_checkpoint("auto", tmp_path) == good
+    assert complete_checkpoints(tmp_path)[-1] == good
     assert json.loads((good / STATE_FILE).read_text())["step"] == 2
     load_checkpoint(acc, good)
     assert torch.equal(model.weight, weights)
@@ -108,7 +104,7 @@ def test_a_full_disk_during_a_save_is_a_storage_error_and_keeps_the_previous_che
     ):
         save_checkpoint(acc, tmp_path, TrainerState(step=4), keep_last=1)
     assert not (tmp_path / "checkpoints" / ".tmp-step-00000004").exists()  # its space given back
-    assert find_resume_checkpoint("auto", tmp_path) == good and damage(good) is None
+    assert complete_checkpoints(tmp_path)[-1] == good and damage(good) is None
 
 
 def test_damage_finds_missing_and_truncated_files(setup, tmp_path):

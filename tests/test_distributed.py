@@ -144,3 +144,30 @@ def test_resume_under_ddp_is_exact(tmp_path: Path):
     assert [m["loss"] for m in metrics(tmp_path / "cut")] == [m["loss"] for m in metrics(tmp_path / "full")]
     digests = {r["parameter_sha256"] for r in rank_reports(tmp_path / "cut") + rank_reports(tmp_path / "full")}
     assert len(digests) == 1
+
+
+RANK_REWARD = '''
+import os
+
+from deepseek_rl.rewards import group_reward
+
+
+@group_reward
+def differs_by_rank(completions, **kwargs):
+    # rank 1's groups all agree (zero std); rank 0's never do
+    if os.environ.get("RANK") == "1":
+        return [0.0] * len(completions)
+    return [float(i % 2) for i in range(len(completions))]
+'''
+
+
+def test_zero_std_groups_is_the_global_share_on_two_ranks(tmp_path: Path):
+    """Rank 0's groups all vary, rank 1's all agree: the logged share is 0.5 (it was rank 0's own 0.0)."""
+    (tmp_path / "by_rank.py").write_text(RANK_REWARD)
+    overrides = [*COMMON, "trainer.max_steps=2", "reward.num_workers=0", "reward.weights={differs_by_rank: 1.0}",
+                 "+reward.functions.differs_by_rank=by_rank.py:differs_by_rank",
+                 f"trainer.output_dir={tmp_path / 'run'}"]  # fmt: skip
+    result = launch("cpu_ddp.yaml", overrides, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [r["world_size"] for r in rank_reports(tmp_path / "run")] == [2, 2]
+    assert [m["zero_std_groups"] for m in metrics(tmp_path / "run")] == [0.5, 0.5]

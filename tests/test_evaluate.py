@@ -88,26 +88,24 @@ class ScriptedEngine:
     """Returns the same fixed completions for every prompt, greedy or sampled (the reward path is under test)."""
 
     def __init__(self, completions: list[str]) -> None:
-        self.texts = completions
+        from deepseek_rl.models.char_tokenizer import build_char_tokenizer
 
-    def complete(self, prompts, count, n, rollout, seed, batch_size, first=0):
+        self.texts, self.tokenizer = completions, build_char_tokenizer()
+
+    def session(self):
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def generate(self, prompts, group_size, cfg, noise):
         import torch
 
         from deepseek_rl.batch import RolloutBatch
 
-        rows = count * n
+        rows = len(prompts) * group_size
         texts = [self.texts[i % len(self.texts)] for i in range(rows)]
-        yield RolloutBatch(
-            prompt_ids=torch.zeros(rows, 1, dtype=torch.long),
-            prompt_mask=torch.ones(rows, 1, dtype=torch.long),
-            completion_ids=torch.ones(rows, 2, dtype=torch.long),
-            completion_mask=torch.ones(rows, 2, dtype=torch.long),
-            truncated=torch.zeros(rows, dtype=torch.bool),
-            completions=texts,
-            prompts=[prompts.texts[i // n] for i in range(rows)],
-            columns={k: [v[i // n] for i in range(rows)] for k, v in prompts.columns.items()},
-            group_size=n,
-        )
+        ones = torch.ones(rows, 2, dtype=torch.long)
+        return RolloutBatch.of_prompts(prompts, group_size, ones, ones, torch.zeros(rows, dtype=torch.bool), texts)
 
 
 def test_evaluation_scores_with_the_recipes_reward_args():

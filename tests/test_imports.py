@@ -115,3 +115,80 @@ def test_the_rewards_import_neither_torch_nor_the_config():
         reached = closure(edges, name)
         assert not any(r.startswith("deepseek_rl.config") for r in reached), f"{name} reaches the config"
         assert not any("torch" in external[r] for r in reached), f"{name} reaches torch"
+
+
+# The architecture table's layers, lowest first (docs/architecture.md): a module imports only its own package and
+# the layers below its own. A module belongs to the layer of its longest matching name.
+LAYERS = [
+    ("", "errors", "paths"),  # "": the package's __init__ (__version__; `train` and `load_recipe` imported lazily)
+    ("hub",),
+    ("sandbox",),
+    ("rewards",),
+    ("data.tasks", "data.transforms"),  # the procedural tasks and row transforms, which the config names
+    ("config",),
+    ("batch",),
+    ("data",),
+    ("models", "algo"),
+    ("infra", "preflight"),
+    ("rollout",),
+    ("stages",),
+    ("api",),
+    ("cli",),
+    ("train",),
+    ("tools",),
+]
+# The one edge upwards: the package's __init__ imports api on first use of `deepseek_rl.train` (PEP 562 __getattr__)
+LAZY = {("", "api")}
+
+
+def layer_of(module: str) -> tuple[int, str]:
+    """(layer index, the matching name) of a module of the package."""
+    short = module.removeprefix(PACKAGE).lstrip(".")
+    best = max(
+        ((i, name) for i, names in enumerate(LAYERS) for name in names
+         if short == name or short.startswith(name + ".") or (name == "" and short == "")),
+        key=lambda found: len(found[1]),
+    )  # fmt: skip
+    return best
+
+
+def test_every_import_follows_the_layer_order():
+    edges, _ = graph()
+    wrong = []
+    for name, targets in edges.items():
+        (mine, own) = layer_of(name)
+        for target in targets:
+            (theirs, their_name) = layer_of(target)
+            if their_name != own and theirs >= mine and (own, their_name) not in LAZY:
+                wrong.append(f"{name} (layer {mine}: {own}) imports {target} (layer {theirs}: {their_name})")
+    assert not wrong, "\n".join(sorted(wrong))
+
+
+def documented_edges() -> dict[str, set[str]]:
+    """The `imports` column of docs/architecture.md's table: layer name -> the names it may import."""
+    text = (PACKAGE_DIR.parent / "docs" / "architecture.md").read_text()
+    table = text[text.index("| layer |") : text.index("\n\n", text.index("| layer |"))]
+    found = {}
+    for line in table.splitlines()[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        names = [n.strip("` ") for n in cells[0].split(",")]
+        allowed = {n.strip("` ") for n in cells[2].split(",") if n.strip("` ") not in ("", "stdlib")}
+        allowed = {"" if n == "__init__" else n for n in allowed}  # the package's __init__
+        for name in names:
+            found[name] = allowed
+    return found
+
+
+def test_the_architecture_page_lists_every_edge_between_layers():
+    edges, _ = graph()
+    documented = documented_edges()
+    assert {n for names in LAYERS for n in names if n} <= set(documented), "a layer is missing from the table"
+    documented[""] = set()
+    missing = set()
+    for name, targets in edges.items():
+        own = layer_of(name)[1]
+        for target in targets:
+            theirs = layer_of(target)[1]
+            if theirs != own and own in documented and theirs not in documented[own] and (own, theirs) not in LAZY:
+                missing.add(f"{own} -> {theirs}")
+    assert not missing, f"edges not in docs/architecture.md: {sorted(missing)}"

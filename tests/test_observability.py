@@ -203,7 +203,20 @@ def test_observer_metrics_tables_and_alarms(accelerator, tmp_path: Path, capsys)
     cfg = load_recipe("smoke", ["logger=none", "data.source_column=source", "logger.rollout_table_every=3"])
     tracker = RunTracker(cfg.logger, tmp_path, {}, enabled=True)
     observer = RolloutObserver(cfg.logger, cfg.eval, cfg.data.source_column, ["answer_match", "format"], tracker)
-    metrics = observer.metrics(accelerator, BATCH)
+    from dataclasses import fields
+
+    from deepseek_rl.algo.update import UpdateSums
+    from deepseek_rl.config import RewardConfig
+    from deepseek_rl.stages.collect import RolloutStats
+    from deepseek_rl.stages.metrics import step_metrics
+    from deepseek_rl.stages.reward_set import RewardSet
+
+    rewards = RewardSet(RewardConfig(weights={"answer_match": 1.0, "format": 1.0}))
+    sums = UpdateSums(**{f.name: torch.zeros(()) for f in fields(UpdateSums)})
+    stats = RolloutStats(first_round_zero_std=torch.tensor([False, True]))
+    metrics = step_metrics(accelerator, BATCH, stats, sums, rewards, "dapo", cfg.eval.correctness, "source")
+    rewards.close()
+    assert metrics["zero_std_groups"] == 0.5
     assert metrics["completions/dominant_groups"] == 0.5
     assert metrics["completion_length/correct"] == pytest.approx((2 + 2 + 2 + 1) / 4)
     assert metrics["source/gsm8k/accuracy"] == 0.75 and metrics["source/math_algebra/accuracy"] == 0.25

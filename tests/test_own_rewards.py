@@ -206,14 +206,14 @@ def test_a_reward_model_scores_prompt_and_completion_like_a_direct_forward(rewar
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from deepseek_rl.algo.reward_set import RewardSet
     from deepseek_rl.config import RewardConfig
+    from deepseek_rl.stages.reward_set import RewardSet
 
     cfg = RewardConfig(weights={"answer_match": 1.0}, models={"rm": str(reward_model_dir)}, model_batch_size=2)
     assert cfg.weights == {"answer_match": 1.0, "rm": 1.0}
     rewards = RewardSet(cfg, device="cpu")
     completions, prompts = ["<answer>12</answer>", "no", "<think>x</think>"], ["1+11=", "2+2=", "3+3="]
-    terms = rewards.score(completions, {"prompts": prompts, "answer": ["12", "4", "6"]})
+    terms = rewards.score(completions, {"prompts": prompts, "answer": ["12", "4", "6"]}).terms
     rewards.close()
     model = AutoModelForSequenceClassification.from_pretrained(reward_model_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(reward_model_dir)

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from transformers import AutoModelForCausalLM
 
-from deepseek_rl.algo.reward_set import RewardSet
 from deepseek_rl.config import ConfigError, RewardConfig, load_recipe
 from deepseek_rl.data.prompts import build_prompt_set
 from deepseek_rl.models.loading import load_tokenizer
+from deepseek_rl.stages.reward_set import RewardSet
 
 from .conftest import hub_model_recipes, run_cli
 
@@ -108,7 +108,7 @@ def score(cfg, prompt: str, completions: list[str], columns: dict) -> dict[str, 
     rewards = RewardSet(RewardConfig(weights=cfg.reward.weights, args=cfg.reward.args, num_workers=0))
     n = len(completions)
     try:
-        terms = rewards.score(completions, {**{k: [v] * n for k, v in columns.items()}, "prompts": [prompt] * n})
+        terms = rewards.score(completions, {**{k: [v] * n for k, v in columns.items()}, "prompts": [prompt] * n}).terms
     finally:
         rewards.close()
     return {name: terms[:, i].tolist() for i, name in enumerate(rewards.names)}

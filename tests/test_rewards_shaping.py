@@ -6,8 +6,9 @@ import doctest
 import pytest
 
 from deepseek_rl.config import ConfigError, RewardConfig
-from deepseek_rl.rewards import INLINE, REWARDS, basic, coding, launcher, math_answer, sandbox, shaping
+from deepseek_rl.rewards import INLINE, REWARDS, basic, coding, math_answer, shaping
 from deepseek_rl.rewards.runner import pool_timeout, with_context
+from deepseek_rl.sandbox import launcher, sandbox
 
 R1_PROMPT = "<｜begin▁of▁sentence｜><｜User｜>What is 2+2?<｜Assistant｜><think>\n"
 

@@ -24,9 +24,9 @@ from pathlib import Path
 import pytest
 
 from deepseek_rl.errors import ConfigError
-from deepseek_rl.rewards import cgroups, launcher, sandbox
 from deepseek_rl.rewards.coding import CodeTimeout, code
-from deepseek_rl.rewards.session import SandboxSession
+from deepseek_rl.sandbox import cgroups, launcher, sandbox
+from deepseek_rl.sandbox.session import SandboxSession
 
 TIMEOUT = 2.0
 
@@ -212,8 +212,8 @@ def test_no_process_is_left_behind(strong):
 
 TRAINER = """
 import os, sys
-from deepseek_rl.rewards import cgroups, launcher, sandbox
-from deepseek_rl.rewards.session import SandboxSession
+from deepseek_rl.sandbox import cgroups, launcher, sandbox
+from deepseek_rl.sandbox.session import SandboxSession
 kind, mode, marker = sys.argv[1], sys.argv[2], os.environ["MARKER"]
 program = f"import os, time\\nif os.fork() == 0:\\n    os.execv('/bin/sleep', ['sleep', '{marker}'])\\ntime.sleep(600)"
 if kind == "session":
@@ -432,7 +432,7 @@ exec setpriv --reuid=65534 --regid=65534 --clear-groups -- "$@"
 NOBODY_PROBE = """
 import json, sys, warnings
 from deepseek_rl.errors import ConfigError
-from deepseek_rl.rewards import sandbox
+from deepseek_rl.sandbox import sandbox
 from deepseek_rl.rewards.coding import code
 warnings.simplefilter("ignore")
 secret, port = sys.argv[1], int(sys.argv[2])

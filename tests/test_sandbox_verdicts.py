@@ -13,7 +13,7 @@ import warnings
 
 import pytest
 
-from deepseek_rl.rewards import sandbox
+from deepseek_rl.sandbox import sandbox
 
 TESTS = ["assert f(1) == 2", "assert f(2) == 5", "assert f(10) == 17"]
 LIMITS = sandbox.Limits(timeout=4.0)

@@ -18,11 +18,12 @@ from deepseek_rl.batch import PromptBatch, RolloutBatch, ScoredBatch
 from deepseek_rl.config import AlgorithmConfig, RolloutConfig, ToolsConfig
 from deepseek_rl.data.examples import tokenize_examples
 from deepseek_rl.models.char_tokenizer import build_char_tokenizer
-from deepseek_rl.rewards.sandbox import Limits, isolation
-from deepseek_rl.rewards.session import SandboxSession
 from deepseek_rl.rollout import tools
 from deepseek_rl.rollout.engine import RolloutEngine
+from deepseek_rl.rollout.seeds import RowNoise
 from deepseek_rl.rollout.tools import ToolEngine, last_code_block, run_tool
+from deepseek_rl.sandbox.sandbox import Limits, isolation
+from deepseek_rl.sandbox.session import SandboxSession
 
 from .conftest import run_cli
 
@@ -37,7 +38,8 @@ class ScriptedEngine(RolloutEngine):
     def __init__(self, script: dict[int, list[str]]):
         self.tokenizer, self.script, self.calls = TOK, script, []
 
-    def generate(self, prompts, group_size, cfg, seed, first_row, total_rows, rows=None):
+    def generate(self, prompts, group_size, cfg, noise):
+        seed, rows = noise.seed, list(noise.rows)
         self.calls.append((seed, list(rows), cfg.max_completion_length))
         texts = []
         for row in rows:
@@ -87,7 +89,7 @@ def test_the_loop_appends_outputs_as_environment_tokens():
     inner = ScriptedEngine(script)
     engine = ToolEngine(inner, ToolsConfig(enabled=True, max_tool_calls=2), [EOS])
     cfg = RolloutConfig(max_prompt_length=16, max_completion_length=200)
-    out = engine.generate(prompts(3), 1, cfg, seed=5, first_row=10, total_rows=40)
+    out = engine.generate(prompts(3), 1, cfg, RowNoise(5, 40, 10))
     assert out.completions[0] == f"<think>{CALL}\n42\n```\n</think><answer>42</answer>"
     assert out.completions[1] == "<think></think><answer>41</answer>"
     assert out.tool_stats["calls"].tolist() == [1, 0, 2]
@@ -97,7 +99,7 @@ def test_the_loop_appends_outputs_as_environment_tokens():
     assert row0[start : start + len(env)] == env  # the sandbox's output, tokenized apart
     assert out.tool_mask[0].tolist()[start - 1 : start + len(env) + 1] == [0] + [1] * len(env) + [0]
     assert out.tool_mask[1].sum() == 0 and out.tool_mask[2].sum() == 2 * len(env)
-    assert out.model_mask.sum() == out.completion_mask.sum() - out.tool_mask.sum()
+    assert out.sampled_mask.sum() == out.completion_mask.sum() - out.tool_mask.sum()
     # turn k asks the inner engine for the running rows only, by their global row, with a seed of its own
     assert [(rows, seed) for seed, rows, _ in inner.calls] == [([10, 11, 12], 155), ([10, 12], 156), ([12], 157)]
     assert not out.truncated.any()
@@ -107,7 +109,7 @@ def test_the_budget_cuts_a_trajectory_and_marks_it():
     inner = ScriptedEngine({0: [CALL, "</think><answer>42</answer>"]})
     engine = ToolEngine(inner, ToolsConfig(enabled=True), [EOS])
     budget = len(TOK(CALL, add_special_tokens=False)["input_ids"]) + 3  # the output does not fit
-    out = engine.generate(prompts(1), 1, RolloutConfig(max_completion_length=budget), 0, 0, 1)
+    out = engine.generate(prompts(1), 1, RolloutConfig(max_completion_length=budget), RowNoise(0, 1))
     assert out.truncated.tolist() == [True] and out.completion_mask.sum() == budget
     assert out.tool_mask[0].sum() == 3 and len(inner.calls) == 1
 
@@ -123,12 +125,12 @@ def test_calls_of_a_batch_run_at_once(monkeypatch):
 
     monkeypatch.setattr(tools, "run_tool", together)
     engine = ToolEngine(ScriptedEngine({i: [CALL, "done"] for i in range(4)}), ToolsConfig(enabled=True), [EOS])
-    out = engine.generate(prompts(4), 1, RolloutConfig(max_completion_length=100), 0, 0, 4)
+    out = engine.generate(prompts(4), 1, RolloutConfig(max_completion_length=100), RowNoise(0, 4))
     assert out.tool_stats["calls"].tolist() == [1, 1, 1, 1]
 
 
 def test_a_session_keeps_state_until_it_ends():
-    """rewards/session.py: variables, imports and files persist between calls; an error leaves the state; a call
+    """sandbox/session.py: variables, imports and files persist between calls; an error leaves the state; a call
     over its time kills the sandbox (every process in it), and the next call starts with no state."""
     session = SandboxSession(isolation(), Limits())
     assert session.run("import math\nx = 6\nopen('f', 'w').write('kept')", 2.0).finished
@@ -182,14 +184,14 @@ def test_tool_sessions_follow_their_trajectories():
     cfg = ToolsConfig(enabled=True, session=True, timeout=2.0)
     engine = ToolEngine(ScriptedEngine(script), cfg, [EOS], sandbox_mode=isolation())
     before = set(Path(tempfile.gettempdir()).glob("deepseek-rl-sandbox-*"))
-    out = engine.generate(prompts(2), 1, RolloutConfig(max_completion_length=300), 0, 0, 2)
+    out = engine.generate(prompts(2), 1, RolloutConfig(max_completion_length=300), RowNoise(0, 2))
     assert f"{use}\n42\n```\n" in out.completions[0]
     assert "NameError: name 'v' is not defined" in out.completions[1]
     assert out.tool_stats["calls"].tolist() == [2, 1] and out.tool_stats["errors"].tolist() == [0, 1]
     assert set(Path(tempfile.gettempdir()).glob("deepseek-rl-sandbox-*")) == before  # closed and removed
     # without a session the same trajectory's second call runs alone
     engine = ToolEngine(ScriptedEngine(script), replace(cfg, session=False), [EOS], sandbox_mode=isolation())
-    out = engine.generate(prompts(2), 1, RolloutConfig(max_completion_length=300), 0, 0, 2)
+    out = engine.generate(prompts(2), 1, RolloutConfig(max_completion_length=300), RowNoise(0, 2))
     assert "NameError" in out.completions[0]
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from deepseek_rl.rollout.seeds import RowNoise
+
 from .conftest import run_cli
 from .test_distributed import _interrupted_then_resumed, launch, metrics, rank_reports
 
@@ -78,7 +80,7 @@ def test_groups_ids_and_texts(engine):
     eng, cfg, _, tok, prompts = engine
     batch = prompts.batch([0, 1, 2], tok.pad_token_id)
     with eng.session():
-        out = eng.generate(batch, 4, cfg.rollout, seed=11, first_row=0, total_rows=12)
+        out = eng.generate(batch, 4, cfg.rollout, RowNoise(11, 12))
     assert len(out) == 12 and out.group_size == 4
     assert out.prompts == [t for t in batch.texts for _ in range(4)]
     for i in range(12):
@@ -97,9 +99,9 @@ def test_row_seeds_fix_the_samples(engine):
     eng, cfg, _, tok, prompts = engine
     batch = prompts.batch([0, 1], tok.pad_token_id)
     with eng.session():
-        a = eng.generate(batch, 4, cfg.rollout, seed=5, first_row=0, total_rows=8)
-        b = eng.generate(batch, 4, cfg.rollout, seed=5, first_row=0, total_rows=8)
-        c = eng.generate(batch, 4, cfg.rollout, seed=5, first_row=8, total_rows=16)
+        a = eng.generate(batch, 4, cfg.rollout, RowNoise(5, 8))
+        b = eng.generate(batch, 4, cfg.rollout, RowNoise(5, 8))
+        c = eng.generate(batch, 4, cfg.rollout, RowNoise(5, 16, 8))
     assert a.completions == b.completions
     assert a.completions != c.completions  # other rows of the global batch, other noise
 
@@ -111,7 +113,7 @@ def test_sync_makes_vllm_logprobs_match_the_trainer(engine):
     eng, cfg, policy, tok, prompts = engine
     batch = prompts.batch([3, 4], tok.pad_token_id)
     with eng.session():
-        before = eng.generate(batch, 4, cfg.rollout, seed=1, first_row=0, total_rows=8)
+        before = eng.generate(batch, 4, cfg.rollout, RowNoise(1, 8))
     mask = before.completion_mask.bool()
     assert (trainer_logprobs(policy, before, 1.0) - before.sampling_logprobs)[mask].abs().max() < 1e-4
     with torch.no_grad():  # an update that moves the policy a lot
@@ -120,7 +122,7 @@ def test_sync_makes_vllm_logprobs_match_the_trainer(engine):
     eng.policy_updated()
     assert (trainer_logprobs(policy, before, 1.0) - before.sampling_logprobs)[mask].abs().mean() > 0.01
     with eng.session():
-        after = eng.generate(batch, 4, cfg.rollout, seed=1, first_row=0, total_rows=8)
+        after = eng.generate(batch, 4, cfg.rollout, RowNoise(1, 8))
     assert eng.pop_sync_seconds() > 0
     mask = after.completion_mask.bool()
     assert (trainer_logprobs(policy, after, 1.0) - after.sampling_logprobs)[mask].abs().max() < 1e-4

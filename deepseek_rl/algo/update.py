@@ -61,7 +61,7 @@ def build_loss_inputs(scored: ScoredBatch, mask_truncated: bool) -> LossInputs:
     rollout = scored.rollout
     device = rollout.completion_ids.device
     weight = scored.loss_weight.to(device).unsqueeze(1)
-    loss_mask = rollout.model_mask.float() * weight  # [N, C]: tool outputs never count
+    loss_mask = rollout.sampled_mask.float() * weight  # [N, C]: tool outputs never count
     if mask_truncated:
         loss_mask = loss_mask * (~rollout.truncated.to(device)).float().unsqueeze(1)
     return LossInputs(

@@ -96,7 +96,7 @@ class RewardConfig:
     # would train on failure scores. 1.0: never stop.
     max_error_rate: float = 0.5
     max_error_steps: int = 3
-    # Isolation of the untrusted code that code rewards run (rewards/sandbox.py): strong (namespaces, as root or
+    # Isolation of the untrusted code that code rewards run (sandbox/sandbox.py): strong (namespaces, as root or
     # through unprivileged user namespaces; an error where neither works) | weak (resource limits only: the code
     # can read this user's files and reach the network) | auto (strong where possible, else stop and ask for weak).
     sandbox: str = "auto"

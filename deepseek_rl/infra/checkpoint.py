@@ -62,19 +62,6 @@ def complete_checkpoints(output_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def find_resume_checkpoint(resume: str, output_dir: Path) -> Path | None:
-    """`never` -> None; `auto` -> the newest complete checkpoint in output_dir (or None); else that folder."""
-    if resume == "never":
-        return None
-    if resume == "auto":
-        found = complete_checkpoints(output_dir)
-        return found[-1] if found else None
-    path = Path(resume)
-    if not (path / STATE_FILE).is_file():
-        raise FileNotFoundError(f"trainer.resume={resume}: not a complete checkpoint (no {STATE_FILE} there)")
-    return path
-
-
 def save_checkpoint(
     accelerator: Accelerator,
     output_dir: Path,

@@ -93,8 +93,3 @@ def save_lora_export(model: nn.Module, state_dict: dict[str, Tensor], final: Pat
     base = model.get_base_model()
     with torch.no_grad():
         base.save_pretrained(final, state_dict=merged_state_dict(state_dict, scaling), safe_serialization=True)
-
-
-def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The parameters the optimizer updates (all of them, or only the adapters of a LoRA policy)."""
-    return [p for p in model.parameters() if p.requires_grad]

@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from deepseek_rl.rewards.sandbox import Execution, Limits, execute, resolve_mode
+from deepseek_rl.sandbox.sandbox import Execution, Limits, execute, resolve_mode
 
 FENCE_RE = re.compile(r"```([^\n`]*)\n(.*?)```", re.DOTALL)
 PYTHON_TAGS = ("", "python", "py", "python3")

@@ -1,6 +1,6 @@
 """Score completions with a set of named rewards: inline text rewards in this process, the rest in a worker pool.
 
-This is the torch-free engine behind `deepseek_rl.algo.reward_set.RewardSet` (training, evaluation) and
+This is the torch-free engine behind `deepseek_rl.stages.reward_set.RewardSet` (training, evaluation) and
 `deepseek-rl score` (offline). A reward is called one sample at a time (a list of one completion and one value per
 column), so one slow or broken sample costs only itself; a reward marked `per_group` is called once per group of G
 completions of one prompt (the caller says how long groups are; without groups, once on everything). A timeout or
@@ -34,7 +34,7 @@ from deepseek_rl.errors import ConfigError
 from deepseek_rl.rewards import INLINE, REWARDS, resolve_reward
 from deepseek_rl.rewards.loading import absolute_spec, is_per_group
 from deepseek_rl.rewards.pool import Outcome, Task, WorkerPool, run_task
-from deepseek_rl.rewards.sandbox import resolve_mode
+from deepseek_rl.sandbox.sandbox import resolve_mode
 
 STATUSES = ("ok", "timeout", "error")
 # Extra seconds a reward with its own `timeout` argument (the code sandbox) gets in the pool, to clean up first.

@@ -13,7 +13,8 @@ weights there if `policy_updated()` was called since it last did.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
+from typing import Protocol, runtime_checkable
 
 from accelerate import Accelerator
 from torch import nn
@@ -24,60 +25,63 @@ from deepseek_rl.config.rollout import RolloutConfig
 from deepseek_rl.data.prompts import PromptSet
 from deepseek_rl.infra.distributed import generation_model
 from deepseek_rl.rollout.sampler import RowUniforms, generate_rollouts
+from deepseek_rl.rollout.seeds import RowNoise, complete_seed
 
 
-class RolloutEngine:
-    """The interface; `complete` (evaluation, rejection sampling) is built on `generate`."""
+@runtime_checkable
+class RolloutEngine(Protocol):
+    """What an engine is: the sampling contract above, whatever samples (the built-in sampler, vLLM, a tool loop
+    around either, a wrapper that stops on a signal)."""
 
     tokenizer: PreTrainedTokenizerBase
 
-    @contextmanager
-    def session(self) -> Iterator[None]:
-        yield
+    def session(self) -> AbstractContextManager[None]:
+        """Around each rollout phase (the built-in engine gathers ZeRO-3 weights; vLLM syncs its weights)."""
+        ...
 
-    def generate(
-        self,
-        prompts: PromptBatch,
-        group_size: int,
-        cfg: RolloutConfig,
-        seed: int,
-        first_row: int,
-        total_rows: int,
-        rows: list[int] | None = None,
-    ) -> RolloutBatch:
-        """B prompts -> B * G completions; `first_row` is this batch's first row in a global batch of `total_rows`,
-        whose sampling noise is seeded by `seed` (or `rows` lists each output row's index in it). Call inside
-        `session()`."""
-        raise NotImplementedError
+    def generate(self, prompts: PromptBatch, group_size: int, cfg: RolloutConfig, noise: RowNoise) -> RolloutBatch:
+        """B prompts -> B * G completions, the sampling noise of each from `noise` (its seed and the rows of the
+        global batch this call samples). Call inside `session()`."""
+        ...
 
     def policy_updated(self) -> None:
         """The policy's weights changed (an optimizer step): an engine with its own copy reloads them."""
+        ...
 
     def close(self) -> None:
         """Release what the engine holds (processes, device memory)."""
+        ...
 
     def pop_sync_seconds(self) -> float | None:
         """Seconds spent loading the policy's weights since the last call (None: this engine has no copy)."""
-        return None
-
-    def complete(
-        self, prompts: PromptSet, count: int, n: int, cfg: RolloutConfig, seed: int, batch_size: int, first: int = 0
-    ) -> Iterator[RolloutBatch]:
-        """n completions for each of the prompts [first, first + count), as RolloutBatches of whole groups (at most
-        `batch_size` completions each), in order. Batches start at multiples of batch_size // n counted from prompt
-        0, and their noise is seeded by (seed, that start), so a range split at those multiples over several ranks
-        samples what one process would. Opens its own session."""
-        per_batch = max(1, batch_size // n)
-        stop = min(first + count, len(prompts))
-        with self.session():
-            for start in range(first, stop, per_batch):
-                indices = list(range(start, min(start + per_batch, stop)))
-                batch = prompts.batch(indices, self.tokenizer.pad_token_id)
-                rows = len(indices) * n
-                yield self.generate(batch, n, cfg, seed * 7919 + start, 0, rows)
+        ...
 
 
-class BuiltinEngine(RolloutEngine):
+def complete(
+    engine: RolloutEngine,
+    prompts: PromptSet,
+    count: int,
+    n: int,
+    cfg: RolloutConfig,
+    seed: int,
+    batch_size: int,
+    first: int = 0,
+) -> Iterator[RolloutBatch]:
+    """n completions for each of the prompts [first, first + count), as RolloutBatches of whole groups (at most
+    `batch_size` completions each), in order (evaluation, rejection sampling). Batches start at multiples of
+    batch_size // n counted from prompt 0, and their noise is seeded by (seed, that start), so a range split at those
+    multiples over several ranks samples what one process would. Opens the engine's session."""
+    per_batch = max(1, batch_size // n)
+    stop = min(first + count, len(prompts))
+    with engine.session():
+        for start in range(first, stop, per_batch):
+            indices = list(range(start, min(start + per_batch, stop)))
+            batch = prompts.batch(indices, engine.tokenizer.pad_token_id)
+            rows = len(indices) * n
+            yield engine.generate(batch, n, cfg, RowNoise(complete_seed(seed, start), rows))
+
+
+class BuiltinEngine:
     """The KV-cached sampler of rollout/sampler.py on the policy itself (no copy of the weights, nothing to sync).
 
     With an accelerator the policy is the prepared (wrapped) model: the session gathers ZeRO-3 parameters once.
@@ -112,17 +116,18 @@ class BuiltinEngine(RolloutEngine):
             finally:
                 self._bare = None
 
-    def generate(
-        self,
-        prompts: PromptBatch,
-        group_size: int,
-        cfg: RolloutConfig,
-        seed: int,
-        first_row: int,
-        total_rows: int,
-        rows: list[int] | None = None,
-    ) -> RolloutBatch:
+    def generate(self, prompts: PromptBatch, group_size: int, cfg: RolloutConfig, noise: RowNoise) -> RolloutBatch:
         if self._bare is None:
             raise RuntimeError("BuiltinEngine.generate outside session()")
-        uniforms = RowUniforms(seed, total_rows, first_row, len(prompts) * group_size, rows)
+        rows = list(noise.rows) if noise.rows is not None else None
+        uniforms = RowUniforms(noise.seed, noise.total_rows, noise.first_row, len(prompts) * group_size, rows)
         return generate_rollouts(self._bare, self.tokenizer, prompts, cfg, group_size, self.eos_ids, uniforms)
+
+    def policy_updated(self) -> None:
+        """Nothing to do: it samples from the policy itself."""
+
+    def close(self) -> None:
+        """Nothing held beyond a rollout."""
+
+    def pop_sync_seconds(self) -> float | None:
+        return None

@@ -151,14 +151,4 @@ def generate_rollouts(
     texts = tokenizer.batch_decode(
         [ids[mask.bool()] for ids, mask in zip(completion_ids, completion_mask, strict=True)], skip_special_tokens=True
     )
-    return RolloutBatch(
-        prompt_ids=prompts.input_ids.to(device).repeat_interleave(group_size, dim=0),  # [N, P]
-        prompt_mask=prompts.attention_mask.to(device).repeat_interleave(group_size, dim=0),
-        completion_ids=completion_ids,
-        completion_mask=completion_mask,
-        truncated=truncated,
-        completions=texts,
-        prompts=[text for text in prompts.texts for _ in range(group_size)],
-        columns={k: [v for v in values for _ in range(group_size)] for k, values in prompts.columns.items()},
-        group_size=group_size,
-    )
+    return RolloutBatch.of_prompts(prompts, group_size, completion_ids, completion_mask, truncated, texts, device)

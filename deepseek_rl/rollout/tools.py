@@ -8,7 +8,7 @@ model turns and tool outputs. For the B x G trajectories of a batch:
      budget: one call of the inner engine for all of them, each row seeded by its row in the step's global batch and
      the turn, so 1 or N ranks sample alike;
   2. each trajectory that ended with the marker, with calls left, has its last ```python block run in a fresh
-     sandbox or in its session (rewards/sandbox.py: no network, limits, a timeout), all of them at once on a thread
+     sandbox or in its session (sandbox/sandbox.py: no network, limits, a timeout), all of them at once on a thread
      pool, never one after another; the output (stdout and stderr, a traceback or a timeout as text; cut to
      max_output_chars, keeping the beginning of a flood and the end of an error) is appended as
      `\\n<output>\\n```\\n`, tokenized: environment tokens;
@@ -16,14 +16,14 @@ model turns and tool outputs. For the B x G trajectories of a batch:
      max_completion_length is cut there and marked truncated.
 
 Environment tokens are marked in `RolloutBatch.tool_mask`: they are context for the tokens after them, but the loss,
-the KL and the entropy never count them (`RolloutBatch.model_mask`). Rewards see the whole trajectory as text.
+the KL and the entropy never count them (`RolloutBatch.sampled_mask`). Rewards see the whole trajectory as text.
 
 State: by default each call is a new program and nothing persists. With `rollout.tools.session`, each trajectory
-gets one sandbox process at its first call (rewards/session.py) that runs its calls one after another in the same
+gets one sandbox process at its first call (sandbox/session.py) that runs its calls one after another in the same
 namespace; it is killed when the trajectory ends (and at the end of generate, whatever happens). A call that runs
 over its time kills its session; the output says so and the next call starts with no state.
 
-Isolation: the calls run as `reward.sandbox` says (strong, weak, auto: rewards/sandbox.py), resolved once when the
+Isolation: the calls run as `reward.sandbox` says (strong, weak, auto: sandbox/sandbox.py), resolved once when the
 engine is built, and by the pipeline before any model loads (`check_isolation`). A mode this machine cannot provide
 (strong, or auto without strong isolation) stops the run with the sandbox's ConfigError; it is never turned into a
 tool output that the model would read on every call.
@@ -43,9 +43,10 @@ from transformers import PreTrainedTokenizerBase
 from deepseek_rl.batch import PromptBatch, RolloutBatch
 from deepseek_rl.config.rollout import RolloutConfig, ToolsConfig
 from deepseek_rl.errors import ConfigError
-from deepseek_rl.rewards.sandbox import Limits, SandboxError, execute, resolve_mode
-from deepseek_rl.rewards.session import SandboxSession
 from deepseek_rl.rollout.engine import RolloutEngine
+from deepseek_rl.rollout.seeds import RowNoise, turn_seed
+from deepseek_rl.sandbox.sandbox import Limits, SandboxError, execute, resolve_mode
+from deepseek_rl.sandbox.session import SandboxSession
 
 CODE_RE = re.compile(r"```python\n(.*?)```", re.DOTALL)
 STATS = ("calls", "errors", "timeouts")
@@ -105,7 +106,7 @@ class Trajectory:
     truncated: bool = False
 
 
-class ToolEngine(RolloutEngine):
+class ToolEngine:
     """Multi-turn rollouts with a Python tool on top of `inner` (see the module docstring)."""
 
     def __init__(self, inner: RolloutEngine, cfg: ToolsConfig, eos_ids: list[int], sandbox_mode: str = "auto"):
@@ -129,17 +130,8 @@ class ToolEngine(RolloutEngine):
         self.pool.shutdown(wait=True)
         self.inner.close()
 
-    def generate(
-        self,
-        prompts: PromptBatch,
-        group_size: int,
-        cfg: RolloutConfig,
-        seed: int,
-        first_row: int,
-        total_rows: int,
-        rows: list[int] | None = None,
-    ) -> RolloutBatch:
-        global_rows = rows if rows is not None else list(range(first_row, first_row + len(prompts) * group_size))
+    def generate(self, prompts: PromptBatch, group_size: int, cfg: RolloutConfig, noise: RowNoise) -> RolloutBatch:
+        global_rows = noise.global_rows(len(prompts) * group_size)
         unpadded = [
             ids[mask.bool()].tolist() for ids, mask in zip(prompts.input_ids, prompts.attention_mask, strict=True)
         ]
@@ -158,7 +150,7 @@ class ToolEngine(RolloutEngine):
                 )
                 batch = context_batch([trajectories[i] for i in active], self.tokenizer.pad_token_id)
                 rows_now = [global_rows[i] for i in active]
-                out = self.inner.generate(batch, 1, segment_cfg, seed * 31 + turn, 0, total_rows, rows_now)
+                out = self.inner.generate(batch, 1, segment_cfg, noise.for_rows(turn_seed(noise.seed, turn), rows_now))
                 with_logprobs, device = with_logprobs and out.sampling_logprobs is not None, out.completion_ids.device
                 calls = self.extend(trajectories, active, out, cfg.max_completion_length)
                 for i, (text, status) in zip(calls, self.run_calls(trajectories, calls, sessions), strict=True):
@@ -238,20 +230,12 @@ class ToolEngine(RolloutEngine):
             ids[i, :k], mask[i, :k], tool[i, :k] = torch.tensor(t.tokens, dtype=torch.long), 1, torch.tensor(t.tool)
             if with_logprobs:
                 logprobs[i, :k] = torch.tensor(t.logprobs)
-        return RolloutBatch(
-            prompt_ids=prompts.input_ids.to(device).repeat_interleave(group_size, dim=0),
-            prompt_mask=prompts.attention_mask.to(device).repeat_interleave(group_size, dim=0),
-            completion_ids=ids.to(device),
-            completion_mask=mask.to(device),
-            truncated=torch.tensor([t.truncated for t in trajectories], device=device),
-            completions=[self.text(t) for t in trajectories],
-            prompts=[text for text in prompts.texts for _ in range(group_size)],
-            columns={k: [v for v in values for _ in range(group_size)] for k, values in prompts.columns.items()},
-            group_size=group_size,
-            sampling_logprobs=logprobs.to(device) if with_logprobs else None,
-            tool_mask=tool.to(device),
+        return RolloutBatch.of_prompts(
+            prompts, group_size, ids, mask, torch.tensor([t.truncated for t in trajectories]),
+            [self.text(t) for t in trajectories], device,
+            sampling_logprobs=logprobs if with_logprobs else None, tool_mask=tool,
             tool_stats={k: torch.tensor([t.stats[k] for t in trajectories]) for k in STATS},
-        )
+        )  # fmt: skip
 
 
 def context_batch(trajectories: list[Trajectory], pad_id: int) -> PromptBatch:

@@ -44,7 +44,7 @@ from deepseek_rl.config.schema import ModelConfig
 from deepseek_rl.errors import ConfigError
 from deepseek_rl.models.loading import gathered
 from deepseek_rl.models.lora import is_lora, merged_state_dict
-from deepseek_rl.rollout.engine import RolloutEngine
+from deepseek_rl.rollout.seeds import RowNoise, request_seed
 
 INSTALL = (
     "rollout.engine=vllm needs vLLM: pip install 'deepseek-rl[vllm]' on GPU machines (vllm), or on CPU the README's "
@@ -76,11 +76,6 @@ def import_vllm():
     return vllm
 
 
-def row_seed(seed: int, row: int) -> int:
-    """The vLLM request seed of row `row` of a step's global batch (a positive 31-bit int)."""
-    return (seed * 1_000_003 + row * 7_919 + 1) % (2**31 - 1)
-
-
 def policy_weights(model: nn.Module) -> Iterator[tuple[str, Tensor]]:
     """(name, full tensor) of the policy in Hugging Face names, one at a time: ZeRO-3 parameters are gathered only
     while the consumer copies them; a LoRA policy's adapters are merged into the base weights."""
@@ -93,7 +88,7 @@ def policy_weights(model: nn.Module) -> Iterator[tuple[str, Tensor]]:
             yield name, param.data
 
 
-class VLLMEngine(RolloutEngine):
+class VLLMEngine:
     """A colocated vLLM engine for one training process (see the module docstring)."""
 
     def __init__(
@@ -200,20 +195,11 @@ class VLLMEngine(RolloutEngine):
             detokenize=bool(cfg.stop_strings),  # stop strings are matched on text; ids are decoded by us
         )
 
-    def generate(
-        self,
-        prompts: PromptBatch,
-        group_size: int,
-        cfg: RolloutConfig,
-        seed: int,
-        first_row: int,
-        total_rows: int,
-        rows: list[int] | None = None,
-    ) -> RolloutBatch:
-        global_rows = rows if rows is not None else list(range(first_row, first_row + len(prompts) * group_size))
+    def generate(self, prompts: PromptBatch, group_size: int, cfg: RolloutConfig, noise: RowNoise) -> RolloutBatch:
+        global_rows = noise.global_rows(len(prompts) * group_size)
         rows = len(global_rows)
         ids = [row[mask.bool()].tolist() for row, mask in zip(prompts.input_ids, prompts.attention_mask, strict=True)]
-        requests = [(ids[i // group_size], row_seed(seed, global_rows[i])) for i in range(rows)]
+        requests = [(ids[i // group_size], request_seed(noise.seed, global_rows[i])) for i in range(rows)]
         outputs = self.run_in_group(requests, cfg)
         completion = [list(out.token_ids) for out in outputs]
         width = max(1, max(len(c) for c in completion))
@@ -228,19 +214,10 @@ class VLLMEngine(RolloutEngine):
             )
         truncated = torch.tensor([out.finish_reason == "length" for out in outputs])
         texts = self.tokenizer.batch_decode(completion, skip_special_tokens=True)
-        device = self.device
-        return RolloutBatch(
-            prompt_ids=prompts.input_ids.to(device).repeat_interleave(group_size, dim=0),
-            prompt_mask=prompts.attention_mask.to(device).repeat_interleave(group_size, dim=0),
-            completion_ids=completion_ids.to(device),
-            completion_mask=completion_mask.to(device),
-            truncated=truncated.to(device),
-            completions=texts,
-            prompts=[text for text in prompts.texts for _ in range(group_size)],
-            columns={k: [v for v in values for _ in range(group_size)] for k, values in prompts.columns.items()},
-            group_size=group_size,
-            sampling_logprobs=sampling_logprobs.to(device),
-        )
+        return RolloutBatch.of_prompts(
+            prompts, group_size, completion_ids, completion_mask, truncated, texts, self.device,
+            sampling_logprobs=sampling_logprobs,
+        )  # fmt: skip
 
     def run_in_group(self, requests: list[tuple[list[int], int]], cfg: RolloutConfig) -> list:
         """vLLM's completion outputs of this rank's requests; a tensor-parallel group generates all its ranks'

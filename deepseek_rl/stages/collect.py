@@ -25,17 +25,14 @@ import torch
 from torch import Tensor
 
 from deepseek_rl.algo.advantages import batch_normalised, group_advantages, group_centered, zero_std_groups
-from deepseek_rl.algo.reward_set import RewardSet
 from deepseek_rl.batch import RolloutBatch, ScoredBatch
 from deepseek_rl.config.plan import BatchPlan
 from deepseek_rl.config.rollout import RolloutConfig
 from deepseek_rl.config.schema import AlgorithmConfig
 from deepseek_rl.data.prompts import PromptSet, rank_indices, step_indices
 from deepseek_rl.rollout.engine import RolloutEngine
-
-
-def derived_seed(seed: int, step: int, round_: int = 0) -> int:
-    return (seed * 1_000_003 + step) * 101 + round_
+from deepseek_rl.rollout.seeds import RowNoise, step_seed
+from deepseek_rl.stages.reward_set import RewardSet
 
 
 @dataclass
@@ -92,12 +89,10 @@ class RolloutCollector:
         if round_ == 0:
             indices = step_indices(len(self.prompts), plan.prompts_per_step, step, self.seed)
         else:
-            indices = step_indices(len(self.prompts), plan.prompts_per_step, 0, derived_seed(self.seed, step, round_))
+            indices = step_indices(len(self.prompts), plan.prompts_per_step, 0, step_seed(self.seed, step, round_))
         batch = self.prompts.batch(rank_indices(indices, self.rank, plan.world_size), self.pad_id)
-        seed = derived_seed(self.seed, step, round_)
-        rollout = engine.generate(
-            batch, plan.group_size, self.rollout, seed, plan.first_row(self.rank), plan.rows_per_step
-        )
+        noise = RowNoise(step_seed(self.seed, step, round_), plan.rows_per_step, plan.first_row(self.rank))
+        rollout = engine.generate(batch, plan.group_size, self.rollout, noise)
         generated = time.perf_counter()
         scored, failures = score_rollouts(rollout, self.rewards)
         stats.generation_seconds += generated - start

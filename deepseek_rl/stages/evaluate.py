@@ -24,14 +24,14 @@ from typing import Any
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 
-from deepseek_rl.algo.reward_set import RewardSet
 from deepseek_rl.batch import RolloutBatch
 from deepseek_rl.config.rollout import RolloutConfig
 from deepseek_rl.config.schema import RewardConfig
 from deepseek_rl.config.stages import EvalConfig
 from deepseek_rl.data.prompts import PromptSet
 from deepseek_rl.rewards.math_answer import extract_answer
-from deepseek_rl.rollout.engine import RolloutEngine
+from deepseek_rl.rollout.engine import RolloutEngine, complete
+from deepseek_rl.stages.reward_set import RewardSet
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -112,12 +112,12 @@ def evaluate(
     try:
         first, size = shard.span(count, cfg.batch_size)
         greedy_cfg = replace(rollout, temperature=0.0)
-        batches = engine.complete(prompts, size, 1, greedy_cfg, seed, cfg.batch_size, first)
+        batches = complete(engine, prompts, size, 1, greedy_cfg, seed, cfg.batch_size, first)
         greedy = shard.gather(score_samples(batches, rewards))
         if cfg.samples:
             first, size = shard.span(count, max(1, cfg.batch_size // cfg.samples))
             sampling = replace(rollout, temperature=cfg.temperature)
-            batches = engine.complete(prompts, size, cfg.samples, sampling, seed, cfg.batch_size, first)
+            batches = complete(engine, prompts, size, cfg.samples, sampling, seed, cfg.batch_size, first)
             sampled = shard.gather(score_samples(batches, rewards))
     finally:
         rewards.close()

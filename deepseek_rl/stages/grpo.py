@@ -27,7 +27,6 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
 
-from deepseek_rl.algo.reward_set import RewardSet
 from deepseek_rl.algo.update import UpdateSettings, add_old_and_ref_logprobs, build_loss_inputs, update_policy
 from deepseek_rl.config.schema import Config
 from deepseek_rl.data.prompts import PromptSet, build_prompt_set
@@ -44,6 +43,7 @@ from deepseek_rl.stages.collect import RolloutCollector
 from deepseek_rl.stages.evaluate import HeldOutEval, shard_of
 from deepseek_rl.stages.metrics import step_metrics
 from deepseek_rl.stages.observability import RolloutObserver
+from deepseek_rl.stages.reward_set import RewardSet
 from deepseek_rl.stages.run import Stage, close_stage, exports, open_stage, release, run_steps
 
 # Rewards given from Python: name -> reward(completions, **columns) -> list[float | None].
@@ -68,7 +68,7 @@ class GRPORun:
     reference: torch.nn.Module | None
     collector: RolloutCollector
     rewards: RewardSet
-    update: UpdateSettings
+    settings: UpdateSettings  # the update's settings, fixed for the run
     observer: RolloutObserver
     evaluator: HeldOutEval | None
     reward_guard: RewardFailureGuard
@@ -168,7 +168,7 @@ def grpo_parts(stage: Stage, checked: Checked) -> GRPORun:
         reference=reference,
         collector=collector,
         rewards=rewards,
-        update=UpdateSettings(
+        settings=UpdateSettings(
             cfg.algorithm,
             stage.plan,
             cfg.rollout.temperature,
@@ -196,10 +196,10 @@ def step(run: GRPORun, step_index: int) -> StepStats:
         scored, rollout_stats = run.collector.collect(run.engine, step_index)
     collected = time.perf_counter()
     inputs = build_loss_inputs(scored, run.cfg.algorithm.mask_truncated)
-    inputs = add_old_and_ref_logprobs(run.policy, run.reference, inputs, run.update, accelerator)
+    inputs = add_old_and_ref_logprobs(run.policy, run.reference, inputs, run.settings, accelerator)
     logprobs_done = time.perf_counter()
     try:
-        sums = update_policy(accelerator, run.policy, run.optimizer, run.scheduler, inputs, run.update)
+        sums = update_policy(accelerator, run.policy, run.optimizer, run.scheduler, inputs, run.settings)
     except NumericalError as err:
         raise NumericalError(f"grpo step {step_index + 1}: {err}") from None
     run.engine.policy_updated()

@@ -20,7 +20,6 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 from torch import Tensor
 
-from deepseek_rl.algo.reward_set import RewardSet
 from deepseek_rl.algo.update import UpdateSums
 from deepseek_rl.batch import ScoredBatch
 from deepseek_rl.stages.collect import RolloutStats
@@ -31,6 +30,7 @@ from deepseek_rl.stages.observability import (
     repeated_ngram_share,
     source_metrics,
 )
+from deepseek_rl.stages.reward_set import RewardSet
 
 ROW_COLUMNS = ("reward", "length", "truncated", "zero_std", "repetition", "dominant", "correct", "calls", "env")
 SUMS = [f.name for f in fields(UpdateSums) if f.name != "engine_ratio_max"]

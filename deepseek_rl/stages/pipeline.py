@@ -182,7 +182,7 @@ def _run_stages(
     return checkpoints
 
 
-class StopOnSignal(RolloutEngine):
+class InterruptibleEngine:
     """The evaluation stage's engine: raises Preempted before the next generation batch once a SIGTERM arrived
     (evaluation has no checkpoint; the models already evaluated keep their results)."""
 
@@ -198,6 +198,12 @@ class StopOnSignal(RolloutEngine):
             kept = f"; the results of {', '.join(self.done)} are saved" if self.done else ""
             raise Preempted("eval", detail=f"during evaluation{kept}")
         return self.inner.generate(*args, **kwargs)
+
+    def policy_updated(self) -> None:
+        self.inner.policy_updated()
+
+    def pop_sync_seconds(self) -> float | None:
+        return self.inner.pop_sync_seconds()
 
     def close(self) -> None:
         self.inner.close()
@@ -250,7 +256,7 @@ def run_eval_stage(
         model = load_model(model_cfg, tokenizer, seed=cfg.trainer.seed).to(eval_device())
         eos = eos_token_ids(tokenizer, model)
         inner = with_tools(BuiltinEngine(model, tokenizer, eos), cfg.rollout, eos, cfg.reward.sandbox)
-        engine = StopOnSignal(inner, preemption, list(results))
+        engine = InterruptibleEngine(inner, preemption, list(results))
         report = evaluate(engine, prompts, cfg.eval, cfg.rollout, cfg.trainer.seed, cfg.reward, shard)
         engine.close()
         results[name] = report.metrics

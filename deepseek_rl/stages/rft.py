@@ -13,14 +13,15 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from deepseek_rl.algo.reward_set import RewardSet
 from deepseek_rl.config.schema import Config
 from deepseek_rl.data.examples import tokenize_examples
 from deepseek_rl.data.prompts import build_prompt_set
 from deepseek_rl.data.sources import source_name
 from deepseek_rl.errors import DataError
 from deepseek_rl.rewards import check_reward_columns
+from deepseek_rl.rollout.engine import complete
 from deepseek_rl.stages.finetune import FineTuner, FineTuneSpec
+from deepseek_rl.stages.reward_set import RewardSet
 
 
 def select_verified(
@@ -54,9 +55,8 @@ def sample_and_verify(tuner: FineTuner, cfg: Config) -> tuple[list[tuple[str, st
     kept: list[tuple[str, str]] = []
     sampled = 0
     try:
-        batches = tuner.engine.complete(
-            mine, len(mine), cfg.rft.samples, rollout, cfg.trainer.seed + tuner.rank, cfg.eval.batch_size
-        )
+        seed = cfg.trainer.seed + tuner.rank
+        batches = complete(tuner.engine, mine, len(mine), cfg.rft.samples, rollout, seed, cfg.eval.batch_size)
         for out in batches:
             terms = verifiers.score(out.completions, out.reward_columns(), out.group_size).terms
             verified = (terms == 1.0).all(dim=1).tolist()

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from deepseek_rl.paths import shared_dir
+from deepseek_rl.rollout.seeds import RowNoise
 
 R1 = shared_dir() / "tokenizers" / "deepseek-r1-distill-qwen-1.5b"
 
@@ -79,7 +80,7 @@ def engines(model_dir: Path, rows: int, group: int, new_tokens: int, rounds: int
         for r in range(rounds + 1):
             with engine.session():
                 begin = time.perf_counter()
-                out = engine.generate(batch, group, rollout, seed=r, first_row=0, total_rows=rows)
+                out = engine.generate(batch, group, rollout, RowNoise(r, rows))
                 seconds = time.perf_counter() - begin
             if r:  # round 0 warms up (and syncs vLLM's weights)
                 speeds.append(out.completion_mask.sum().item() / seconds)

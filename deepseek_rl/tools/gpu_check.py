@@ -46,6 +46,7 @@ import torch
 
 from deepseek_rl.batch import PromptBatch
 from deepseek_rl.paths import REPO_DIR, launch_dir, shared_dir
+from deepseek_rl.rollout.seeds import RowNoise
 
 # Dense bf16 tensor-core peak by the vendor's datasheet (SXM parts), TFLOP/s
 DATASHEET_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10": 125.0}
@@ -231,13 +232,13 @@ class Check:
         group = rows // len(batch)
         with engine.session():
             warm = RolloutConfig(max_prompt_length=256, max_completion_length=16, temperature=0.6, top_p=0.95)
-            engine.generate(batch, group, warm, seed=0, first_row=0, total_rows=rows)
+            engine.generate(batch, group, warm, RowNoise(0, rows))
             cfg = RolloutConfig(max_prompt_length=256, max_completion_length=tokens, temperature=0.6, top_p=0.95)
             if self.device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
             synchronize(self.device)
             begin = time.perf_counter()
-            out = engine.generate(batch, group, cfg, seed=1, first_row=0, total_rows=rows)
+            out = engine.generate(batch, group, cfg, RowNoise(1, rows))
             synchronize(self.device)
             seconds = time.perf_counter() - begin
         sampled = int(out.completion_mask.sum())

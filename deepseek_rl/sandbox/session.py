@@ -20,8 +20,8 @@ import selectors
 import time
 from dataclasses import replace
 
-from deepseek_rl.rewards.launcher import Launched, Limits, SandboxError, launch
-from deepseek_rl.rewards.sandbox import Execution, resolve
+from deepseek_rl.sandbox.launcher import Launched, Limits, SandboxError, launch
+from deepseek_rl.sandbox.sandbox import Execution, resolve
 
 LIFETIME = 1800.0  # seconds a session's sandbox may live at most (the harness kills it after that)
 

@@ -26,9 +26,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from deepseek_rl.algo.reward_model import ModelReward
 from deepseek_rl.config.schema import RewardConfig
 from deepseek_rl.rewards.runner import RewardRunner
+from deepseek_rl.stages.reward_model import ModelReward
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """The first process of a code sandbox: isolate, then start the judge and the program, wait for them, end them.
 
-`deepseek_rl.rewards.sandbox` starts this file as a script (`python -I -S -B _sandbox_init.py`), inside fresh mount,
+`deepseek_rl.sandbox.sandbox` starts this file as a script (`python -I -S -B _sandbox_init.py`), inside fresh mount,
 pid, network, IPC and UTS namespaces when it runs as root ("strong" mode), or as a plain child in a new session
 otherwise ("weak" mode). It reads its job as one `marshal`led dict on stdin (written by the trusted caller), and
 keeps stdin open as a lifeline: when the caller dies (a trainer SIGKILLed, a reward worker gone with it), the pipe
@@ -36,7 +36,7 @@ wall-clock limit passes or the lifeline ends, and exits: in strong mode it is pi
 left in the namespace; in weak mode it kills the program's process group (the judge is in it too), and when the
 caller is gone it also removes the sandbox's folder, which the caller would otherwise remove.
 
-A session (`command_fd` in the job: tool calls that keep their state, rewards/session.py) has no judge: the program
+A session (`command_fd` in the job: tool calls that keep their state, sandbox/session.py) has no judge: the program
 runs programs one after another from that pipe, reporting `end <k>` or `fail <k>` after each, until the pipe
 closes; the caller enforces each call's timeout by killing the whole sandbox.
 """

@@ -25,7 +25,7 @@ import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from deepseek_rl.rewards import cgroups
+from deepseek_rl.sandbox import cgroups
 
 HARNESS = Path(__file__).with_name("_sandbox_init.py")
 UNSHARE = ("unshare", "--mount", "--pid", "--net", "--ipc", "--uts", "--fork", "--kill-child", "--")
@@ -245,7 +245,7 @@ def launch(
 ) -> Launched:
     """Start the harness (isolated as `mode`/`flavor` say) with its job on stdin, which then stays open: the end of
     that pipe (this process died) ends the sandbox. `command_fd`, the read end of a pipe, makes it a session (programs
-    sent one after another, rewards/session.py). SandboxError if it cannot."""
+    sent one after another, sandbox/session.py). SandboxError if it cannot."""
     tmp = None  # strong: the root is a tmpfs in the sandbox's own mount namespace, nothing on this machine's disk
     if mode == "weak":
         tmp = tempfile.mkdtemp(prefix="deepseek-rl-sandbox-")

@@ -54,7 +54,7 @@ import warnings
 from dataclasses import dataclass
 
 from deepseek_rl.errors import ConfigError
-from deepseek_rl.rewards.launcher import Limits, SandboxError, launch
+from deepseek_rl.sandbox.launcher import Limits, SandboxError, launch
 
 MODES = ("strong", "weak", "auto")
 
