@@ -35,6 +35,9 @@ class UpdateSettings:
     max_grad_norm: float | None
     padding_free: bool = False  # micro-batches run packed (logprobs.packed_logprobs)
     max_tokens_per_micro_batch: int | None = None  # token-budget micro-batches instead of micro_batch_size rows
+    # asynchronous rollouts: the old policy of the ratio is the policy before this update, recomputed (the proximal
+    # policy of decoupled PPO), even with one pass; the sampler's log-probs are the behaviour policy
+    proximal: bool = False
 
 
 @dataclass
@@ -155,7 +158,8 @@ def add_old_and_ref_logprobs(
     alg, temp, packed = settings.algorithm, settings.temperature, settings.padding_free
     batches = micro_batches(accelerator, inputs, settings)
     chunk = alg.logprob_chunk_size
-    old = batched_logprobs(policy, inputs, batches, temp, chunk, packed) if alg.num_iterations > 1 else None
+    with_old = alg.num_iterations > 1 or settings.proximal
+    old = batched_logprobs(policy, inputs, batches, temp, chunk, packed) if with_old else None
     ref = batched_logprobs(reference, inputs, batches, temp, chunk, packed) if reference is not None else None
     return inputs.with_logprobs(old, ref)
 

@@ -26,6 +26,8 @@ commands:
           [key=value ...] (--help for more)
   sweeps  tabulate the runs under a sweep directory: deepseek-rl sweeps DIR [--metric reward] [--mode max|min]
           [--png sweep.png] (--help for more)
+  serve   the rollout worker of asynchronous GRPO: deepseek-rl serve --config-name RECIPE [--port 29600] [key=value]
+          (then train with rollout.server.url=HOST:PORT; docs/async.md)
   port-trl  a TRL GRPOConfig / open-r1 YAML as our recipe: deepseek-rl port-trl CONFIG.yaml [--output RECIPE.yaml]
           [--num-processes 8] (every key it could not map is listed)
 """
@@ -55,7 +57,7 @@ def _main(argv: list[str] | None = None) -> None:
         completion.main(argv)
         return
     command, rest = argv[0], argv[1:]
-    if command in ("train", "eval", "check"):  # they import transformers, which a broken torchvision breaks
+    if command in ("train", "eval", "check", "serve"):  # they import transformers, which a broken torchvision breaks
         from deepseek_rl.cli.wheels import exit_if_broken
 
         exit_if_broken()
@@ -79,6 +81,11 @@ def _main(argv: list[str] | None = None) -> None:
         from deepseek_rl.cli import check
 
         check.main(rest)
+        return
+    if command == "serve":
+        from deepseek_rl.cli import serve
+
+        serve.main(rest)
         return
     if command == "port-trl":
         from deepseek_rl.cli import port_trl

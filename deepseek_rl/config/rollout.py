@@ -66,6 +66,27 @@ class ToolsConfig:
 
 
 @dataclass
+class ServerConfig:
+    # Asynchronous rollouts (rollout.max_staleness > 0) come from a rollout worker apart from the trainer: null starts
+    # one beside the trainer (`deepseek-rl train` alone, on CPU or one node) and stops it at the end; "host:port"
+    # reaches one started with `deepseek-rl serve --config-name RECIPE --port PORT` (its own devices or machine).
+    url: str | None = None
+    # Seconds the trainer waits for the worker (a batch, a weight sync) before it gives up with an error naming it.
+    timeout: float = 600.0
+    # The devices of a worker started beside the trainer (CUDA_VISIBLE_DEVICES for it; null: the same as the trainer).
+    devices: str | None = None
+
+    def __post_init__(self) -> None:
+        require(self.timeout > 0, f"rollout.server.timeout={self.timeout} must be > 0 seconds")
+        if self.url is not None:
+            host, _, port = self.url.rpartition(":")
+            require(
+                bool(host) and port.isdigit(),
+                f"rollout.server.url={self.url}: give host:port of `deepseek-rl serve` (e.g. 10.0.0.2:29600)",
+            )
+
+
+@dataclass
 class RolloutConfig:
     # builtin: the KV-cached sampler on the policy itself (CPU, demo, tests); vllm: a vLLM engine in every training
     # process, synced with the policy after each update (pip install 'deepseek-rl[vllm]'; see docs/rollout.md).
@@ -81,9 +102,15 @@ class RolloutConfig:
     stop_strings: list[str] = field(default_factory=list)
     vllm: VLLMConfig = field(default_factory=VLLMConfig)
     tools: ToolsConfig = field(default_factory=ToolsConfig)
+    # Asynchronous GRPO: 0 samples every step's rollouts with the current policy (synchronous); k >= 1 lets a rollout
+    # worker sample ahead, step s with the policy of step s - k (docs/async.md), while the trainer updates. (Not
+    # `rollout.async.*`: async is a Python keyword.)
+    max_staleness: int = 0
+    server: ServerConfig = field(default_factory=ServerConfig)
 
     def __post_init__(self) -> None:
         one_of("rollout.engine", self.engine, ("builtin", "vllm"))
+        require(self.max_staleness >= 0, f"rollout.max_staleness={self.max_staleness} must be >= 0 (0: synchronous)")
         require(self.max_prompt_length >= 1, f"rollout.max_prompt_length={self.max_prompt_length} must be >= 1")
         require(
             self.max_completion_length >= 1, f"rollout.max_completion_length={self.max_completion_length} must be >= 1"

@@ -404,9 +404,9 @@ class Config:
         self.check_reward_names()
         self.check_lengths()
         require(
-            self.algorithm.tis_cap is None or self.rollout.engine == "vllm",
-            "algorithm.tis_cap corrects for the rollout engine's log-probs, which only rollout.engine=vllm provides; "
-            "set rollout.engine=vllm or algorithm.tis_cap=null",
+            self.algorithm.tis_cap is None or self.rollout.engine == "vllm" or self.rollout.max_staleness > 0,
+            "algorithm.tis_cap corrects for the rollout engine's log-probs, which rollout.engine=vllm and asynchronous "
+            "rollouts (rollout.max_staleness > 0) provide; set one of them, or algorithm.tis_cap=null",
         )
         require(
             "grpo" not in self.stages or self.rollout.temperature > 0,

@@ -93,8 +93,10 @@ class BuiltinEngine:
         tokenizer: PreTrainedTokenizerBase,
         eos_ids: list[int],
         accelerator: Accelerator | None = None,
+        logprobs: bool = False,
     ):
         self.model, self.tokenizer, self.eos_ids, self.accelerator = model, tokenizer, eos_ids, accelerator
+        self.logprobs = logprobs  # return the sampler's log-probs (the behaviour policy of asynchronous rollouts)
         self._bare: nn.Module | None = None
 
     @contextmanager
@@ -121,7 +123,9 @@ class BuiltinEngine:
             raise RuntimeError("BuiltinEngine.generate outside session()")
         rows = list(noise.rows) if noise.rows is not None else None
         uniforms = RowUniforms(noise.seed, noise.total_rows, noise.first_row, len(prompts) * group_size, rows)
-        return generate_rollouts(self._bare, self.tokenizer, prompts, cfg, group_size, self.eos_ids, uniforms)
+        return generate_rollouts(
+            self._bare, self.tokenizer, prompts, cfg, group_size, self.eos_ids, uniforms, self.logprobs
+        )
 
     def policy_updated(self) -> None:
         """Nothing to do: it samples from the policy itself."""

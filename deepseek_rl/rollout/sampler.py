@@ -131,12 +131,14 @@ def generate_rollouts(
     group_size: int,
     eos_ids: list[int],
     uniforms: RowUniforms,
+    with_logprobs: bool = False,
 ) -> RolloutBatch:
-    """B prompts -> B * G completions with their masks, truncation flags and decoded text."""
+    """B prompts -> B * G completions with their masks, truncation flags and decoded text (and with `with_logprobs`
+    the sampler's log-prob of each sampled token: the behaviour policy of asynchronous rollouts)."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    completion_ids, completion_mask, truncated, _ = sample_completions(
+    completion_ids, completion_mask, truncated, logprobs = sample_completions(
         model,
         prompts.input_ids.to(device),
         prompts.attention_mask.to(device),
@@ -146,9 +148,13 @@ def generate_rollouts(
         tokenizer.pad_token_id,
         StopStrings(tokenizer, cfg.stop_strings),
         uniforms,
+        with_logprobs,
     )
     model.train(was_training)
     texts = tokenizer.batch_decode(
         [ids[mask.bool()] for ids, mask in zip(completion_ids, completion_mask, strict=True)], skip_special_tokens=True
     )
-    return RolloutBatch.of_prompts(prompts, group_size, completion_ids, completion_mask, truncated, texts, device)
+    extras = {"sampling_logprobs": logprobs} if logprobs is not None else {}
+    return RolloutBatch.of_prompts(
+        prompts, group_size, completion_ids, completion_mask, truncated, texts, device, **extras
+    )

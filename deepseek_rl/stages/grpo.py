@@ -39,6 +39,7 @@ from deepseek_rl.preflight.check import preflight_before_training
 from deepseek_rl.rewards import check_reward_columns
 from deepseek_rl.rollout.engine import RolloutEngine
 from deepseek_rl.stages.alarms import RewardFailureGuard
+from deepseek_rl.stages.async_rollouts import AsyncRollouts, PendingRollouts
 from deepseek_rl.stages.collect import RolloutCollector
 from deepseek_rl.stages.evaluate import HeldOutEval, shard_of
 from deepseek_rl.stages.metrics import step_metrics
@@ -72,6 +73,7 @@ class GRPORun:
     observer: RolloutObserver
     evaluator: HeldOutEval | None
     reward_guard: RewardFailureGuard
+    remote: AsyncRollouts | None = None  # asynchronous rollouts (rollout.max_staleness > 0)
 
     # the scaffold's parts under their usual names
     cfg = property(lambda self: self.stage.cfg)
@@ -93,6 +95,7 @@ class Checked:
     prompts: PromptSet
     held_out: PromptSet | None
     rewards: RewardSet
+    pending: PendingRollouts | None  # asynchronous rollouts' batches in a checkpoint
 
 
 def setup(cfg: Config, output_dir: Path, reward_funcs: RewardFunctions | None = None) -> GRPORun:
@@ -118,9 +121,19 @@ def setup(cfg: Config, output_dir: Path, reward_funcs: RewardFunctions | None = 
             held_out = build_prompt_set(cfg.data, tokenizer, cfg.rollout.max_prompt_length, split="eval")
             check_reward_columns(cfg.reward.subset([cfg.eval.correctness]), list(held_out.columns),
                                  source_name(cfg.data, "eval"), functions=functions)  # fmt: skip
+        pending = None
+        if cfg.rollout.max_staleness > 0:
+            if reward_funcs:
+                raise ConfigError(
+                    "rollout.max_staleness > 0 scores rewards in the rollout worker, which rewards given from Python "
+                    f"({', '.join(reward_funcs)}) cannot reach: name them in the recipe "
+                    "(+reward.functions.NAME=file.py:function), or train synchronously (rollout.max_staleness=0)"
+                )
+            pending = PendingRollouts()
+            accelerator.register_for_checkpointing(pending)  # restored by the resume that follows
         rewards = RewardSet(cfg.reward, context, functions=reward_funcs, device=accelerator.device,
                             report=accelerator.is_main_process)  # fmt: skip
-        return Checked(prompts, held_out, rewards)
+        return Checked(prompts, held_out, rewards, pending)
 
     stage, checked = open_stage(
         cfg, "grpo", plan, output_dir, cfg.algorithm.lr, cfg.optimizer.warmup_steps, before_model, engine="rollout"
@@ -163,6 +176,16 @@ def grpo_parts(stage: Stage, checked: Checked) -> GRPORun:
             checked.held_out.subset(settings.num_prompts), settings, cfg.rollout, cfg.trainer.seed, cfg.reward
         )
     trainer = cfg.trainer
+    remote = None
+    if checked.pending is not None:
+        remote = AsyncRollouts(cfg, stage.output_dir, stage.state, checked.pending.resumed, accelerator.process_index,
+                               accelerator.num_processes)  # fmt: skip
+        checked.pending.source = remote
+        try:
+            remote.begin(accelerator.unwrap_model(stage.policy))
+        except BaseException:
+            remote.close()
+            raise
     return GRPORun(
         stage=stage,
         reference=reference,
@@ -176,10 +199,12 @@ def grpo_parts(stage: Stage, checked: Checked) -> GRPORun:
             cfg.optimizer.max_grad_norm,
             trainer.padding_free,
             trainer.max_tokens_per_micro_batch,
+            proximal=remote is not None,
         ),
         observer=RolloutObserver(cfg.logger, cfg.eval, cfg.data.source_column, rewards.names, stage.tracker),
         evaluator=evaluator,
         reward_guard=RewardFailureGuard(rewards.names, cfg.reward.max_error_rate, cfg.reward.max_error_steps),
+        remote=remote,
     )
 
 
@@ -192,8 +217,15 @@ def held_out_metrics(run: GRPORun) -> dict[str, float]:
 def step(run: GRPORun, step_index: int) -> StepStats:
     """One GRPO step: rollouts -> advantages -> log-probs -> update; statistics reduced over ranks, once."""
     accelerator, start = run.accelerator, time.perf_counter()
-    with run.engine.session():
-        scored, rollout_stats = run.collector.collect(run.engine, step_index)
+    versions = {}
+    if run.remote is not None:  # sampled ahead by the rollout worker, with the policy of step - k or later
+        scored, rollout_stats, sampled = run.remote.take(step_index)
+        staleness = float(step_index - sampled.version)
+        versions = {"rollout/policy_version": float(sampled.version), "rollout/staleness_mean": staleness,
+                    "rollout/staleness_max": staleness, "time/wait_rollout": time.perf_counter() - start}  # fmt: skip
+    else:
+        with run.engine.session():
+            scored, rollout_stats = run.collector.collect(run.engine, step_index)
     collected = time.perf_counter()
     inputs = build_loss_inputs(scored, run.cfg.algorithm.mask_truncated)
     inputs = add_old_and_ref_logprobs(run.policy, run.reference, inputs, run.settings, accelerator)
@@ -203,6 +235,8 @@ def step(run: GRPORun, step_index: int) -> StepStats:
     except NumericalError as err:
         raise NumericalError(f"grpo step {step_index + 1}: {err}") from None
     run.engine.policy_updated()
+    if run.remote is not None:
+        run.remote.published(step_index + 1, accelerator.unwrap_model(run.policy))
     updated = time.perf_counter()
     cfg = run.cfg
     metrics = step_metrics(accelerator, scored, rollout_stats, sums, run.rewards, cfg.algorithm.loss_type,
@@ -222,7 +256,10 @@ def step(run: GRPORun, step_index: int) -> StepStats:
         "train/tokens": run.state.train_tokens,
         "tokens_per_second": float(scored.rollout.completion_mask.sum()) / max(rollout_stats.generation_seconds, 1e-9),
         **engine_metrics(run.engine),
+        **versions,
     }
+    if run.remote is not None:
+        metrics["time/weight_sync"] = run.remote.pop_sync_seconds()
     every, done = cfg.eval.every, run.state.step
     if every and (done % every == 0 or done == run.plan.max_steps):
         metrics |= held_out_metrics(run)
@@ -240,6 +277,8 @@ def engine_metrics(engine: RolloutEngine) -> dict[str, float]:
 def finish(run: GRPORun) -> Path:
     """After the last step: rank reports, the HF export (trainer.save_final), summary.json; the run directory."""
     run.rewards.close()
+    if run.remote is not None:
+        run.remote.close()
     close_stage(run.stage, exports(run.cfg, "grpo"))
     return run.output_dir
 
@@ -257,6 +296,8 @@ def train(cfg: Config, output_dir: Path, reward_funcs: RewardFunctions | None = 
         )
     except BaseException:
         run.rewards.close()
+        if run.remote is not None:
+            run.remote.close()
         release(run.stage)
         raise
     return finish(run)

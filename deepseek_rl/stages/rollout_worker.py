@@ -1,0 +1,108 @@
+"""The rollout worker of asynchronous GRPO (`deepseek-rl serve`): samples and scores the steps' rollouts ahead of
+the trainer, on its own process (and devices).
+
+    deepseek-rl serve --config-name RECIPE [--port 29600] [key=value ...]   # then the trainer: rollout.server.url
+    deepseek-rl train --config-name smoke_async                             # starts one beside the trainer itself
+
+The schedule (docs/async.md): step s is sampled with the policy of step max(0, s - k), k = rollout.max_staleness, so
+the worker samples step s + k while the trainer trains step s. The worker builds what a synchronous step's rollout
+phase builds (prompts, rewards, the collector, the engine: the built-in sampler, which also returns the log-prob of
+each sampled token, the behaviour policy; or vLLM), for the global batch (every trainer rank's rows, as one process
+would sample them: noise from (seed, step, row)), scores it (rewards run here, off the trainer's path), and puts it
+in the channel's store with the version of the policy that sampled it. Before sampling step s it receives weight
+versions until it holds version s - k; the trainer sends each version once. It stops at the last step, at the
+trainer's `stop`, when its trainer is gone (its parent, for a worker started beside it) or past the timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import traceback
+from dataclasses import asdict
+
+import torch
+
+from deepseek_rl.config.schema import Config
+from deepseek_rl.data.prompts import build_prompt_set
+from deepseek_rl.infra.distributed import release_accelerator
+from deepseek_rl.infra.resume import changed_keys
+from deepseek_rl.models.loading import DTYPES, eos_token_ids, load_model, load_tokenizer
+from deepseek_rl.rollout.engine import BuiltinEngine
+from deepseek_rl.rollout.remote import WORKER, Channel, RolloutServerError, Sampled, decode, encode, pack
+from deepseek_rl.stages.collect import RolloutCollector
+from deepseek_rl.stages.reward_set import RewardSet
+
+# Keys that may differ between the trainer's config and the worker's (where they write, how they log, how the
+# trainer reaches the worker, the trainer's own launch)
+OWN_KEYS = ("rollout.server", "trainer.output_dir", "trainer.resume", "trainer.overwrite", "logger", "trainer.save")
+
+
+def worker_config_differences(trainer: dict, worker: dict) -> list[str]:
+    """The keys in which the trainer's and the worker's configs differ in what they sample."""
+    return [d for d in changed_keys(trainer, worker, "grpo") if not d.startswith(OWN_KEYS)]
+
+
+def serve(cfg: Config, host: str, port: int) -> None:
+    """Serve one trainer, from its `hello` to the last step or its `stop`."""
+    channel = Channel(host, port, WORKER, cfg.rollout.server.timeout, f"{host}:{port}")
+    print(f"deepseek-rl serve: rollout worker listening on {host}:{port}", file=sys.stderr, flush=True)
+    hello = decode(channel.get("hello", wait=False))
+    try:
+        differences = worker_config_differences(hello["config"], asdict(cfg))
+        if differences:
+            raise RolloutServerError(
+                "the trainer's config differs from this worker's in what it samples: " + "; ".join(differences[:6])
+            )
+        channel.put("accepted", b"1")
+        run(cfg, channel, hello)
+    except BaseException as err:  # the trainer hears why (the store lives until it says stop), then this process
+        if not isinstance(err, KeyboardInterrupt):
+            message = str(err) if isinstance(err, RolloutServerError) else traceback.format_exc(limit=3)[-1500:]
+            channel.put("error", message.encode())
+            deadline = time.monotonic() + 10
+            while "stop" not in channel.keys_present() and time.monotonic() < deadline:
+                time.sleep(0.1)
+        raise
+
+
+def run(cfg: Config, channel: Channel, hello: dict) -> None:
+    """The sampling loop (module docstring)."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    tokenizer = load_tokenizer(cfg.model)
+    prompts = build_prompt_set(cfg.data, tokenizer, cfg.rollout.max_prompt_length)
+    context = {"max_completion_length": cfg.rollout.max_completion_length}
+    rewards = RewardSet(cfg.reward, context, device=device)
+    model = load_model(cfg.model, tokenizer, seed=cfg.trainer.seed, trainable=cfg.model.lora.enabled)
+    model = model.to(device=device, dtype=DTYPES[cfg.model.dtype]).eval().requires_grad_(False)
+    params = dict(model.named_parameters())
+    engine = BuiltinEngine(model, tokenizer, eos_token_ids(tokenizer, model), logprobs=True)
+    plan = cfg.grpo_plan(1)  # the global batch: what every trainer rank samples, as one process
+    collector = RolloutCollector(
+        plan, 0, cfg.trainer.seed, cfg.rollout, cfg.algorithm, prompts, rewards, tokenizer.pad_token_id, lambda t: t
+    )
+    k, version = cfg.rollout.max_staleness, channel.receive_weights(params)
+    channel.put("ready", encode({"version": version}))
+    try:
+        for step in range(hello["start"], hello["steps"]):
+            while version < max(0, step - k):
+                version = channel.receive_weights(params)
+            if "stop" in channel.keys_present():
+                return
+            with engine.session():
+                scored, stats = collector.collect(engine, step)
+            sampled = Sampled(step, version, scored, stats.generation_seconds, stats.reward_seconds,
+                              stats.first_round_zero_std, stats.reward_failures)  # fmt: skip
+            channel.put(f"batch/{step}", pack(sampled))
+        deadline = time.monotonic() + cfg.rollout.server.timeout
+        while "stop" not in channel.keys_present() and time.monotonic() < deadline:  # the store lives until the
+            time.sleep(0.2)  # trainer has taken the last batches and says stop
+    finally:
+        rewards.close()
+        release_accelerator()
+
+
+def config_snapshot(cfg: Config) -> str:
+    """The config as JSON, for a worker started beside the trainer (`serve --config-json`)."""
+    return json.dumps(asdict(cfg), default=str)

@@ -1,0 +1,115 @@
+"""Asynchronous GRPO (rollout.max_staleness = k): a rollout worker beside the trainer samples step s with the policy
+of step s - k; the versions are logged and never staler than k; a run killed at any point (SIGKILL, SIGTERM) and
+resumed trains on exactly the samples of the uninterrupted run; no worker outlives its trainer; a worker that
+fails or runs another config is one line."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import run_cli
+from .test_distributed import _interrupted_then_resumed, metrics, rank_reports
+
+ASYNC = ["--config-name", "smoke_async", "logger=none", "trainer.max_steps=10", "trainer.save_every=2",
+         "trainer.keep_last=2"]  # fmt: skip
+
+
+def workers() -> list[int]:
+    """Pids of rollout workers of this machine (`deepseek_rl.cli serve`)."""
+    out = subprocess.run(["pgrep", "-f", "deepseek_rl.cli serve"], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_async_rollouts_log_their_versions_and_never_exceed_the_staleness(k, tmp_path):
+    done = run_cli("train", *ASYNC, f"rollout.max_staleness={k}", "trainer.max_steps=6",
+                   f"trainer.output_dir={tmp_path / 'run'}", cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = metrics(tmp_path / "run")
+    versions = [m["rollout/policy_version"] for m in lines]
+    assert versions == [max(0, s - k) for s in range(6)]  # step s sampled with the policy of step s - k
+    assert [m["rollout/staleness_max"] for m in lines] == [min(s, k) for s in range(6)]
+    assert all(m["rollout/staleness_max"] <= k for m in lines)
+    assert lines[0]["rollout/logprob_abs_diff"] < 1e-5  # the first step: the same policy samples and trains
+    assert lines[-1]["rollout/logprob_abs_diff"] > 1e-3  # later: the behaviour policy is k steps old
+    assert all("time/weight_sync" in m for m in lines) and not workers()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["preempted", "killed"])
+def test_an_async_run_killed_and_resumed_trains_on_the_same_samples(sig, tmp_path: Path):
+    full = run_cli("train", *ASYNC, f"trainer.output_dir={tmp_path / 'full'}", cwd=tmp_path)
+    assert full.returncode == 0, full.stderr[-3000:]
+    cmd = [sys.executable, "-m", "deepseek_rl.cli", "train", *ASYNC, f"trainer.output_dir={tmp_path / 'cut'}"]
+    _interrupted_then_resumed(cmd, tmp_path / "cut", tmp_path, sig, lines=5)
+    cut, whole = metrics(tmp_path / "cut"), metrics(tmp_path / "full")
+    assert [m["step"] for m in cut] == list(range(1, 11))  # no step twice, none skipped
+    for key in ("loss", "reward", "rollout/policy_version", "completion_length/mean"):
+        assert [m[key] for m in cut] == [m[key] for m in whole], key
+    assert rank_reports(tmp_path / "cut")[0]["parameter_sha256"] == rank_reports(tmp_path / "full")[0][
+        "parameter_sha256"
+    ]
+    assert not workers()
+
+
+def test_sigterm_stops_the_worker_and_exits_75(tmp_path: Path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "deepseek_rl.cli", "train", *ASYNC, "trainer.max_steps=200",
+           f"trainer.output_dir={tmp_path / 'run'}"]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    path = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (path.exists() and path.read_text().count("\n") >= 2):
+        time.sleep(0.05)
+    assert workers(), "no rollout worker beside the trainer"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 75, err[-2000:]
+    assert "checkpoint saved" in err.strip().splitlines()[-1]
+    time.sleep(0.5)
+    assert not workers()
+
+
+def test_a_worker_that_dies_is_one_line(tmp_path: Path):
+    """The worker is killed mid-run: the trainer says so in one line naming it, its last checkpoint intact."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "deepseek_rl.cli", "train", *ASYNC, "trainer.max_steps=200",
+           f"trainer.output_dir={tmp_path / 'run'}"]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    path = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (path.exists() and path.read_text().count("\n") >= 3):
+        time.sleep(0.05)
+    for pid in workers():
+        os.kill(pid, signal.SIGKILL)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2, err[-2000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("deepseek-rl: rollout server error: the rollout worker at 127.0.0.1:"), last
+    assert "Traceback" not in err
+    assert list((tmp_path / "run" / "checkpoints").glob("step-*"))
+
+
+def test_a_remote_worker_with_another_config_is_refused(tmp_path: Path):
+    """`deepseek-rl serve` with one recipe, a trainer with another algorithm.num_generations: one line each."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    port = str(29000 + os.getpid() % 500)
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "deepseek_rl.cli", "serve", "--config-name", "smoke_async", "--host", "127.0.0.1",
+         "--port", port, "algorithm.num_generations=2"],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        done = run_cli("train", *ASYNC, f"rollout.server.url=127.0.0.1:{port}", "rollout.server.timeout=60",
+                       f"trainer.output_dir={tmp_path / 'run'}", cwd=tmp_path)  # fmt: skip
+        assert done.returncode == 2, done.stderr[-3000:]
+        last = done.stderr.strip().splitlines()[-1]
+        assert "the trainer's config differs from this worker's" in last and "algorithm.num_generations" in last
+        _, err = serve.communicate(timeout=60)
+        assert serve.returncode == 2 and "algorithm.num_generations" in err
+    finally:
+        serve.kill()
