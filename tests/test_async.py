@@ -113,3 +113,18 @@ def test_a_remote_worker_with_another_config_is_refused(tmp_path: Path):
         assert serve.returncode == 2 and "algorithm.num_generations" in err
     finally:
         serve.kill()
+
+
+def test_two_trainer_ranks_share_one_worker(tmp_path: Path):
+    """DDP x2 trainers and one worker: each rank trains on its rows of the worker's global batch; the ranks end with
+    identical parameters, and the versions are the same schedule."""
+    from .test_distributed import launch
+
+    overrides = [*ASYNC, "trainer.max_steps=4", f"trainer.output_dir={tmp_path / 'run'}"]
+    done = launch("cpu_ddp.yaml", overrides, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    reports = rank_reports(tmp_path / "run")
+    assert [r["world_size"] for r in reports] == [2, 2]
+    assert reports[0]["parameter_sha256"] == reports[1]["parameter_sha256"]
+    assert [m["rollout/policy_version"] for m in metrics(tmp_path / "run")] == [0, 0, 1, 2]
+    assert not workers()

@@ -90,5 +90,28 @@ def describe(
         + model_lines(cfg, shape)
         + batch_lines(cfg, launch.world_size)
         + token_lines(cfg)
+        + rollout_side_lines(cfg, shape, launch)
         + memory_lines(est, device_memory)
     )
+
+
+def rollout_side_lines(cfg: Config, shape: ModelShape, launch: Launch) -> list[str]:
+    """Asynchronous rollouts: where the worker runs and what it holds (its own copy of the weights, the KV cache of
+    the whole global batch; the trainer's phases below then have no rollout of their own to hold)."""
+    k = cfg.rollout.max_staleness
+    if k == 0:
+        return []
+    server = cfg.rollout.server
+    where = f"the worker at {server.url}" if server.url else "a worker started beside the trainer"
+    devices = server.devices or ("the trainer's devices" if server.url is None else "its own devices")
+    b = 2 if cfg.model.dtype != "float32" or launch.mixed_precision != "no" else 4
+    rows, tokens = cfg.trainer.batch_size, cfg.rollout.max_prompt_length + cfg.rollout.max_completion_length
+    kv = 2 * shape.layers * shape.kv_heads * shape.head_dim * tokens * rows * b
+    weights = shape.parameters * b
+    return [
+        f"  rollouts  asynchronous, max_staleness={k}: {where} on {devices} samples step s with the policy of step "
+        f"s - {k}",
+        f"            it holds {weights / 1e9:.2f} GB of weights + {kv / 1e9:.2f} GB of KV cache for the global batch "
+        f"({rows} rows x {tokens:,} tokens); give it devices of its own (rollout.server.devices) when that does not "
+        "fit beside the trainer",
+    ]

@@ -47,6 +47,7 @@ class Sampled:
     reward_seconds: float
     first_round_zero_std: Tensor  # [B_global] bool
     reward_failures: Tensor  # [3, F]
+    waited_seconds: float = 0.0  # the worker's wait for the weights it sampled this step with
 
 
 def on_cpu(obj: object) -> object:

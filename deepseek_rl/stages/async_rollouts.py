@@ -23,8 +23,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -60,7 +62,14 @@ class AsyncRollouts:
     """The connection to the rollout worker of one GRPO stage (module docstring)."""
 
     def __init__(
-        self, cfg: Config, output_dir: Path, state: TrainerState, pending: list[Sampled], rank: int, world: int
+        self,
+        cfg: Config,
+        output_dir: Path,
+        state: TrainerState,
+        pending: list[Sampled],
+        rank: int,
+        world: int,
+        rank_zero_value: Callable[[Any], Any] = lambda value: value,
     ):
         self.cfg, self.k, self.steps = cfg, cfg.rollout.max_staleness, cfg.trainer.max_steps
         self.rank, self.world, self.state = rank, world, state
@@ -69,8 +78,8 @@ class AsyncRollouts:
         self.taken: dict[int, Sampled] = {s.step: s for s in pending}
         self.sync_seconds = 0.0
         server = cfg.rollout.server
-        if server.url is None:
-            host, port = "127.0.0.1", self.start_local_worker(output_dir)
+        if server.url is None:  # rank 0 starts it; every rank connects to rank 0's port
+            host, port = "127.0.0.1", int(rank_zero_value(self.start_local_worker(output_dir)))
         else:
             host, _, port_text = server.url.rpartition(":")
             port = int(port_text)
@@ -92,6 +101,8 @@ class AsyncRollouts:
         env = {**os.environ, "DEEPSEEK_RL_PARENT_PID": str(os.getpid())}
         for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
             env.pop(key, None)  # the worker is no rank of the trainers' process group
+        if "DEEPSEEK_RL_WORKER_THREADS" in os.environ:  # the benchmark's split of the cores
+            env["OMP_NUM_THREADS"] = os.environ["DEEPSEEK_RL_WORKER_THREADS"]
         if self.cfg.rollout.server.devices is not None:
             env["CUDA_VISIBLE_DEVICES"] = self.cfg.rollout.server.devices
         log = (output_dir / "rollout_worker.log").open("ab")

@@ -179,7 +179,7 @@ def grpo_parts(stage: Stage, checked: Checked) -> GRPORun:
     remote = None
     if checked.pending is not None:
         remote = AsyncRollouts(cfg, stage.output_dir, stage.state, checked.pending.resumed, accelerator.process_index,
-                               accelerator.num_processes)  # fmt: skip
+                               accelerator.num_processes, stage.rank_zero_value)  # fmt: skip
         checked.pending.source = remote
         try:
             remote.begin(accelerator.unwrap_model(stage.policy))
@@ -222,7 +222,8 @@ def step(run: GRPORun, step_index: int) -> StepStats:
         scored, rollout_stats, sampled = run.remote.take(step_index)
         staleness = float(step_index - sampled.version)
         versions = {"rollout/policy_version": float(sampled.version), "rollout/staleness_mean": staleness,
-                    "rollout/staleness_max": staleness, "time/wait_rollout": time.perf_counter() - start}  # fmt: skip
+                    "rollout/staleness_max": staleness, "time/wait_rollout": time.perf_counter() - start,
+                    "rollout/worker_wait": sampled.waited_seconds}  # fmt: skip
     else:
         with run.engine.session():
             scored, rollout_stats = run.collector.collect(run.engine, step_index)

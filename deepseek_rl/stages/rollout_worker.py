@@ -86,14 +86,16 @@ def run(cfg: Config, channel: Channel, hello: dict) -> None:
     channel.put("ready", encode({"version": version}))
     try:
         for step in range(hello["start"], hello["steps"]):
+            waiting = time.perf_counter()
             while version < max(0, step - k):
                 version = channel.receive_weights(params)
+            waited = time.perf_counter() - waiting
             if "stop" in channel.keys_present():
                 return
             with engine.session():
                 scored, stats = collector.collect(engine, step)
             sampled = Sampled(step, version, scored, stats.generation_seconds, stats.reward_seconds,
-                              stats.first_round_zero_std, stats.reward_failures)  # fmt: skip
+                              stats.first_round_zero_std, stats.reward_failures, waited)  # fmt: skip
             channel.put(f"batch/{step}", pack(sampled))
         deadline = time.monotonic() + cfg.rollout.server.timeout
         while "stop" not in channel.keys_present() and time.monotonic() < deadline:  # the store lives until the
