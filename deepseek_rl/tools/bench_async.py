@@ -37,6 +37,7 @@ def cores() -> int:
 def train(args: list[str], cwd: Path, threads: int, worker_threads: int | None = None) -> Path:
     """One run of the CLI; returns its run directory (raises with its stderr when it fails)."""
     run = cwd / "run"
+    cwd.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
     if worker_threads is not None:
         env["DEEPSEEK_RL_WORKER_THREADS"] = str(worker_threads)
