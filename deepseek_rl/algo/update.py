@@ -35,8 +35,8 @@ class UpdateSettings:
     max_grad_norm: float | None
     padding_free: bool = False  # micro-batches run packed (logprobs.packed_logprobs)
     max_tokens_per_micro_batch: int | None = None  # token-budget micro-batches instead of micro_batch_size rows
-    # asynchronous rollouts: the old policy of the ratio is the policy before this update, recomputed (the proximal
-    # policy of decoupled PPO), even with one pass; the sampler's log-probs are the behaviour policy
+    # the old policy of the ratio recomputed before the update even with one pass (with one pass the policy's own
+    # detached log-probs are it already: the proximal policy of decoupled PPO costs no extra forward)
     proximal: bool = False
 
 

@@ -6,8 +6,9 @@
     state_dict()         for checkpoints (registered with accelerate): the batches of the next k steps, already
                          sampled with older policies that a resumed run could not reproduce, so a run killed at any
                          point and resumed trains on exactly the samples of the uninterrupted run
-Off-policy correction (decoupled PPO, as AReaL): the ratio's denominator is the policy before this update (its
-log-probs recomputed by the trainer: the proximal policy), and the engine's log-probs of the sampled tokens (the
+Off-policy correction (decoupled PPO, as AReaL): the ratio's denominator is the policy before this update (the
+proximal policy: with one pass, the policy's own detached log-probs of the same forward, so it costs nothing; with
+num_iterations > 1, recomputed once before the first pass), and the engine's log-probs of the sampled tokens (the
 behaviour policy, which sampled them k steps ago) weigh each token through `algorithm.tis_cap` and
 `algorithm.engine_is_mode` (truncated or masked importance sampling, per token or sequence).
 

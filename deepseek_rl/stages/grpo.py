@@ -205,7 +205,6 @@ def grpo_parts(stage: Stage, checked: Checked) -> GRPORun:
             cfg.optimizer.max_grad_norm,
             trainer.padding_free,
             trainer.max_tokens_per_micro_batch,
-            proximal=remote is not None,
         ),
         observer=RolloutObserver(cfg.logger, cfg.eval, cfg.data.source_column, rewards.names, stage.tracker),
         evaluator=evaluator,

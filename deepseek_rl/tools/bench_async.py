@@ -7,8 +7,8 @@ demo   the default demo's RL stage (3-digit addition, the 1M-parameter model), f
 large  the TRL benchmark's 43M-parameter Qwen2 (151k-token R1 vocabulary, GSM8K prompts, 256-token completions;
        bench_workers.py) from its random weights: speed only (its reward has nothing to learn)
 
-On this machine's cores: the synchronous run gets all of them (torch threads = cores) in one process; an
-asynchronous run gets one core for the trainer and the rest for its rollout worker (one thread each on 2 cores).
+On this machine's cores: the synchronous run's one process gets a thread per core; an asynchronous run's trainer
+too, and its rollout worker one fewer (2 and 1 on 2 cores): while one side waits, the other has the cores.
 Per arm: steps per hour (median step), the share of time each side waits (the trainer for rollouts and weight
 syncs, `time/wait_rollout` + `time/weight_sync`; the worker for weights, `rollout/worker_wait`), the held-out greedy
 accuracy at equal steps (the last evaluation) and at equal wall time (each arm's last evaluation before the
@@ -106,7 +106,7 @@ def run_workload(name: str, steps: int, eval_every: int, quick: bool, work: Path
     sync_seconds = None
     for arm, k in ARMS.items():
         extra = [f"rollout.max_staleness={k}"] + (["algorithm.tis_cap=2.0"] if k else [])
-        run = train([*base, *extra], work / f"{name}-k{k}", n if k == 0 else 1, None if k == 0 else max(1, n - 1))
+        run = train([*base, *extra], work / f"{name}-k{k}", n, None if k == 0 else max(1, n - 1))
         lines = metrics(run)
         results[arm] = summarise(lines, sync_seconds)
         if k == 0:
