@@ -36,18 +36,29 @@ def shared() -> Path:
 
 
 def hub_model_recipes() -> list[str]:
-    """Recipes whose model option names a Hugging Face Hub id (real models): offline they run with model=tiny_like."""
+    """Recipes whose model option names a Hugging Face Hub id (real models), directly or through the recipe they
+    extend (a plain name in the defaults list): offline they run with model=tiny_like."""
     import yaml
 
     from deepseek_rl.hub import is_hub_id
     from deepseek_rl.paths import recipes_dir
 
+    def model_option(name: str) -> str | None:
+        path = recipes_dir() / f"{name}.yaml"
+        if not path.exists():
+            return None
+        defaults = (yaml.safe_load(path.read_text()) or {}).get("defaults") or []
+        for entry in reversed(defaults):  # a later entry overrides an earlier one
+            if isinstance(entry, dict) and "model" in entry:
+                return entry["model"]
+            if isinstance(entry, str) and entry not in ("_self_",) and (option := model_option(entry)):
+                return option
+        return None
+
     names = []
     for path in sorted(recipes_dir().glob("*.yaml")):
-        defaults = (yaml.safe_load(path.read_text()) or {}).get("defaults") or []
-        options = [d["model"] for d in defaults if isinstance(d, dict) and "model" in d]
-        if options:
-            model = yaml.safe_load((recipes_dir() / "model" / f"{options[0]}.yaml").read_text()) or {}
+        if option := model_option(path.stem):
+            model = yaml.safe_load((recipes_dir() / "model" / f"{option}.yaml").read_text()) or {}
             if isinstance(model.get("path"), str) and is_hub_id(model["path"]):
                 names.append(path.stem)
     return names

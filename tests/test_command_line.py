@@ -113,7 +113,7 @@ def completion_env(line: str) -> dict:
         ("deepseek-rl tr", ["train"]),
         ("deepseek-rl train algorithm.num_gen", ["algorithm.num_generations="]),
         ("deepseek-rl train algorithm=d", ["algorithm=dapo", "algorithm=dr_grpo"]),
-        ("deepseek-rl train --config-name sm", ["smoke", "smoke_chat", "smoke_vllm"]),
+        ("deepseek-rl train --config-name sm", ["smoke", "smoke_async", "smoke_chat", "smoke_vllm"]),
         ("deepseek-rl train --config-name smoke trainer.max_st", ["trainer.max_steps="]),
     ],
 )

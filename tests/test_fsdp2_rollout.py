@@ -20,6 +20,7 @@ from deepseek_rl.infra.distributed import parameter_digest
 from deepseek_rl.models.char_tokenizer import build_char_tokenizer
 from deepseek_rl.models.loading import load_model
 from deepseek_rl.rollout.engine import BuiltinEngine
+from deepseek_rl.rollout.seeds import RowNoise
 
 tok = build_char_tokenizer()
 cfg = ModelConfig(tie_word_embeddings=False)
@@ -34,7 +35,7 @@ out = []
 for model in (plain, sharded):
     engine = BuiltinEngine(model, tok, [tok.eos_token_id], Accelerator())
     with engine.session():
-        out.append(engine.generate(prompts, 4, RolloutConfig(max_completion_length=12), 7, 0, 12))
+        out.append(engine.generate(prompts, 4, RolloutConfig(max_completion_length=12), RowNoise(7, 12)))
 assert torch.equal(out[0].completion_ids, out[1].completion_ids), (out[0].completions, out[1].completions)
 assert isinstance(sharded.lm_head.weight, DTensor)  # resharded after the rollout
 assert parameter_digest(sharded)[0] == parameter_digest(plain)[0]

@@ -48,10 +48,12 @@ CPU_OVERRIDES = [
 # model=tiny_like).
 SFT_RECIPES = ["gsm8k_sft_r1_distill"]
 TOOL_RECIPES = ["math_tir_qwen25_math"]
+# The asynchronous variant of a recipe above (tests/test_config.py composes it; tests/test_async.py runs async GRPO).
+ASYNC_RECIPES = ["gsm8k_grpo_r1_distill_async"]
 
 
 def test_the_real_recipes_are_the_hub_model_recipes():
-    assert hub_model_recipes() == sorted(RECIPES + SFT_RECIPES + TOOL_RECIPES)
+    assert hub_model_recipes() == sorted(RECIPES + SFT_RECIPES + TOOL_RECIPES + ASYNC_RECIPES)
 
 
 @pytest.mark.parametrize("name", RECIPES)
