@@ -128,3 +128,18 @@ def test_two_trainer_ranks_share_one_worker(tmp_path: Path):
     assert reports[0]["parameter_sha256"] == reports[1]["parameter_sha256"]
     assert [m["rollout/policy_version"] for m in metrics(tmp_path / "run")] == [0, 0, 1, 2]
     assert not workers()
+
+
+def test_a_worker_started_beside_the_trainer_runs_the_trainers_config_exactly(tmp_path: Path):
+    """The trainer hands its config to the worker as JSON; a dict field (reward.weights) arrives as the recipe set
+    it, not merged into the default's (the bug: the worker scored answer_match too and refused the trainer)."""
+    import argparse
+
+    from deepseek_rl.cli.serve import load_config
+    from deepseek_rl.config import load_recipe
+    from deepseek_rl.stages.rollout_worker import config_snapshot
+
+    cfg = load_recipe("gsm8k_grpo_r1_distill_async", ["model=tiny_like"])
+    assert "answer_match" not in cfg.reward.weights and "answer_match" in load_recipe("smoke").reward.weights
+    (tmp_path / "config.json").write_text(config_snapshot(cfg))
+    assert load_config(argparse.Namespace(config_json=str(tmp_path / "config.json")), []) == cfg

@@ -33,15 +33,29 @@ def die_with_parent() -> None:
         sys.exit(0)
 
 
+def flat_items(data: dict, prefix: str = ""):
+    """(dotted key, value) of every node of a nested dict, parents before children."""
+    for key, value in data.items():
+        yield prefix + key, value
+        if isinstance(value, dict):
+            yield from flat_items(value, f"{prefix}{key}.")
+
+
 def load_config(args: argparse.Namespace, overrides: list[str]):
     from omegaconf import OmegaConf
 
     from deepseek_rl.config import load_recipe
     from deepseek_rl.config.schema import Config
 
-    if args.config_json:
+    if args.config_json:  # the trainer's own config, as it ran: a dict field replaces the default's, not merges
+        from deepseek_rl.config.overrides import key_kind
+
         data = json.loads(open(args.config_json).read())
-        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(data)))
+        cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(data))
+        for key, value in flat_items(data):
+            if key_kind(key) == "dict":
+                OmegaConf.update(cfg, key, value, merge=False)
+        return OmegaConf.to_object(cfg)
     return load_recipe(args.config_name, overrides, args.config_dir)
 
 

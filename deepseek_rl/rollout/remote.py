@@ -93,22 +93,23 @@ class Channel:
         """The value of `key` once it is there; `alive` says why the worker is gone (or None while it runs);
         `wait=False` waits without a deadline (a worker waiting for its trainer)."""
         deadline = time.monotonic() + self.timeout.total_seconds() if wait else float("inf")
-        while True:
-            try:
-                self.store.wait([key], datetime.timedelta(seconds=2))
-                break
-            except RuntimeError as err:  # a wait that timed out, or a store that is gone
-                if "error" in self.keys_present():
-                    raise RolloutServerError(f"the rollout worker at {self.describe} failed: "
-                                             f"{self.store.get('error').decode()}") from None  # fmt: skip
-                gone = alive() if alive is not None else None
-                if gone is not None:
-                    raise RolloutServerError(f"the rollout worker at {self.describe} is gone ({gone})") from None
-                if time.monotonic() > deadline:
-                    raise RolloutServerError(
-                        f"the rollout worker at {self.describe} sent nothing for {self.timeout.total_seconds():.0f} s "
-                        f"(waiting for {key}; {type(err).__name__}); raise rollout.server.timeout if it is just slow"
-                    ) from None
+        next_look = time.monotonic() + 2.0
+        while not self.present(key, alive):  # polled: a timed-out store.wait logs a c10d error on every try
+            time.sleep(0.01)
+            if time.monotonic() < next_look:
+                continue
+            next_look = time.monotonic() + 2.0
+            if "error" in self.keys_present():
+                raise RolloutServerError(f"the rollout worker at {self.describe} failed: "
+                                         f"{self.store.get('error').decode()}")  # fmt: skip
+            gone = alive() if alive is not None else None
+            if gone is not None:
+                raise RolloutServerError(f"the rollout worker at {self.describe} is gone ({gone})")
+            if time.monotonic() > deadline:
+                raise RolloutServerError(
+                    f"the rollout worker at {self.describe} sent nothing for {self.timeout.total_seconds():.0f} s "
+                    f"(waiting for {key}); raise rollout.server.timeout if it is just slow"
+                )
         try:
             value = self.store.get(key)
             if delete:
@@ -116,6 +117,15 @@ class Channel:
         except RuntimeError as err:
             raise self.gone(err, f"reading {key}") from None
         return value
+
+    def present(self, key: str, alive: Callable[[], str | None] | None) -> bool:
+        try:
+            return self.store.check([key])
+        except RuntimeError as err:  # the store's host (the worker) is gone
+            gone = alive() if alive is not None else None
+            if gone is not None:
+                raise RolloutServerError(f"the rollout worker at {self.describe} is gone ({gone})") from None
+            raise self.gone(err, f"waiting for {key}") from None
 
     def keys_present(self) -> set[str]:
         try:
