@@ -53,6 +53,20 @@ def test_an_unknown_key_fails_with_the_nearest_key(tmp_path: Path, override, mes
         load_recipe("smoke", [override])
 
 
+def test_a_config_error_leaves_no_run_folder_and_a_run_says_where_it_writes(tmp_path: Path):
+    bad = run_cli("train", "--config-name", "smoke", "trainer.max_steps=-1", "logger=none", cwd=tmp_path)
+    assert bad.returncode == 2 and "trainer.max_steps=-1 must be >= 1" in bad.stderr
+    assert not (tmp_path / "runs").exists()  # Hydra made runs/smoke/<time>/ before the config was validated
+    (tmp_path / "runs" / "smoke" / "earlier").mkdir(parents=True)  # another run's folder stays
+    run_cli("train", "--config-name", "smoke", "trainer.max_steps=-1", "logger=none", cwd=tmp_path)
+    assert [p.name for p in (tmp_path / "runs" / "smoke").iterdir()] == ["earlier"]
+    good = run_cli("train", "--config-name", "smoke", "trainer.max_steps=1", "logger=none", cwd=tmp_path)
+    assert good.returncode == 0, good.stderr[-2000:]
+    (folder,) = [p for p in (tmp_path / "runs" / "smoke").iterdir() if p.name != "earlier"]
+    assert f"deepseek-rl: run folder {folder}" in good.stdout and f"results in {folder}" in good.stdout
+    assert (folder / "metrics.jsonl").exists()
+
+
 def test_plus_still_adds_to_the_dict_fields():
     cfg = load_recipe("smoke", ["+data.columns.question=prompt", "+reward.args.repetition.ngram_size=2",
                                 "+reward.weights.repetition=0.1"])  # fmt: skip

@@ -43,6 +43,24 @@ def test_sft_single_process_logs_loss_lr_and_validation(single_sft: Path):
     assert (single_sft / "final" / "model.safetensors").exists()
 
 
+def test_the_cold_start_stops_on_the_metric_it_names(tmp_path: Path):
+    from deepseek_rl.config.stages import SFTConfig
+    from deepseek_rl.stages.sft import reached
+
+    check = {"eval/greedy_accuracy": 0.5, "eval/sampled_accuracy": 0.1}
+    assert reached(check, SFTConfig(stop_metric="greedy_accuracy", stop_accuracy=0.45))
+    assert not reached(check, SFTConfig(stop_metric="sampled_accuracy", stop_accuracy=0.15))
+    assert reached(check, SFTConfig(stop_metric="sampled_accuracy", stop_accuracy=0.1))
+    assert not reached(check, SFTConfig(stop_metric="greedy_accuracy", stop_accuracy=None))
+    args = [a for a in SFT if not a.startswith("sft.stop_accuracy")]
+    stop = ["sft.stop_metric=greedy_accuracy", "sft.stop_accuracy=0.0", f"trainer.output_dir={tmp_path / 'run'}"]
+    result = run_cli("train", *args, *stop, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "cold start stopped after 3 steps" in result.stdout + result.stderr  # the first check: greedy >= 0
+    wrong = run_cli("train", *args, "sft.stop_metric=pass@8", cwd=tmp_path)
+    assert wrong.returncode == 2 and "sft.stop_metric" in wrong.stderr.strip().splitlines()[-1]
+
+
 @pytest.mark.parametrize("config", ["cpu_ddp.yaml", "zero3.yaml"])
 def test_sft_on_two_processes_matches_one(config, single_sft: Path, tmp_path: Path):
     result = launch(config, [*SFT, f"trainer.output_dir={tmp_path / 'run'}"], tmp_path)

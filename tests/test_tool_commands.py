@@ -172,6 +172,32 @@ def test_reference_run_quick(tmp_path: Path):
 
 
 @pytest.mark.slow
+def test_robustness_quick(tmp_path: Path):
+    from deepseek_rl.tools.robustness import BAND, MIN_GAIN
+
+    result = tool("robustness", "--seeds", "0", "--threads", "1", "--quick", cwd=tmp_path)
+    succeeded(result)
+    out = tmp_path / "runs" / "robustness-quick"
+    assert not (tmp_path / "docs").exists()
+    data = json.loads((out / "robustness.json").read_text())
+    (run,) = data["runs"]
+    assert (run["seed"], run["threads"]) == (0, 1) and 1 <= run["sft_steps"] <= 40  # QUICK: sft.max_steps=40
+    results = json.loads((out / "seed-0-threads-1" / "results.json").read_text())
+    assert run["cold_greedy"] == results["sft"]["eval/greedy_accuracy"]
+    assert run["gain"] == pytest.approx(100 * (results["grpo"]["eval/greedy_accuracy"] - run["cold_greedy"]))
+    assert run["sampled_gain"] == pytest.approx(100 * (run["rl_sampled"] - run["cold_sampled"]))
+    summary = data["summary"]
+    assert summary["gain_min"] == summary["gain_max"] == run["gain"] and data["matmul_gflops"]["1"] > 0
+    holds = BAND[0] <= run["cold_greedy"] <= BAND[1] and run["gain"] >= MIN_GAIN
+    assert summary["promise_holds"] is holds
+    page = (out / "robustness.md").read_text()
+    assert "python -m deepseek_rl.tools.robustness --seeds 0 --threads 1 --quick" in page and "**Quick run**" in page
+    row = next(line for line in page.splitlines() if line.startswith("| 0 | 1 |"))
+    assert f"| {run['cold_greedy']:.3f} | {run['rl_greedy']:.3f} | {run['gain']:+.1f} |" in row
+    assert ("does NOT hold" in page) is not holds
+
+
+@pytest.mark.slow
 def test_tool_demo_quick(tmp_path: Path):
     from deepseek_rl.tools.tool_demo import METRICS
 

@@ -16,6 +16,8 @@ stop the sweep: its line names the job, the next job runs, and the end of the sw
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 import traceback
 from pathlib import Path
@@ -45,12 +47,18 @@ def run(dcfg: DictConfig) -> Path | None:
     """Validate the composed recipe and run its stages (GRPO alone by default)."""
     job = current_job()
     try:
-        check_composed(dcfg)  # a key the schema lacks (a recipe file, a `++` override) is an error, never ignored
-        cfg: Config = OmegaConf.to_object(dcfg)
+        try:
+            check_composed(dcfg)  # a key the schema lacks (a recipe file, a `++` override) is an error, never ignored
+            cfg: Config = OmegaConf.to_object(dcfg)
+        except ConfigError:
+            discard_hydra_folder(job)
+            raise
         check_job_output_dir(cfg.trainer.output_dir, job)  # every job of a sweep writes into a folder of its own
         cfg.logger = job_logger(cfg.logger, job)  # a multirun job logs to its sweep's wandb group
         output_dir = Path(cfg.trainer.output_dir or HydraConfig.get().runtime.output_dir)
+        say(f"run folder {output_dir}")  # whatever the logger
         run_stages(cfg, output_dir)
+        say(f"finished; results in {output_dir}")
         if in_sweep(job):
             SWEEP.record(job, 0)
         return output_dir
@@ -68,6 +76,26 @@ def run(dcfg: DictConfig) -> Path | None:
     finally:
         release_accelerator()  # the next job of a multirun (same process) starts from a clean accelerate state
     return None
+
+
+def say(message: str) -> None:
+    """A line on stdout from the first process (RANK 0, or a run without a launcher)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(f"deepseek-rl: {message}", flush=True)
+
+
+def discard_hydra_folder(job: HydraJob | None) -> None:
+    """A run whose config is wrong leaves no run folder: Hydra made one for it (its .hydra/ and log) before the
+    config was validated; it is removed when that is all it holds."""
+    if in_sweep(job):
+        return
+    folder = Path(HydraConfig.get().runtime.output_dir)
+    if folder.is_dir() and {p.name for p in folder.iterdir()} <= {".hydra", f"{HydraConfig.get().job.name}.log"}:
+        shutil.rmtree(folder, ignore_errors=True)
+        cwd, parent = Path.cwd().resolve(), folder.resolve().parent
+        while parent != cwd and cwd in parent.parents and not any(parent.iterdir()):  # runs/<recipe>/, if empty
+            parent.rmdir()
+            parent = parent.parent
 
 
 def in_sweep(job: HydraJob | None) -> bool:

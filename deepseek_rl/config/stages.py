@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from deepseek_rl.config.checks import require
+from deepseek_rl.config.checks import one_of, require
 from deepseek_rl.config.plan import BatchPlan, finetune_plan
 
 
@@ -32,10 +32,12 @@ class SFTConfig:
     # Tokens per example (prompt + completion); longer completions are cut (counted and reported).
     # null: rollout.max_prompt_length + rollout.max_completion_length.
     max_length: int | None = None
-    # Every eval_every steps, sample one completion (temperature 1) per validation problem and log the accuracy;
-    # stop as soon as it reaches stop_accuracy (null: never stop early; 0 for eval_every: no checks). Stopping
-    # early leaves RL something to learn.
+    # Every eval_every steps, decode each validation problem greedily and sample one completion (temperature 1),
+    # log both accuracies, and stop as soon as `stop_metric` (greedy_accuracy | sampled_accuracy) reaches
+    # stop_accuracy (null: never stop early; 0 for eval_every: no checks). Stopping early leaves RL something to
+    # learn.
     eval_every: int = 10
+    stop_metric: str = "sampled_accuracy"
     stop_accuracy: float | None = 0.15
     num_validation: int = 200
 
@@ -45,6 +47,7 @@ class SFTConfig:
         require(self.max_steps >= 1, f"sft.max_steps={self.max_steps} must be >= 1")
         require(self.warmup_steps >= 0, f"sft.warmup_steps={self.warmup_steps} must be >= 0")
         require(self.eval_every >= 0, f"sft.eval_every={self.eval_every} must be >= 0 (0: no validation checks)")
+        one_of("sft.stop_metric", self.stop_metric, ("greedy_accuracy", "sampled_accuracy"))
         require(
             self.micro_batch_size is None or self.micro_batch_size >= 1,
             f"sft.micro_batch_size={self.micro_batch_size} must be >= 1 (or null)",

@@ -24,6 +24,7 @@ an earlier one's outputs without `trainer.overwrite` (infra/rundir.py); the lock
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from deepseek_rl.data.prompts import build_prompt_set
 from deepseek_rl.data.sources import source_name
 from deepseek_rl.infra.checkpoint import storage_error
 from deepseek_rl.infra.distributed import launched_world_size, on_rank_zero
+from deepseek_rl.infra.machine import machine_line
 from deepseek_rl.infra.plots import plot_training_curves
 from deepseek_rl.infra.preemption import Preempted, Preemption
 from deepseek_rl.infra.resume import flatten, require_same_run
@@ -118,7 +120,11 @@ def run_stages(cfg: Config, output_dir: Path, reward_funcs: RewardFunctions | No
             check_vllm_install()  # before any model loads: vLLM is installed
         trainer = cfg.trainer  # one run at a time in the folder, never over an earlier one by accident
         on_rank_zero(lambda: locks.append(claim(output_dir, trainer.resume, trainer.overwrite, key)))
-        return _run_stages(cfg, output_dir, preemption, reward_funcs)
+        start = time.perf_counter()
+        checkpoints = _run_stages(cfg, output_dir, preemption, reward_funcs)
+        if len(cfg.stages) > 1 and is_main_process():  # the wall time, with what scales it on another machine
+            print(f"deepseek-rl: {' -> '.join(cfg.stages)} {machine_line(time.perf_counter() - start)}")
+        return checkpoints
     except Exception as err:
         full = storage_error(err, output_dir, "writing the run's files")
         if full is not None:

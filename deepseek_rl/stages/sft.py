@@ -2,9 +2,10 @@
 
 The examples come from the train split (data/examples.py: chat `messages`, or prompt and completion columns) and
 train on the shared fine-tuning machinery (finetune.py), under any launch backend. The cold start is deliberately
-stopped early (`sft.stop_accuracy`): every `sft.eval_every` steps one completion per validation problem is sampled at
-temperature 1, and training stops as soon as that accuracy reaches the threshold, so the model is right only part of
-the time and RL has something to learn. With `sft.stop_accuracy: null` the checks are logged and never stop it.
+stopped early (`sft.stop_accuracy`): every `sft.eval_every` steps each validation problem is decoded greedily and
+sampled once at temperature 1, and training stops as soon as `sft.stop_metric` reaches the threshold, so the model is
+right only part of the time and RL has something to learn. With `sft.stop_accuracy: null` the checks are logged
+and never stop it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from transformers import PreTrainedTokenizerBase
 
 from deepseek_rl.config.schema import Config
+from deepseek_rl.config.stages import SFTConfig
 from deepseek_rl.data.examples import Examples, load_examples
 from deepseek_rl.data.prompts import build_prompt_set
 from deepseek_rl.data.sources import source_name
@@ -29,6 +31,11 @@ def sft_examples(cfg: Config, tokenizer: PreTrainedTokenizerBase) -> Examples:
     max_length = cfg.sft.max_length or cfg.rollout.max_prompt_length + cfg.rollout.max_completion_length
     sft, marker = cfg.sft, cfg.rollout.tools.call_marker
     return load_examples(cfg.data, tokenizer, "train", sft.messages_column, sft.completion_column, max_length, marker)
+
+
+def reached(metrics: dict[str, float], sft: SFTConfig) -> bool:
+    """Whether a validation check's metrics stop the cold start."""
+    return sft.stop_accuracy is not None and metrics[f"eval/{sft.stop_metric}"] >= sft.stop_accuracy
 
 
 def run_sft(cfg: Config, output_dir: Path) -> Path:
@@ -46,7 +53,7 @@ def run_sft(cfg: Config, output_dir: Path) -> Path:
         def check(step: int) -> bool:
             metrics = evaluator(tuner.engine, shard_of(tuner.accelerator), seed=step)
             tuner.tracker.log(step, {k.replace("eval/", "validation/"): v for k, v in metrics.items()})
-            return cfg.sft.stop_accuracy is not None and metrics["eval/sampled_accuracy"] >= cfg.sft.stop_accuracy
+            return reached(metrics, cfg.sft)
 
     steps = tuner.train(examples, check)
     final = tuner.finish()

@@ -35,28 +35,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
+from deepseek_rl.infra.machine import matmul_gflops
 from deepseek_rl.tools.bench_workers import WORKLOADS, prepare_workload
 
 PHASES = ("generation", "reward", "logprobs", "update")
-
-
-def matmul_gflops(size: int = 2048, repeats: int = 10) -> float:
-    """fp32 matrix-multiply throughput of this machine with torch's current thread count (best of `repeats`)."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    torch.mm(a, b)
-    best = min(_timed(lambda: torch.mm(a, b)) for _ in range(repeats))
-    return 2 * size**3 / best / 1e9
-
-
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 class WorkerFailed(RuntimeError):

@@ -17,6 +17,8 @@ import random
 import re
 from dataclasses import dataclass
 
+from deepseek_rl.errors import ConfigError
+
 ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 
 
@@ -64,13 +66,13 @@ class AdditionTask:
 
     def __post_init__(self) -> None:
         if not 0 <= self.teacher_error <= 1:
-            raise ValueError(f"data.task_args.teacher_error={self.teacher_error} must be in [0, 1]")
+            raise ConfigError(f"data.task_args.teacher_error={self.teacher_error} must be in [0, 1]")
 
     def splits(self, num_train: int, num_validation: int, num_eval: int) -> dict[str, list[dict[str, str]]]:
         lo, hi = 10 ** (self.num_digits - 1) if self.num_digits > 1 else 0, 10**self.num_digits - 1
         space, total = (hi - lo + 1) ** 2, num_train + num_validation + num_eval
         if total > space:
-            raise ValueError(
+            raise ConfigError(
                 f"data.num_train + num_validation + num_eval = {total} exceeds the {space} distinct "
                 f"{self.num_digits}-digit problems: lower them or raise data.num_digits"
             )

@@ -17,6 +17,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from deepseek_rl.errors import ConfigError
+
 TOOL_CALL = "```python\nprint({a}*{b})\n```\n```output\n{product}\n```\n"
 
 
@@ -43,14 +45,17 @@ class MultiplicationTask:
 
     def __post_init__(self) -> None:
         if not 0 <= self.tool_share <= 1:
-            raise ValueError(f"data.task_args.tool_share={self.tool_share} must be in [0, 1]")
+            raise ConfigError(f"data.task_args.tool_share={self.tool_share} must be in [0, 1]")
 
     def splits(self, num_train: int, num_validation: int, num_eval: int) -> dict[str, list[dict[str, str]]]:
         lo, hi = 10 ** (self.num_digits - 1), 10**self.num_digits - 1
         rng, seen, rows = random.Random(self.seed), set(), []
         total = num_train + num_validation + num_eval
         if total > (hi - lo + 1) ** 2:
-            raise ValueError(f"{total} problems exceed the distinct {self.num_digits}-digit products")
+            raise ConfigError(
+                f"data.num_train + num_validation + num_eval = {total} exceeds the distinct {self.num_digits}-digit "
+                "products: lower them or raise data.num_digits"
+            )
         teacher = random.Random(self.seed + 1)
         while len(rows) < total:
             a, b = rng.randint(lo, hi), rng.randint(lo, hi)
