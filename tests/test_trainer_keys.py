@@ -17,13 +17,14 @@ STAGES = {
             "sft.eval_every=0", "sft.warmup_steps=0"],
     # A verifier that passes everything: a random model keeps its samples, so there is something to fine-tune on.
     "rft": ["--config-name", "r1_rft", "stages=[rft]", "model=tiny", "model.path=null", "model.tokenizer=char", *SMALL,
-            "rft.num_prompts=16", "rft.samples=4", "rft.max_steps=3", "rft.batch_size=4", "+reward.functions.anything=anything.py:anything", "rft.verifiers=[anything]"],
+            "rft.num_prompts=16", "rft.samples=4", "rft.max_steps=3", "rft.batch_size=4",
+            "+reward.functions.anything=anything.py:anything", "rft.verifiers=[anything]"],
 }  # fmt: skip
 
 
 def trained(stage: str, tmp_path: Path, *keys: str) -> Path:
     run = tmp_path / "run"
-    (tmp_path / "anything.py").write_text("def anything(completions, **columns):\n    return [1.0] * len(completions)\n")
+    (tmp_path / "anything.py").write_text("def anything(completions, **kw):\n    return [1.0] * len(completions)\n")
     result = run_cli("train", *STAGES[stage], "logger=none", f"trainer.output_dir={run}", *keys, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     return run
