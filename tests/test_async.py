@@ -27,9 +27,12 @@ def workers() -> list[int]:
 
 @pytest.mark.parametrize("k", [1, 2])
 def test_async_rollouts_log_their_versions_and_never_exceed_the_staleness(k, tmp_path):
-    done = run_cli("train", *ASYNC, f"rollout.max_staleness={k}", "trainer.max_steps=6",
+    # k=2 without the off-policy correction: it trains, and says that nothing corrects for the staleness
+    cap = "algorithm.tis_cap=2" if k == 1 else "algorithm.tis_cap=null"
+    done = run_cli("train", *ASYNC, f"rollout.max_staleness={k}", "trainer.max_steps=6", cap,
                    f"trainer.output_dir={tmp_path / 'run'}", cwd=tmp_path)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
+    assert ("algorithm.tis_cap=null corrects nothing" in done.stdout) == (k == 2)
     lines = metrics(tmp_path / "run")
     versions = [m["rollout/policy_version"] for m in lines]
     assert versions == [max(0, s - k) for s in range(6)]  # step s sampled with the policy of step s - k

@@ -52,13 +52,26 @@ def test_the_cold_start_stops_on_the_metric_it_names(tmp_path: Path):
     assert not reached(check, SFTConfig(stop_metric="sampled_accuracy", stop_accuracy=0.15))
     assert reached(check, SFTConfig(stop_metric="sampled_accuracy", stop_accuracy=0.1))
     assert not reached(check, SFTConfig(stop_metric="greedy_accuracy", stop_accuracy=None))
+    # the band: a check whose greedy accuracy overshoots it (or falls short of it) does not stop
+    assert reached(check, SFTConfig(stop_accuracy=0.1, stop_greedy_band=[0.35, 0.5]))
+    assert not reached(check, SFTConfig(stop_accuracy=0.1, stop_greedy_band=[0.35, 0.49]))
+    assert not reached(check, SFTConfig(stop_accuracy=0.1, stop_greedy_band=[0.51, 0.7]))
+    assert not reached(check, SFTConfig(stop_accuracy=0.15, stop_greedy_band=[0.35, 0.7]))
     args = [a for a in SFT if not a.startswith("sft.stop_accuracy")]
-    stop = ["sft.stop_metric=greedy_accuracy", "sft.stop_accuracy=0.0", f"trainer.output_dir={tmp_path / 'run'}"]
+    stop = ["sft.stop_metric=greedy_accuracy", "sft.stop_accuracy=0.0", "sft.stop_greedy_band=null",
+            f"trainer.output_dir={tmp_path / 'run'}"]
     result = run_cli("train", *args, *stop, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "cold start stopped after 3 steps" in result.stdout + result.stderr  # the first check: greedy >= 0
     wrong = run_cli("train", *args, "sft.stop_metric=pass@8", cwd=tmp_path)
     assert wrong.returncode == 2 and "sft.stop_metric" in wrong.stderr.strip().splitlines()[-1]
+    wrong = run_cli("train", *args, "sft.stop_greedy_band=[0.7,0.3]", cwd=tmp_path)
+    assert wrong.returncode == 2 and "sft.stop_greedy_band" in wrong.stderr.strip().splitlines()[-1]
+    # a band no check can meet: the cold start runs to sft.max_steps and says so
+    never = ["sft.stop_accuracy=0.0", "sft.stop_greedy_band=[1.0,1.0]", f"trainer.output_dir={tmp_path / 'never'}"]
+    result = run_cli("train", *args, *never, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "no validation check met sft.stop_accuracy=0.0" in result.stdout
 
 
 @pytest.mark.parametrize("config", ["cpu_ddp.yaml", "zero3.yaml"])

@@ -205,14 +205,14 @@ def test_observer_metrics_tables_and_alarms(accelerator, tmp_path: Path, capsys)
     observer = RolloutObserver(cfg.logger, cfg.eval, cfg.data.source_column, ["answer_match", "format"], tracker)
     from dataclasses import fields
 
-    from deepseek_rl.algo.update import UpdateSums
+    from deepseek_rl.algo.losses import LossTerms
     from deepseek_rl.config import RewardConfig
     from deepseek_rl.stages.collect import RolloutStats
     from deepseek_rl.stages.metrics import step_metrics
     from deepseek_rl.stages.reward_set import RewardSet
 
     rewards = RewardSet(RewardConfig(weights={"answer_match": 1.0, "format": 1.0}))
-    sums = UpdateSums(**{f.name: torch.zeros(()) for f in fields(UpdateSums)})
+    sums = LossTerms(**{f.name: torch.zeros(()) for f in fields(LossTerms)})
     stats = RolloutStats(first_round_zero_std=torch.tensor([False, True]))
     metrics = step_metrics(accelerator, BATCH, stats, sums, rewards, "dapo", cfg.eval.correctness, "source")
     rewards.close()

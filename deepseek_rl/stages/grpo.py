@@ -135,6 +135,10 @@ def setup(cfg: Config, output_dir: Path, reward_funcs: RewardFunctions | None = 
                     "whole parameters and does not gather ZeRO-3's partitions yet; use ZeRO-2 or DDP for the "
                     "trainer (launch/zero2.yaml), or rollout.max_staleness=0"
                 )
+            if cfg.algorithm.tis_cap is None and accelerator.is_main_process:
+                print(f"deepseek-rl: warning: rollout.max_staleness={cfg.rollout.max_staleness} samples with older "
+                      "policies and algorithm.tis_cap=null corrects nothing for it; algorithm.tis_cap=2 weighs each "
+                      "token by min(pi_proximal / pi_behaviour, 2) (docs/async.md)", flush=True)  # fmt: skip
             pending = PendingRollouts()
             accelerator.register_for_checkpointing(pending)  # restored by the resume that follows
         rewards = RewardSet(cfg.reward, context, functions=reward_funcs, device=accelerator.device,

@@ -20,7 +20,7 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 from torch import Tensor
 
-from deepseek_rl.algo.update import UpdateSums
+from deepseek_rl.algo.losses import LossTerms
 from deepseek_rl.batch import ScoredBatch
 from deepseek_rl.stages.collect import RolloutStats
 from deepseek_rl.stages.observability import (
@@ -33,7 +33,7 @@ from deepseek_rl.stages.observability import (
 from deepseek_rl.stages.reward_set import RewardSet
 
 ROW_COLUMNS = ("reward", "length", "truncated", "zero_std", "repetition", "dominant", "correct", "calls", "env")
-SUMS = [f.name for f in fields(UpdateSums) if f.name != "engine_ratio_max"]
+SUMS = [f.name for f in fields(LossTerms) if f.name != "engine_ratio_max"]  # grad_norm included
 
 
 def row_table(scored: ScoredBatch, stats: RolloutStats, verifier: str) -> Tensor:
@@ -59,7 +59,7 @@ def row_table(scored: ScoredBatch, stats: RolloutStats, verifier: str) -> Tensor
     return torch.cat([torch.stack(columns, dim=1), scored.reward_terms.float().cpu()], dim=1)
 
 
-def count_vector(sums: UpdateSums, stats: RolloutStats, scored: ScoredBatch, num_rewards: int) -> Tensor:
+def count_vector(sums: LossTerms, stats: RolloutStats, scored: ScoredBatch, num_rewards: int) -> Tensor:
     """This rank's counts, summed over ranks: the update's sums, the rewards' failures [3 x F], tool errors and
     timeouts, dynamic sampling's dropped and unfilled groups."""
     failures = stats.reward_failures if stats.reward_failures is not None else torch.zeros(3, num_rewards)
@@ -74,7 +74,7 @@ def step_metrics(
     accelerator: Accelerator,
     scored: ScoredBatch,
     stats: RolloutStats,
-    sums: UpdateSums,
+    sums: LossTerms,
     rewards: RewardSet,
     loss_type: str,
     verifier: str,

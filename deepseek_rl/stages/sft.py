@@ -3,9 +3,11 @@
 The examples come from the train split (data/examples.py: chat `messages`, or prompt and completion columns) and
 train on the shared fine-tuning machinery (finetune.py), under any launch backend. The cold start is deliberately
 stopped early (`sft.stop_accuracy`): every `sft.eval_every` steps each validation problem is decoded greedily and
-sampled once at temperature 1, and training stops as soon as `sft.stop_metric` reaches the threshold, so the model is
-right only part of the time and RL has something to learn. With `sft.stop_accuracy: null` the checks are logged
-and never stop it.
+sampled once at temperature 1, and training stops at the first check where `sft.stop_metric` reaches the threshold
+and the greedy accuracy lies inside `sft.stop_greedy_band`, so the model is right only part of the time and RL has
+something to learn. Near the threshold the curve is steep and noisy (a check can read 0.3 and the next 0.8); the
+band turns a check that overshoots into "not yet" instead of a cold start with no room left for RL. With
+`sft.stop_accuracy: null` the checks are logged and never stop it.
 """
 
 from __future__ import annotations
@@ -34,8 +36,12 @@ def sft_examples(cfg: Config, tokenizer: PreTrainedTokenizerBase) -> Examples:
 
 
 def reached(metrics: dict[str, float], sft: SFTConfig) -> bool:
-    """Whether a validation check's metrics stop the cold start."""
-    return sft.stop_accuracy is not None and metrics[f"eval/{sft.stop_metric}"] >= sft.stop_accuracy
+    """Whether a validation check's metrics stop the cold start: the stop metric at its threshold, and the greedy
+    accuracy inside the band when there is one."""
+    if sft.stop_accuracy is None or metrics[f"eval/{sft.stop_metric}"] < sft.stop_accuracy:
+        return False
+    band = sft.stop_greedy_band
+    return band is None or band[0] <= metrics["eval/greedy_accuracy"] <= band[1]
 
 
 def run_sft(cfg: Config, output_dir: Path) -> Path:
@@ -58,4 +64,11 @@ def run_sft(cfg: Config, output_dir: Path) -> Path:
     steps = tuner.train(examples, check)
     final = tuner.finish()
     tuner.accelerator.print(f"deepseek-rl: cold start stopped after {steps} steps; checkpoint in {final}")
+    if check is not None and cfg.sft.stop_accuracy is not None and steps >= cfg.sft.max_steps:
+        band = f" with greedy accuracy in {cfg.sft.stop_greedy_band}" if cfg.sft.stop_greedy_band else ""
+        tuner.accelerator.print(
+            f"deepseek-rl: warning: no validation check met sft.stop_accuracy={cfg.sft.stop_accuracy} "
+            f"({cfg.sft.stop_metric}){band} within sft.max_steps={cfg.sft.max_steps}: the cold start ran to the end "
+            "and may leave RL little to learn (validation/* in sft/metrics.jsonl has the curve)"
+        )
     return final
