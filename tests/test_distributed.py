@@ -171,3 +171,18 @@ def test_zero_std_groups_is_the_global_share_on_two_ranks(tmp_path: Path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert [r["world_size"] for r in rank_reports(tmp_path / "run")] == [2, 2]
     assert [m["zero_std_groups"] for m in metrics(tmp_path / "run")] == [0.5, 0.5]
+
+
+def test_rejection_sampling_keeps_the_same_pairs_on_one_and_two_ranks(tmp_path: Path):
+    """RFT's samples are seeded by (seed, batch), split at whole batches: two ranks keep exactly what one keeps."""
+    from .test_trainer_keys import STAGES
+
+    (tmp_path / "anything.py").write_text("def anything(completions, **kw):\n    return [1.0] * len(completions)\n")
+    args = [*STAGES["rft"], "logger=none", "eval.batch_size=16", "rft.max_steps=1"]
+    one = run_cli("train", *args, f"trainer.output_dir={tmp_path / 'one'}", cwd=tmp_path)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = launch("cpu_ddp.yaml", [*args, f"trainer.output_dir={tmp_path / 'two'}"], tmp_path)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert [r["world_size"] for r in rank_reports(tmp_path / "two")] == [2, 2]
+    kept = [(tmp_path / run / "kept.jsonl").read_text().splitlines() for run in ("one", "two")]
+    assert len(kept[0]) > 16 and kept[0] == kept[1]  # 16 prompts, up to 2 distinct completions each

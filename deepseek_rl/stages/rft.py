@@ -20,6 +20,7 @@ from deepseek_rl.data.sources import source_name
 from deepseek_rl.errors import DataError
 from deepseek_rl.rewards import check_reward_columns
 from deepseek_rl.rollout.engine import complete
+from deepseek_rl.stages.evaluate import shard_of
 from deepseek_rl.stages.finetune import FineTuner, FineTuneSpec
 from deepseek_rl.stages.reward_set import RewardSet
 
@@ -48,15 +49,15 @@ def sample_and_verify(tuner: FineTuner, cfg: Config) -> tuple[list[tuple[str, st
     prompts = build_prompt_set(cfg.data, tuner.tokenizer, cfg.rollout.max_prompt_length, split="train")
     check_reward_columns(cfg.reward.subset(list(cfg.rft.verifiers)), list(prompts.columns), source_name(cfg.data))
     count = min(cfg.rft.num_prompts, len(prompts))
-    share = -(-count // tuner.plan.world_size)
-    mine = prompts.select(list(range(tuner.rank * share, min((tuner.rank + 1) * share, count))))
+    # split at whole generation batches, seeded by the batch's first prompt: N ranks sample what one process would
+    first, size = shard_of(tuner.accelerator).span(count, max(1, cfg.eval.batch_size // cfg.rft.samples))
     rollout = replace(cfg.rollout, temperature=cfg.rft.temperature)
     verifiers = RewardSet(cfg.reward.subset(list(cfg.rft.verifiers)))
     kept: list[tuple[str, str]] = []
     sampled = 0
     try:
-        seed = cfg.trainer.seed + tuner.rank
-        batches = complete(tuner.engine, mine, len(mine), cfg.rft.samples, rollout, seed, cfg.eval.batch_size)
+        batches = complete(tuner.engine, prompts, size, cfg.rft.samples, rollout, cfg.trainer.seed,
+                           cfg.eval.batch_size, first)  # fmt: skip
         for out in batches:
             terms = verifiers.score(out.completions, out.reward_columns(), out.group_size).terms
             verified = (terms == 1.0).all(dim=1).tolist()
