@@ -140,3 +140,20 @@ def test_without_vllm_the_run_stops_before_any_model_loads(tmp_path):
                    f"trainer.output_dir={tmp_path / 'run'}", cwd=tmp_path)  # fmt: skip
     assert done.returncode == 2 and "rollout.engine=vllm needs vLLM" in done.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_a_non_finite_fine_tuning_loss_stops_before_the_weights(tmp_path):
+    """The cold start (SFT) under the same guard as GRPO: a learning rate that blows the weights up makes the next
+    step's loss non-finite; the run stops with one line naming the stage and step, and writes no NaN export."""
+    from .test_trainer_keys import STAGES
+
+    run = tmp_path / "run"
+    args = [*STAGES["sft"], "sft.lr=1e30", "sft.max_steps=4", "trainer.save_every=1", "logger=none",
+            f"trainer.output_dir={run}"]  # fmt: skip
+    done = run_cli("train", *args, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("deepseek-rl: numerical error: sft step ") and "Traceback" not in done.stderr
+    assert last.endswith("with a lower sft.lr")  # the stage's own key
+    assert not (run / "final").exists()
+    assert all(finite_weights(p) for p in run.glob("checkpoints/step-*"))

@@ -137,7 +137,8 @@ class FineTuner:
                     grad_norm = optimizer_step(accelerator, self.policy, optimizer, self.scheduler, clip, grad_norm)
                 loss_sum += loss.detach()
         except NumericalError as err:
-            raise NumericalError(f"{self.spec.stage} step {step + 1}: {err}") from None
+            message = f"{self.spec.stage} step {step + 1}: {err}".replace("algorithm.lr", f"{self.spec.stage}.lr")
+            raise NumericalError(message) from None
         loss_value = accelerator.reduce(torch.as_tensor(loss_sum, device=device), reduction="sum").item()
         self.state.step = step + 1
         self.state.train_seconds += time.perf_counter() - start
