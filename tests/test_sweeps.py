@@ -190,6 +190,25 @@ def test_a_failed_job_is_reported_and_the_others_still_run(tmp_path: Path):
     assert f"failed jobs (1):\n- 0 (algorithm.num_generations=3): exit status 2, {bad}" in table.stdout
 
 
+def test_a_job_that_fails_mid_run_is_reported_and_the_next_still_runs(tmp_path: Path):
+    """Job 0 trains, then diverges (a learning rate of 1e30): its numerical error is one line and in failed.json,
+    its checkpoint stays; job 1 still runs to the end; the sweep exits 1."""
+    sweep_dir = tmp_path / "sweep"
+    result = run_cli(
+        "train", "--config-name", "smoke", "-m", "logger=none", "trainer.max_steps=3", "trainer.save_every=1",
+        "algorithm.lr=1e30,1e-5", f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("deepseek-rl")]
+    assert lines[0].startswith("deepseek-rl: job 0: numerical error: grpo step ")
+    assert lines[1] == "deepseek-rl: sweep finished: 1 of 2 jobs failed"
+    failed, done = job_dirs(sweep_dir)
+    assert json.loads((failed / "failed.json").read_text())["status"] == 2
+    assert list(failed.glob("checkpoints/step-*")) and not (failed / "final").exists()
+    assert [m["step"] for m in map(json.loads, (done / "metrics.jsonl").read_text().splitlines())] == [1, 2, 3]
+
+
 def test_a_preempted_sweep_stops_and_its_rerun_continues(tmp_path: Path):
     """SIGTERM during job 0 stops the whole sweep (75) after job 0's checkpoint; the same command with
     trainer.resume=auto resumes job 0 and runs job 1."""
