@@ -118,19 +118,32 @@ def test_a_remote_worker_with_another_config_is_refused(tmp_path: Path):
         serve.kill()
 
 
-def test_two_trainer_ranks_share_one_worker(tmp_path: Path):
-    """DDP x2 trainers and one worker: each rank trains on its rows of the worker's global batch; the ranks end with
-    identical parameters, and the versions are the same schedule."""
+@pytest.mark.parametrize("config", ["cpu_ddp.yaml", "zero3.yaml"])
+def test_two_trainer_ranks_share_one_worker(config: str, tmp_path: Path):
+    """DDP or ZeRO-3 x2 trainers and one worker: each rank trains on its rows of the worker's global batch; the ranks
+    end with identical parameters, and the versions are the same schedule. Under ZeRO-3 each partitioned parameter
+    is gathered while it is sent: the worker samples with the same weights as for one trainer process (the
+    sampler's log-probs against the trainer's, and the lengths, match the single-process run's step for step)."""
     from .test_distributed import launch
 
     overrides = [*ASYNC, "trainer.max_steps=4", f"trainer.output_dir={tmp_path / 'run'}"]
-    done = launch("cpu_ddp.yaml", overrides, tmp_path)
+    done = launch(config, overrides, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     reports = rank_reports(tmp_path / "run")
     assert [r["world_size"] for r in reports] == [2, 2]
     assert reports[0]["parameter_sha256"] == reports[1]["parameter_sha256"]
-    assert [m["rollout/policy_version"] for m in metrics(tmp_path / "run")] == [0, 0, 1, 2]
+    two = metrics(tmp_path / "run")
+    assert [m["rollout/policy_version"] for m in two] == [0, 0, 1, 2]
     assert not workers()
+    if config == "zero3.yaml":
+        single = run_cli("train", *ASYNC, "trainer.max_steps=4", f"trainer.output_dir={tmp_path / 'one'}", cwd=tmp_path)
+        assert single.returncode == 0, single.stderr[-3000:]
+        one = metrics(tmp_path / "one")
+        assert reports[0]["local_parameter_elements"] < rank_reports(tmp_path / "one")[0]["local_parameter_elements"]
+        assert [m["completion_length/mean"] for m in two] == [m["completion_length/mean"] for m in one]
+        diffs = [(a["rollout/logprob_abs_diff"], b["rollout/logprob_abs_diff"]) for a, b in zip(one, two, strict=True)]
+        assert diffs[-1][0] > 1e-3  # the behaviour policy is a step old: a weight sync that failed would show here
+        assert all(b == pytest.approx(a, rel=1e-3, abs=1e-6) for a, b in diffs), diffs
 
 
 def test_a_worker_started_beside_the_trainer_runs_the_trainers_config_exactly(tmp_path: Path):

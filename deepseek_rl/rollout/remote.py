@@ -134,11 +134,12 @@ class Channel:
             return set()
 
     def send_weights(self, version: int, named: Iterator[tuple[str, Tensor]]) -> None:
-        """The trainer's side of a weight sync: the version, then each tensor (on the CPU) in name order."""
+        """The trainer's side of a weight sync: the version, then each tensor (on the CPU); `named` comes in name
+        order (the order the worker receives in), one tensor at a time."""
         assert self.group is not None
         try:
             self.group.broadcast(torch.tensor([version], dtype=torch.long), TRAINER).wait()
-            for _, tensor in sorted(named, key=lambda item: item[0]):
+            for _, tensor in named:
                 self.group.broadcast(tensor.detach().to("cpu", copy=False).contiguous(), TRAINER).wait()
         except RuntimeError as err:  # gloo: the peer closed the connection, or the wait timed out
             raise self.gone(err, f"sending weight version {version}") from None

@@ -24,16 +24,18 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from deepseek_rl.batch import ScoredBatch
 from deepseek_rl.config.schema import Config
 from deepseek_rl.infra.checkpoint import TrainerState
+from deepseek_rl.models.loading import gathered
 from deepseek_rl.rollout.remote import TRAINER, Channel, RolloutServerError, Sampled, decode, encode, pack, unpack
 from deepseek_rl.stages.collect import RolloutStats
 from deepseek_rl.stages.rollout_worker import config_snapshot
@@ -57,6 +59,15 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def whole_parameters(policy: torch.nn.Module) -> Iterator[tuple[str, Tensor]]:
+    """(name, whole tensor) of each parameter in name order, one at a time: a ZeRO-3 partition is gathered only while
+    the consumer sends it (so the trainer never holds a second full copy of the model)."""
+    params = dict(policy.named_parameters())
+    for name in sorted(params):
+        with gathered(params[name]):
+            yield name, params[name].data
 
 
 class AsyncRollouts:
@@ -133,8 +144,15 @@ class AsyncRollouts:
         return f"it exited with status {self.proc.returncode}; its log: <output_dir>/rollout_worker.log"
 
     def send_weights(self, policy: torch.nn.Module, version: int) -> None:
+        """Every trainer rank calls this: under ZeRO-3 each parameter is gathered (a collective) while rank 0 sends
+        it; elsewhere the other ranks' pass over the names costs nothing."""
         start = time.perf_counter()
-        self.channel.send_weights(version, policy.named_parameters())
+        named = whole_parameters(policy)
+        if self.rank == 0:
+            self.channel.send_weights(version, named)
+        else:
+            for _ in named:
+                pass
         self.sync_seconds += time.perf_counter() - start
 
     def begin(self, policy: torch.nn.Module) -> None:
@@ -142,7 +160,7 @@ class AsyncRollouts:
         resumed step), then its answer."""
         if self.rank == 0:
             self.channel.get("accepted", alive=self.gone)  # the worker checked the config (or says why not)
-            self.send_weights(policy, self.start)
+        self.send_weights(policy, self.start)
         decode(self.channel.get("ready", alive=self.gone))
 
     def take(self, step: int) -> tuple[ScoredBatch, RolloutStats, Sampled]:
@@ -169,7 +187,7 @@ class AsyncRollouts:
 
     def published(self, done: int, policy: torch.nn.Module) -> None:
         """After step `done` - 1: version `done` goes to the worker if a step it still samples needs it."""
-        if self.rank == 0 and done + self.k < self.steps:
+        if done + self.k < self.steps:
             self.send_weights(policy, done)
 
     def ahead(self) -> list[Sampled]:

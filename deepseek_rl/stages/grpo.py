@@ -129,12 +129,6 @@ def setup(cfg: Config, output_dir: Path, reward_funcs: RewardFunctions | None = 
                     f"({', '.join(reward_funcs)}) cannot reach: name them in the recipe "
                     "(+reward.functions.NAME=file.py:function), or train synchronously (rollout.max_staleness=0)"
                 )
-            if deepspeed and accelerator.state.deepspeed_plugin.zero_stage == 3:
-                raise ConfigError(
-                    "rollout.max_staleness > 0 with DeepSpeed ZeRO-3: the weight sync to the rollout worker sends "
-                    "whole parameters and does not gather ZeRO-3's partitions yet; use ZeRO-2 or DDP for the "
-                    "trainer (launch/zero2.yaml), or rollout.max_staleness=0"
-                )
             if cfg.algorithm.tis_cap is None and accelerator.is_main_process:
                 print(f"deepseek-rl: warning: rollout.max_staleness={cfg.rollout.max_staleness} samples with older "
                       "policies and algorithm.tis_cap=null corrects nothing for it; algorithm.tis_cap=2 weighs each "
