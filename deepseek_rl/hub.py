@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from deepseek_rl.errors import ConfigError
+from deepseek_rl.paths import shared_dir
 
 HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -54,8 +55,21 @@ def pretrained_source(name: str, key: str) -> str:
         return name
     raise ConfigError(
         f"{key}={name}: not a directory (nothing is there), and not a Hugging Face Hub id (owner/name); "
-        "give a local model directory or a Hub id such as deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
+        "give a local model directory or a Hub id such as deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B" + shared_hint(name)
     )
+
+
+def shared_hint(name: str) -> str:
+    """For a path inside the shared folder (`${shared:...}` in recipes): where that folder was looked for and how to
+    point at another one; '' for other paths."""
+    shared = shared_dir()
+    try:
+        Path(name).resolve().relative_to(shared)
+    except ValueError:
+        return ""
+    where = "DEEPSEEK_RL_SHARED" if "DEEPSEEK_RL_SHARED" in os.environ else "../shared beside the checkout, the default"
+    return (f". The path is in the shared data folder {shared} ({where}): set DEEPSEEK_RL_SHARED to the folder that "
+            "holds the shared tokenizers and data")  # fmt: skip
 
 
 _REACHABLE: bool | None = None

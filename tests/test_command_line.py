@@ -168,3 +168,16 @@ def test_a_users_recipe_folder_composes_with_ours(tmp_path: Path):
     listed = run_cli("train", "--config-dir", str(mine), "--help", cwd=tmp_path)
     assert "  my_smoke  " in listed.stdout and "My smoke run" in listed.stdout
     assert "brief" in listed.stdout  # the user's group option is listed with ours
+
+
+def test_a_missing_shared_folder_names_deepseek_rl_shared(tmp_path: Path):
+    """A recipe whose data or model lies in the shared folder (`${shared:...}`), run where that folder is not: one
+    line naming the folder and the variable that moves it, for the data file as for the model directory."""
+    nowhere = {"DEEPSEEK_RL_SHARED": str(tmp_path / "nowhere")}
+    data = run_cli("train", "--config-name", "gsm8k_grpo_r1_distill", cwd=tmp_path, env=nowhere)
+    model = run_cli("train", "--config-name", "smoke", "model.path=${shared:models/none}", "model.tokenizer=null",
+                    cwd=tmp_path, env=nowhere)  # fmt: skip
+    for result, key in ((data, "data.path="), (model, "model.")):
+        last = result.stderr.strip().splitlines()[-1]
+        assert result.returncode == 2 and last.startswith(f"deepseek-rl: configuration error: {key}"), last
+        assert f"in the shared data folder {tmp_path / 'nowhere'} (DEEPSEEK_RL_SHARED)" in last

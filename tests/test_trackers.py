@@ -105,12 +105,15 @@ def test_a_tracker_that_is_not_installed_fails_before_anything_loads(monkeypatch
         LoggerConfig(kind="tensorbord")
 
 
-def test_trl_metric_names_in_the_tracker(tmp_path: Path):
-    """logger.metric_names=trl: a dashboard built for TRL's GRPOTrainer finds its names; metrics.jsonl keeps ours."""
+@pytest.mark.parametrize("names", ["trl", "both"])
+def test_trl_metric_names_in_the_tracker(names: str, tmp_path: Path):
+    """logger.metric_names=trl: a dashboard built for TRL's GRPOTrainer finds its names; metrics.jsonl keeps ours.
+    `both`: the tracker gets each metric under both names."""
     need("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    result = run_cli("train", *RUN, "logger=tensorboard", "logger.name=tb", "logger.metric_names=trl", cwd=tmp_path)
+    result = run_cli("train", *RUN, "logger=tensorboard", "logger.name=tb", f"logger.metric_names={names}",
+                     cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     tags = set()
     for events in (tmp_path / "out" / "tensorboard" / "tb").rglob("events.out.tfevents.*"):
@@ -118,6 +121,7 @@ def test_trl_metric_names_in_the_tracker(tmp_path: Path):
         accumulator.Reload()
         tags |= set(accumulator.Tags()["scalars"])
     assert {"rewards/answer_match/mean", "frac_reward_zero_std", "completions/mean_length", "learning_rate"} <= tags
-    assert "reward/answer_match/mean" not in tags and "zero_std_groups" not in tags
+    ours = {"reward/answer_match/mean", "zero_std_groups"}
+    assert ours <= tags if names == "both" else not ours & tags
     line = json.loads((tmp_path / "out" / "metrics.jsonl").read_text().splitlines()[0])
     assert "reward/answer_match/mean" in line and "zero_std_groups" in line

@@ -10,6 +10,7 @@ from typing import Any
 
 from deepseek_rl.config.checks import check_data_selection, one_of, require
 from deepseek_rl.errors import ConfigError
+from deepseek_rl.hub import shared_hint
 
 
 @dataclass
@@ -100,5 +101,6 @@ class DataConfig:
                 require(
                     path.exists(),
                     f"data.{key}={value}: no such file (resolved to {path.absolute()}); "
-                    "give a local .jsonl/.json/.parquet file, or set data.task to a procedural task",
+                    "give a local .jsonl/.json/.parquet file, or set data.task to a procedural task"
+                    + shared_hint(str(path)),
                 )
