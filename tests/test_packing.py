@@ -145,3 +145,21 @@ def test_a_short_run_is_the_same_padded_and_packed(tmp_path):
     assert len(losses["true"]) == 3
     for (a, kl_a, r_a), (b, kl_b, r_b) in zip(losses["false"], losses["true"], strict=True):
         assert r_a == r_b and math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-6) and math.isclose(kl_a, kl_b, abs_tol=1e-6)
+
+
+@pytest.mark.parametrize("stage", ["sft", "rft"])
+def test_fine_tuning_is_the_same_padded_and_packed(stage: str, tmp_path):
+    """The cold start and rejection-sampling fine-tuning on the packed path: the same losses step for step."""
+    from .test_trainer_keys import STAGES
+
+    (tmp_path / "anything.py").write_text("def anything(completions, **kw):\n    return [1.0] * len(completions)\n")
+    losses = {}
+    for packed in ("false", "true"):
+        run = tmp_path / packed
+        done = run_cli("train", *STAGES[stage], f"trainer.padding_free={packed}", "logger=none",
+                       "trainer.save_final=false", f"trainer.output_dir={run}", cwd=tmp_path)  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+        metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        losses[packed] = [m["loss"] for m in metrics if "loss" in m]
+    assert len(losses["true"]) == 3
+    assert losses["true"] == pytest.approx(losses["false"], rel=1e-5)
