@@ -94,7 +94,14 @@ def test_a_worker_that_dies_is_one_line(tmp_path: Path):
     last = err.strip().splitlines()[-1]
     assert last.startswith("deepseek-rl: rollout server error: the rollout worker at 127.0.0.1:"), last
     assert "Traceback" not in err
-    assert list((tmp_path / "run" / "checkpoints").glob("step-*"))
+    checkpoints = sorted((tmp_path / "run" / "checkpoints").glob("step-*"))
+    assert checkpoints and not workers()
+    # the same command resumes from the last checkpoint with a new worker (a shorter run, to stay quick)
+    resumed = run_cli("train", *ASYNC, "trainer.max_steps=8", "trainer.resume=auto", "trainer.resume_override=true",
+                      f"trainer.output_dir={tmp_path / 'run'}", cwd=tmp_path)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    steps = [m["step"] for m in metrics(tmp_path / "run")]
+    assert steps[-1] == 8 and steps == sorted(set(steps)) and not workers()
 
 
 def test_a_remote_worker_with_another_config_is_refused(tmp_path: Path):
