@@ -17,8 +17,8 @@ def test_gpu_check_tiny_runs_every_section_on_cpu(tmp_path, shared):
     report = json.loads(report_path.read_text())
     sections = report["sections"]
     assert {k: v["status"] for k, v in sections.items()} == {
-        "engine": "ok", "decode_profile": "ok", "agreement": "ok", "grpo_step": "ok", "lora": "ok",
-        "packed": sections["packed"]["status"], "fsdp2": "skipped",  # FSDP via accelerate: GPU only
+        "engine": "ok", "decode_profile": "ok", "agreement": "ok", "grpo_step": "ok", "lora": "ok", "packed": "ok",
+        "fsdp2": "skipped",  # FSDP via accelerate: GPU only
     }  # fmt: skip
     assert "GPUs only" in sections["fsdp2"]["why"]
     engine = sections["engine"]
@@ -28,6 +28,7 @@ def test_gpu_check_tiny_runs_every_section_on_cpu(tmp_path, shared):
     step = sections["grpo_step"]
     assert set(step["phases_s"]) >= {"time/generation", "time/update", "time/logprobs", "time/step"}
     assert 0 < report["mfu"] == step["update_mfu"] < 1
+    assert set(sections["packed"]["phases_s"]) >= {"time/generation", "time/update"}  # trainer.padding_free=true
     assert report["model"]["layers"] == 2 and report["environment"]["peak_tflops"] > 0
 
 
@@ -38,3 +39,26 @@ def test_gpu_check_names_a_missing_tokenizer(tmp_path):
     )  # fmt: skip
     assert done.returncode == 1 and "no tokenizer at" in done.stderr and "DEEPSEEK_RL_SHARED" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_gpu_check_without_the_training_clis_packages_says_so_and_skips_those_sections(tmp_path, shared):
+    """A GPU machine without Hydra (nothing to install from there): the engine sections run, the training sections
+    are skipped with the reason, and one line names the package and the script that carries it."""
+    import os
+
+    fake = tmp_path / "site" / "hydra"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text('raise ModuleNotFoundError("No module named \'hydra\'")')
+    report_path = tmp_path / "report.json"
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    done = subprocess.run(
+        [sys.executable, "-m", "deepseek_rl.tools.gpu_check", "--shape", "tiny", "--sections", "engine,grpo_step",
+         "--output", str(report_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    sections = json.loads(report_path.read_text())["sections"]
+    assert sections["engine"]["status"] == "ok" and sections["grpo_step"]["status"] == "skipped"
+    assert "hydra-core" in sections["grpo_step"]["why"]
+    line = next(x for x in done.stdout.splitlines() if "the training CLI cannot import" in x)
+    assert "hydra-core" in line and "launch/gpu_check.sh" in line

@@ -16,7 +16,7 @@ grpo_step   two steps of the real `gsm8k_grpo_r1_distill` recipe through the rea
             log-probs, update; gradient checkpointing as the recipe has it); the second step's phases, and the
             update's MFU: useful model FLOPs (6 x matmul parameters + causal attention, per real token; the
             recomputed forward not counted) / update seconds / the GPU's dense bf16 peak;
-packed      the same with trainer.padding_free=true (once the padding-free update exists);
+packed      the same with trainer.padding_free=true;
 fsdp2       the same, smaller, under `accelerate launch --config_file launch/fsdp2.yaml` on one process (GPU only);
 lora        the same, smaller, with LoRA adapters (model.lora.r=32).
 
