@@ -1,6 +1,7 @@
 """Test environment: one thread per process, no hub access, wandb offline (tests never send traffic out)."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -87,4 +88,8 @@ def pipeline_run(tmp_path_factory) -> Path:
         cwd=work, timeout=900,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
+    # the run ends with its wall time and the machine's speed, so a user can scale the README's figures
+    assert re.search(
+        r"sft -> grpo -> eval done in \d+ s \(\d+ torch threads?; fp32 matmul \d+ GFLOP/s\)", result.stdout
+    )
     return work / "run"

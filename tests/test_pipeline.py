@@ -2,6 +2,9 @@
 
 import json
 
+from deepseek_rl import load_recipe
+from deepseek_rl.stages.sft import reached
+
 from .conftest import run_cli
 
 
@@ -13,10 +16,16 @@ def test_pipeline_writes_every_stage(pipeline_run):
     samples = (pipeline_run / "eval" / "samples-grpo.jsonl").read_text().splitlines()
     assert len(samples) == 100 * (1 + 4)
     sft_log = [json.loads(line) for line in (pipeline_run / "sft" / "metrics.jsonl").read_text().splitlines()]
-    checks = [m for m in sft_log if "validation/sampled_accuracy" in m]
-    # the cold start stopped at the first check that reached the threshold, not before
-    assert checks[-1]["validation/sampled_accuracy"] >= 0.15
-    assert all(m["validation/sampled_accuracy"] < 0.15 for m in checks[:-1])
+    checks = [
+        {k.replace("validation/", "eval/"): v for k, v in m.items()}
+        for m in sft_log
+        if "validation/sampled_accuracy" in m
+    ]
+    # the cold start stopped at the first check that met the default demo's rule (sampled accuracy >= 0.15 with the
+    # greedy accuracy inside its band), not before
+    rule = load_recipe("default").sft
+    assert rule.stop_accuracy == 0.15 and rule.stop_greedy_band == [0.35, 0.62]
+    assert reached(checks[-1], rule) and not any(reached(m, rule) for m in checks[:-1])
 
 
 def test_rl_raised_held_out_accuracy(pipeline_run):
