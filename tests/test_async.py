@@ -12,6 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from deepseek_rl.config import ModelConfig
+from deepseek_rl.models.char_tokenizer import build_char_tokenizer
+from deepseek_rl.models.loading import load_model
+
 from .conftest import run_cli
 from .test_distributed import _interrupted_then_resumed, metrics, rank_reports
 
@@ -41,21 +45,46 @@ def test_async_rollouts_log_their_versions_and_never_exceed_the_staleness(k, tmp
     assert lines[0]["rollout/logprob_abs_diff"] < 1e-5  # the first step: the same policy samples and trains
     assert lines[-1]["rollout/logprob_abs_diff"] > 1e-3  # later: the behaviour policy is k steps old
     assert all("time/weight_sync" in m for m in lines) and not workers()
+    # full fine-tuning sends every parameter (fp32) once per version
+    params = sum(p.numel() for p in load_model(ModelConfig(), build_char_tokenizer()).parameters())
+    assert lines[1]["rollout/weight_sync_mb"] * 2**20 == pytest.approx(4 * params)
+
+
+def test_a_lora_policy_sends_its_adapters_only(tmp_path):
+    """The frozen base never changes, so a weight sync sends the adapters: r x (in + out) floats per target."""
+    done = run_cli("train", *ASYNC, "trainer.max_steps=4", "model.lora.r=4", "model.lora.alpha=8",
+                   f"trainer.output_dir={tmp_path / 'run'}", cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    # the tiny model: 2 layers of width 64, MLP 256; q, k, v, o are 64 -> 64, gate and up 64 -> 256, down 256 -> 64
+    adapters = 2 * 4 * (4 * (64 + 64) + 3 * (64 + 256))  # 11,776 floats
+    lines = metrics(tmp_path / "run")
+    sent = [m["rollout/weight_sync_mb"] * 2**20 / 4 for m in lines]
+    # step 0: the first weights and version 1; step 1: version 2 (step 3 samples with it); then nothing, as no step
+    # left samples with a later version
+    assert sent == pytest.approx([2 * adapters, adapters, 0, 0])
+    assert [m["rollout/policy_version"] for m in lines] == [0, 0, 1, 2]
+    assert lines[0]["rollout/logprob_abs_diff"] < 1e-5 and lines[-1]["rollout/logprob_abs_diff"] > 1e-4
+    assert not workers()
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    """The ASYNC run without interruption, once for both kinds of interruption."""
+    work = tmp_path_factory.mktemp("uninterrupted")
+    full = run_cli("train", *ASYNC, f"trainer.output_dir={work / 'full'}", cwd=work)
+    assert full.returncode == 0, full.stderr[-3000:]
+    return work / "full"
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["preempted", "killed"])
-def test_an_async_run_killed_and_resumed_trains_on_the_same_samples(sig, tmp_path: Path):
-    full = run_cli("train", *ASYNC, f"trainer.output_dir={tmp_path / 'full'}", cwd=tmp_path)
-    assert full.returncode == 0, full.stderr[-3000:]
+def test_an_async_run_killed_and_resumed_trains_on_the_same_samples(sig, tmp_path: Path, uninterrupted: Path):
     cmd = [sys.executable, "-m", "deepseek_rl.cli", "train", *ASYNC, f"trainer.output_dir={tmp_path / 'cut'}"]
     _interrupted_then_resumed(cmd, tmp_path / "cut", tmp_path, sig, lines=5)
-    cut, whole = metrics(tmp_path / "cut"), metrics(tmp_path / "full")
+    cut, whole = metrics(tmp_path / "cut"), metrics(uninterrupted)
     assert [m["step"] for m in cut] == list(range(1, 11))  # no step twice, none skipped
     for key in ("loss", "reward", "rollout/policy_version", "completion_length/mean"):
         assert [m[key] for m in cut] == [m[key] for m in whole], key
-    assert rank_reports(tmp_path / "cut")[0]["parameter_sha256"] == rank_reports(tmp_path / "full")[0][
-        "parameter_sha256"
-    ]
+    assert rank_reports(tmp_path / "cut")[0]["parameter_sha256"] == rank_reports(uninterrupted)[0]["parameter_sha256"]
     assert not workers()
 
 

@@ -121,17 +121,22 @@ RESUME = [
 ]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["preempted", "killed"])
-def test_resume_single_process_is_exact(sig, tmp_path: Path):
-    full = run_cli("train", *RESUME, f"trainer.output_dir={tmp_path / 'full'}", cwd=tmp_path)
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    """The RESUME run without interruption, once for both kinds of interruption."""
+    work = tmp_path_factory.mktemp("uninterrupted")
+    full = run_cli("train", *RESUME, f"trainer.output_dir={work / 'full'}", cwd=work)
     assert full.returncode == 0, full.stderr[-3000:]
+    return work / "full"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["preempted", "killed"])
+def test_resume_single_process_is_exact(sig, tmp_path: Path, uninterrupted: Path):
     cmd = [sys.executable, "-m", "deepseek_rl.cli", "train", *RESUME, f"trainer.output_dir={tmp_path / 'cut'}"]
     _interrupted_then_resumed(cmd, tmp_path / "cut", tmp_path, sig)
 
-    assert [m["loss"] for m in metrics(tmp_path / "cut")] == [m["loss"] for m in metrics(tmp_path / "full")]
-    assert (
-        rank_reports(tmp_path / "cut")[0]["parameter_sha256"] == rank_reports(tmp_path / "full")[0]["parameter_sha256"]
-    )
+    assert [m["loss"] for m in metrics(tmp_path / "cut")] == [m["loss"] for m in metrics(uninterrupted)]
+    assert rank_reports(tmp_path / "cut")[0]["parameter_sha256"] == rank_reports(uninterrupted)[0]["parameter_sha256"]
     assert len(list((tmp_path / "cut" / "checkpoints").glob("step-*"))) <= 2  # keep_last
 
 

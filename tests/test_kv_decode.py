@@ -32,6 +32,18 @@ def test_static_decoder_logits_equal_the_plain_forward(arch):
         ).logits
     for t, got in enumerate(logits):
         assert torch.allclose(got, ref[:, 8 + t], atol=1e-5), t
+    # rows dropped from the cache (as the sampler does when they end): the rows kept decode as before
+    kept = torch.tensor([1, 2, 4])
+    decoder.keep(kept)
+    token = logits[-1][kept].argmax(-1)
+    after = decoder.step(token)
+    full_ids = torch.cat([full_ids[kept], token[:, None]], 1)
+    full_mask = torch.cat([full_mask[kept], torch.ones(3, 1, dtype=mask.dtype)], 1)
+    with torch.no_grad():
+        ref = model(
+            input_ids=full_ids, attention_mask=full_mask, position_ids=(full_mask.cumsum(1) - 1).clamp(min=0)
+        ).logits
+    assert after.shape[0] == 3 and torch.allclose(after, ref[:, -1], atol=1e-5)
 
 
 def test_static_and_generic_paths_sample_the_same_completions(monkeypatch):

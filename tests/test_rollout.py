@@ -48,7 +48,9 @@ def test_row_uniforms_do_not_depend_on_the_rank_split():
 
 
 class ScriptedLM(nn.Module):
-    """A stand-in causal LM that emits a fixed token script per row (ignores the cache); counts forward calls."""
+    """A stand-in causal LM that emits a fixed token script per row; counts forward calls. At prefill it stores
+    each row's index in the Hugging Face cache it is given, so the rows the sampler keeps (the cache's own
+    `batch_select_indices`) are the rows it answers for."""
 
     def __init__(self, scripts: list[list[int]], vocab: int, prompt_length: int):
         super().__init__()
@@ -56,13 +58,21 @@ class ScriptedLM(nn.Module):
         self.scripts, self.vocab, self.prompt_length = scripts, vocab, prompt_length
         self.weight = nn.Parameter(torch.zeros(1))
         self.calls = 0
+        self.rows_seen: list[list[int]] = []  # the rows of each forward call
 
     def forward(self, input_ids, attention_mask, **kwargs):
         self.calls += 1
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        if self.calls == 1:
+            index = torch.arange(input_ids.shape[0], dtype=torch.float).view(-1, 1, 1, 1)
+            cache.update(index, index, 0)
+        rows = cache.layers[0].keys[:, 0, 0, 0].long().tolist()
+        self.rows_seen.append(rows)
         step = attention_mask.shape[1] - self.prompt_length  # tokens generated so far
-        logits = torch.full((len(self.scripts), 1, self.vocab), -1e9)
-        for row, script in enumerate(self.scripts):
-            logits[row, 0, script[min(step, len(script) - 1)]] = 0.0
+        logits = torch.full((len(rows), 1, self.vocab), -1e9)
+        for i, row in enumerate(rows):
+            script = self.scripts[row]
+            logits[i, 0, script[min(step, len(script) - 1)]] = 0.0
         return SimpleNamespace(logits=logits)
 
 
@@ -97,6 +107,8 @@ def test_eos_stop_strings_truncation_and_early_exit():
     assert ids[0, :3].tolist() == scripts[0] and ids[0, 3:].tolist() == [pad] * 3
     assert tok.decode(ids[1][mask[1].bool()]) == "ab</answer>"
     assert truncated.tolist() == [False, False, True]
+    # prefill and two steps on all rows; once rows 0 and 1 have ended, the decoder runs row 2 alone
+    assert model.rows_seen == [[0, 1, 2]] * 3 + [[2]] * 3
 
 
 def test_loop_stops_as_soon_as_every_row_ended():

@@ -189,6 +189,23 @@ def test_resume_with_vllm_samples_the_same(tmp_path: Path):
     assert [m["loss"] for m in cut] == pytest.approx([m["loss"] for m in uncut], rel=1e-5, abs=1e-8)
 
 
+@needs_vllm
+def test_an_async_worker_samples_with_vllm(tmp_path: Path):
+    """rollout.engine=vllm with max_staleness=1: the worker beside the trainer holds the vLLM engine, loaded from the
+    weights the trainer sends (vLLM starts from dummy weights: without that load, step 0's log-probs would be off)."""
+    import subprocess
+
+    result = run_cli("train", *SMOKE, "rollout.max_staleness=1", f"trainer.output_dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = metrics(tmp_path / "run")
+    assert [m["rollout/policy_version"] for m in lines] == [0, 0, 1, 2]
+    assert lines[0]["rollout/logprob_abs_diff"] < 1e-4  # step 0: vLLM samples with the trainer's own weights
+    assert all(0 < m["rollout/logprob_abs_diff"] < 0.1 for m in lines[1:])  # later: one step old
+    assert "vllm" in (tmp_path / "run" / "rollout_worker.log").read_text().lower()
+    running = subprocess.run(["pgrep", "-f", "deepseek_rl.cli serve"], capture_output=True, text=True).stdout
+    assert not running.split()
+
+
 def test_truncated_importance_sampling_by_hand():
     """min(pi_old / pi_engine, cap) weights the policy-gradient term: hand-computed for one sequence of 3 tokens."""
     from deepseek_rl.algo.losses import StepNormaliser, policy_loss

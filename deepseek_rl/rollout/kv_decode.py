@@ -9,8 +9,10 @@ Python overhead. The rotary embedding is the model's own module (any RoPE scalin
 `nn.Linear` (LoRA adapters) are called as modules, and tests compare the logits with the plain forward.
 
 Prompts are prefilled once per unique prompt and the cache is then repeated for the G completions of each group,
-instead of prefilling the same prompt G times. Models outside the supported family (or with sliding windows) use
-`DynamicDecoder`: the model's own forward with Hugging Face's growing cache, behind the same two calls.
+instead of prefilling the same prompt G times. `keep(rows)` drops the rows that have ended from the cache, so a
+long-tailed batch does not pay for its finished rows until its longest one ends. Models outside the supported
+family (or with sliding windows) use `DynamicDecoder`: the model's own forward with Hugging Face's growing cache,
+behind the same calls.
 """
 
 from __future__ import annotations
@@ -70,6 +72,19 @@ def _projection(module: nn.Module):
     return module
 
 
+def _head(module: nn.Module):
+    """The LM head. On CPU a plain Linear is applied as x @ W^T with W^T stored contiguous (one copy per rollout):
+    at the few rows of a decode step MKL reads a [vocab, hidden] weight through its transpose-B path at a third of
+    the memory bandwidth of the plain layout (measured: 151,936 x 256, 1 row, 2 threads: 20 ms vs 7 ms), and the
+    head is most of a decode step for a small model with a 150k vocabulary."""
+    if module.weight.device.type != "cpu" or not isinstance(module, nn.Linear):
+        return _projection(module)
+    if type(module).forward is not nn.Linear.forward:
+        return module
+    weight_t, bias = module.weight.detach().t().contiguous(), module.bias
+    return (lambda x: torch.addmm(bias, x, weight_t)) if bias is not None else (lambda x: x @ weight_t)
+
+
 def _rms_norm(module: nn.Module):
     weight, eps = module.weight, module.variance_epsilon
     return lambda x: F.rms_norm(x, (x.shape[-1],), weight, eps)
@@ -122,7 +137,7 @@ class StaticDecoder:
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         self.blocks = [_Layer(layer, self.head_dim) for layer in self.inner.layers]
         self.final_norm = _rms_norm(self.inner.norm)
-        self.lm_head = _projection(self.model.lm_head)
+        self.lm_head = _head(self.model.lm_head)
 
     def _forward(self, ids: Tensor, positions: Tensor, mask: Tensor, cache: StaticCache) -> Tensor:
         """ids, positions [R, T]; mask [R, 1, T, S] bool (True: attend) -> logits of the last position [R, V]."""
@@ -165,6 +180,11 @@ class StaticDecoder:
         self.next_position = self.next_position + 1
         return logits
 
+    def keep(self, rows: Tensor) -> None:
+        """Go on with these rows only (indices into the current rows, ascending): the cache is copied down to them."""
+        self.cache.keys, self.cache.values = self.cache.keys[:, rows], self.cache.values[:, rows]
+        self.valid, self.next_position = self.valid[rows], self.next_position[rows]
+
 
 class DynamicDecoder:
     """The generic path for any causal LM: its own forward with a Hugging Face DynamicCache."""
@@ -199,6 +219,10 @@ class DynamicDecoder:
         out = self.model(input_ids=tokens[:, None], attention_mask=mask, position_ids=positions, **cache)
         self.next_position = self.next_position + 1
         return out.logits[:, -1]
+
+    def keep(self, rows: Tensor) -> None:
+        self.cache.batch_select_indices(rows)
+        self.attention_mask, self.next_position = self.attention_mask[rows], self.next_position[rows]
 
 
 def make_decoder(model: nn.Module) -> StaticDecoder | DynamicDecoder:

@@ -7,8 +7,9 @@ TCPStore for small messages and the scored batches, a two-process gloo group for
 Keys of the store: `hello` (the trainer's start: step, steps, staleness, config hash), `ready` (the worker's
 answer: its config hash), `batch/<step>` (a scored batch and the policy version that sampled it, torch-serialised),
 `stop`, `error` (the worker's last words). The weights go by `broadcast` from the trainer, one tensor at a time in
-parameter-name order, after the version number, so that nothing the size of the model is ever copied twice. Every
-wait is bounded by `rollout.server.timeout`; a worker that is gone or silent is a RolloutServerError naming it.
+parameter-name order, after the version number, so that nothing the size of the model is ever copied twice; only
+the parameters training changes travel (a LoRA policy's adapters). Every wait is bounded by
+`rollout.server.timeout`; a worker that is gone or silent is a RolloutServerError naming it.
 """
 
 from __future__ import annotations
@@ -59,6 +60,13 @@ def on_cpu(obj: object) -> object:
     if isinstance(obj, dict):
         return {k: on_cpu(v) for k, v in obj.items()}
     return obj
+
+
+def trained_parameters(model: torch.nn.Module) -> dict[str, Tensor]:
+    """The parameters training changes (requires_grad), by name: all of them in full fine-tuning, the adapters of a
+    LoRA policy. The rest (a LoRA policy's frozen base) is loaded alike by the trainer and the worker and never
+    changes, so a weight sync sends these only."""
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
 
 
 def pack(sampled: Sampled) -> bytes:
@@ -133,16 +141,19 @@ class Channel:
         except RuntimeError:
             return set()
 
-    def send_weights(self, version: int, named: Iterator[tuple[str, Tensor]]) -> None:
+    def send_weights(self, version: int, named: Iterator[tuple[str, Tensor]]) -> int:
         """The trainer's side of a weight sync: the version, then each tensor (on the CPU); `named` comes in name
-        order (the order the worker receives in), one tensor at a time."""
+        order (the order the worker receives in), one tensor at a time. Returns the bytes sent."""
         assert self.group is not None
+        sent = 0
         try:
             self.group.broadcast(torch.tensor([version], dtype=torch.long), TRAINER).wait()
             for _, tensor in named:
                 self.group.broadcast(tensor.detach().to("cpu", copy=False).contiguous(), TRAINER).wait()
+                sent += tensor.numel() * tensor.element_size()
         except RuntimeError as err:  # gloo: the peer closed the connection, or the wait timed out
             raise self.gone(err, f"sending weight version {version}") from None
+        return sent
 
     def gone(self, err: Exception, doing: str) -> RolloutServerError:
         reason = str(err).splitlines()[0][:200]

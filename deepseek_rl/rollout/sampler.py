@@ -3,6 +3,8 @@
 Each prompt is left-padded and prefilled once; its KV cache is repeated for its G completions (groups contiguous,
 so a group never leaves its rank). The loop then feeds one token per row per step through a preallocated KV cache
 (kv_decode.py); a row ends at an EOS token or a stop string, and the loop stops as soon as every row has ended.
+Rows that have ended are dropped from the decoder's batch once they make up an eighth of it (each drop copies the
+KV cache of the rows left), so with R1's long-tailed lengths the last steps run the few long rows only.
 
 Sampling is by inverse CDF from one uniform number per row and token. The uniforms of a whole step are drawn for
 all rows of all ranks from one seeded generator, and each rank reads its own rows: a completion depends only on
@@ -96,21 +98,24 @@ def sample_completions(
     [B * G], and with `with_logprobs` the sampler's log-prob of each sampled token [B * G, C] (log softmax of the
     logits / temperature, unfiltered: the trainer's definition; 0 on padding), else None."""
     decoder = make_decoder(model)
-    logits = decoder.prefill(prompt_ids, prompt_mask, group_size, cfg.max_completion_length)  # [N, V]
+    logits = decoder.prefill(prompt_ids, prompt_mask, group_size, cfg.max_completion_length)  # [H, V]
     n, device = logits.shape[0], logits.device
     eos = torch.tensor(eos_ids, device=device)
     tokens: list[Tensor] = []
     masks: list[Tensor] = []
     logprobs: list[Tensor] = []
     done = torch.zeros(n, dtype=torch.bool, device=device)
+    held = torch.arange(n, device=device)  # [H] the rows the decoder still runs (ascending); logits are theirs
     for _ in range(cfg.max_completion_length):
-        token = sample_tokens(logits, cfg, uniforms.next())
+        drawn = sample_tokens(logits, cfg, uniforms.next().to(device)[held])  # [H]
+        token = torch.full((n,), pad_id, dtype=drawn.dtype, device=device).index_copy_(0, held, drawn)
         token = torch.where(done, torch.full_like(token, pad_id), token)
         masks.append((~done).long())
         tokens.append(token)
         if with_logprobs:
             scaled = logits.float() / (cfg.temperature or 1.0)
-            chosen = scaled.gather(-1, token.unsqueeze(-1)).squeeze(-1) - scaled.logsumexp(dim=-1)
+            chosen = scaled.gather(-1, drawn.unsqueeze(-1)).squeeze(-1) - scaled.logsumexp(dim=-1)
+            chosen = torch.zeros(n, dtype=chosen.dtype, device=device).index_copy_(0, held, chosen)
             logprobs.append(torch.where(done, torch.zeros_like(chosen), chosen))
         ended = ~done & torch.isin(token, eos)
         if stop.stop_strings:
@@ -118,7 +123,12 @@ def sample_completions(
         done |= ended
         if bool(done.all()) or len(tokens) == cfg.max_completion_length:
             break
-        logits = decoder.step(token)
+        running = ~done[held]
+        if int((~running).sum()) * 8 >= held.numel():  # an eighth of the held rows have ended: drop them
+            kept = running.nonzero().squeeze(1)
+            decoder.keep(kept)
+            held = held[kept]
+        logits = decoder.step(token[held])
     sampled = torch.stack(logprobs, dim=1) if with_logprobs else None
     return torch.stack(tokens, dim=1), torch.stack(masks, dim=1), ~done, sampled
 

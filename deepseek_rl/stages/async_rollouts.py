@@ -36,7 +36,17 @@ from deepseek_rl.batch import ScoredBatch
 from deepseek_rl.config.schema import Config
 from deepseek_rl.infra.checkpoint import TrainerState
 from deepseek_rl.models.loading import gathered
-from deepseek_rl.rollout.remote import TRAINER, Channel, RolloutServerError, Sampled, decode, encode, pack, unpack
+from deepseek_rl.rollout.remote import (
+    TRAINER,
+    Channel,
+    RolloutServerError,
+    Sampled,
+    decode,
+    encode,
+    pack,
+    trained_parameters,
+    unpack,
+)
 from deepseek_rl.stages.collect import RolloutStats
 from deepseek_rl.stages.rollout_worker import config_snapshot
 
@@ -62,9 +72,9 @@ def free_port() -> int:
 
 
 def whole_parameters(policy: torch.nn.Module) -> Iterator[tuple[str, Tensor]]:
-    """(name, whole tensor) of each parameter in name order, one at a time: a ZeRO-3 partition is gathered only while
-    the consumer sends it (so the trainer never holds a second full copy of the model)."""
-    params = dict(policy.named_parameters())
+    """(name, whole tensor) of each trained parameter in name order, one at a time: a ZeRO-3 partition is gathered
+    only while the consumer sends it (so the trainer never holds a second full copy of the model)."""
+    params = trained_parameters(policy)
     for name in sorted(params):
         with gathered(params[name]):
             yield name, params[name].data
@@ -88,7 +98,7 @@ class AsyncRollouts:
         start = state.step
         self.proc: subprocess.Popen | None = None
         self.taken: dict[int, Sampled] = {s.step: s for s in pending}
-        self.sync_seconds = 0.0
+        self.sync_seconds, self.sync_bytes = 0.0, 0
         server = cfg.rollout.server
         if server.url is None:  # rank 0 starts it; every rank connects to rank 0's port
             host, port = "127.0.0.1", int(rank_zero_value(self.start_local_worker(output_dir)))
@@ -132,7 +142,8 @@ class AsyncRollouts:
                 gone = self.gone()
                 if gone is not None or time.monotonic() > deadline:
                     raise RolloutServerError(
-                        f"cannot reach the rollout worker at {host}:{port}" + (f" ({gone})" if gone else "")
+                        f"cannot reach the rollout worker at {host}:{port}"
+                        + (f" ({gone})" if gone else "")
                         + "; see <output_dir>/rollout_worker.log" * bool(self.proc)
                     ) from None
                 time.sleep(0.5)
@@ -149,7 +160,7 @@ class AsyncRollouts:
         start = time.perf_counter()
         named = whole_parameters(policy)
         if self.rank == 0:
-            self.channel.send_weights(version, named)
+            self.sync_bytes += self.channel.send_weights(version, named)
         else:
             for _ in named:
                 pass
@@ -202,9 +213,11 @@ class AsyncRollouts:
             found.append(unpack(self.channel.get(f"batch/{step}", alive=self.gone)))
         return found
 
-    def pop_sync_seconds(self) -> float:
-        seconds, self.sync_seconds = self.sync_seconds, 0.0
-        return seconds
+    def pop_sync(self) -> dict[str, float]:
+        """`time/weight_sync` and `rollout/weight_sync_mb` (what rank 0 sent) since the last call."""
+        sync = {"time/weight_sync": self.sync_seconds, "rollout/weight_sync_mb": self.sync_bytes / 2**20}
+        self.sync_seconds, self.sync_bytes = 0.0, 0
+        return sync
 
     def close(self) -> None:
         """Tell the worker to stop; a local worker that does not stop within 10 s is killed (no orphan)."""

@@ -139,8 +139,11 @@ def setup(cfg: Config, output_dir: Path, reward_funcs: RewardFunctions | None = 
                             report=accelerator.is_main_process)  # fmt: skip
         return Checked(prompts, held_out, rewards, pending)
 
+    # asynchronous rollouts: the worker holds the rollout engine (vLLM too); the trainer's own engine, for held-out
+    # evaluations only, is the built-in sampler on the policy, so a vLLM engine takes no memory beside the trainer
+    engine = "builtin" if cfg.rollout.max_staleness > 0 else "rollout"
     stage, checked = open_stage(
-        cfg, "grpo", plan, output_dir, cfg.algorithm.lr, cfg.optimizer.warmup_steps, before_model, engine="rollout"
+        cfg, "grpo", plan, output_dir, cfg.algorithm.lr, cfg.optimizer.warmup_steps, before_model, engine=engine
     )
     try:
         return grpo_parts(stage, checked)
@@ -263,7 +266,7 @@ def step(run: GRPORun, step_index: int) -> StepStats:
         **versions,
     }
     if run.remote is not None:
-        metrics["time/weight_sync"] = run.remote.pop_sync_seconds()
+        metrics |= run.remote.pop_sync()
     every, done = cfg.eval.every, run.state.step
     if every and (done % every == 0 or done == run.plan.max_steps):
         metrics |= held_out_metrics(run)

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 import time
 import traceback
 from dataclasses import asdict
+from pathlib import Path
 
 import torch
 
@@ -29,8 +31,17 @@ from deepseek_rl.data.prompts import build_prompt_set
 from deepseek_rl.infra.distributed import release_accelerator
 from deepseek_rl.infra.resume import changed_keys
 from deepseek_rl.models.loading import DTYPES, eos_token_ids, load_model, load_tokenizer
-from deepseek_rl.rollout.engine import BuiltinEngine
-from deepseek_rl.rollout.remote import WORKER, Channel, RolloutServerError, Sampled, decode, encode, pack
+from deepseek_rl.rollout.engine import BuiltinEngine, RolloutEngine
+from deepseek_rl.rollout.remote import (
+    WORKER,
+    Channel,
+    RolloutServerError,
+    Sampled,
+    decode,
+    encode,
+    pack,
+    trained_parameters,
+)
 from deepseek_rl.stages.collect import RolloutCollector
 from deepseek_rl.stages.reward_set import RewardSet
 
@@ -75,9 +86,11 @@ def run(cfg: Config, channel: Channel, hello: dict) -> None:
     context = {"max_completion_length": cfg.rollout.max_completion_length}
     rewards = RewardSet(cfg.reward, context, device=device)
     model = load_model(cfg.model, tokenizer, seed=cfg.trainer.seed, trainable=cfg.model.lora.enabled)
-    model = model.to(device=device, dtype=DTYPES[cfg.model.dtype]).eval().requires_grad_(False)
-    params = dict(model.named_parameters())
-    engine = BuiltinEngine(model, tokenizer, eos_token_ids(tokenizer, model), logprobs=True)
+    model = model.to(device=device, dtype=DTYPES[cfg.model.dtype]).eval()
+    params = trained_parameters(model)  # what the trainer sends (a LoRA policy: its adapters)
+    model.requires_grad_(False)
+    scratch = tempfile.TemporaryDirectory(prefix="deepseek-rl-worker-")
+    engine = worker_engine(cfg, model, tokenizer, Path(scratch.name))
     plan = cfg.grpo_plan(1)  # the global batch: what every trainer rank samples, as one process
     collector = RolloutCollector(
         plan, 0, cfg.trainer.seed, cfg.rollout, cfg.algorithm, prompts, rewards, tokenizer.pad_token_id, lambda t: t
@@ -89,6 +102,7 @@ def run(cfg: Config, channel: Channel, hello: dict) -> None:
             waiting = time.perf_counter()
             while version < max(0, step - k):
                 version = channel.receive_weights(params)
+                engine.policy_updated()  # vLLM: reloads the weights at the next session
             waited = time.perf_counter() - waiting
             if "stop" in channel.keys_present():
                 return
@@ -102,7 +116,25 @@ def run(cfg: Config, channel: Channel, hello: dict) -> None:
             time.sleep(0.2)  # trainer has taken the last batches and says stop
     finally:
         rewards.close()
+        engine.close()
+        scratch.cleanup()
         release_accelerator()
+
+
+def worker_engine(cfg: Config, model: torch.nn.Module, tokenizer, scratch: Path) -> RolloutEngine:
+    """The worker's engine: the built-in sampler on its copy of the policy, returning the behaviour log-probs; or
+    with rollout.engine=vllm a vLLM engine in this process, reloaded from that copy after each weight version
+    (vLLM's own weight path, adapters merged for a LoRA policy; log-probs of the distribution it sampled from)."""
+    eos = eos_token_ids(tokenizer, model)
+    if cfg.rollout.engine == "builtin":
+        return BuiltinEngine(model, tokenizer, eos, logprobs=True)
+    from accelerate import Accelerator
+
+    from deepseek_rl.rollout.vllm_engine import VLLMEngine, engine_model_dir
+
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())  # one process: the worker's own devices
+    model_dir = engine_model_dir(cfg.model, model, tokenizer, scratch)
+    return VLLMEngine(model_dir, cfg.model, cfg.rollout, model, tokenizer, eos, accelerator, cfg.trainer.seed)
 
 
 def config_snapshot(cfg: Config) -> str:
