@@ -191,17 +191,25 @@ def test_resume_with_vllm_samples_the_same(tmp_path: Path):
 
 @needs_vllm
 def test_an_async_worker_samples_with_vllm(tmp_path: Path):
-    """rollout.engine=vllm with max_staleness=1: the worker beside the trainer holds the vLLM engine, loaded from the
-    weights the trainer sends (vLLM starts from dummy weights: without that load, step 0's log-probs would be off)."""
+    """rollout.engine=vllm with max_staleness=1: the worker beside the trainer holds the vLLM engine, reloaded from
+    each weight version the trainer sends. vLLM starts from dummy weights, so without the first load step 0's
+    log-probs would be far off; without the later ones, steps 2 and 3 would be sampled by version 0 and their gap to
+    the trainer would grow, where a worker in sync shows the one-step gap of the built-in engine's worker."""
     import subprocess
 
-    result = run_cli("train", *SMOKE, "rollout.max_staleness=1", f"trainer.output_dir={tmp_path / 'run'}", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    lines = metrics(tmp_path / "run")
-    assert [m["rollout/policy_version"] for m in lines] == [0, 0, 1, 2]
-    assert lines[0]["rollout/logprob_abs_diff"] < 1e-4  # step 0: vLLM samples with the trainer's own weights
-    assert all(0 < m["rollout/logprob_abs_diff"] < 0.1 for m in lines[1:])  # later: one step old
-    assert "vllm" in (tmp_path / "run" / "rollout_worker.log").read_text().lower()
+    gaps = {}
+    for engine in ("vllm", "builtin"):
+        run = tmp_path / engine
+        result = run_cli("train", *SMOKE, "rollout.max_staleness=1", f"rollout.engine={engine}",
+                         f"trainer.output_dir={run}", cwd=tmp_path)  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        lines = metrics(run)
+        assert [m["rollout/policy_version"] for m in lines] == [0, 0, 1, 2]
+        gaps[engine] = [m["rollout/logprob_abs_diff"] for m in lines]
+    assert "vllm" in (tmp_path / "vllm" / "rollout_worker.log").read_text().lower()
+    assert gaps["vllm"][0] < 1e-4  # step 0: vLLM samples with the trainer's own weights
+    for vllm_gap, builtin_gap in zip(gaps["vllm"][1:], gaps["builtin"][1:], strict=True):
+        assert 0.5 * builtin_gap < vllm_gap < 1.5 * builtin_gap, gaps  # one step old, as the built-in worker
     running = subprocess.run(["pgrep", "-f", "deepseek_rl.cli serve"], capture_output=True, text=True).stdout
     assert not running.split()
 
