@@ -86,7 +86,7 @@ def run_workload(name: str, steps: int, eval_every: int, quick: bool, work: Path
     n = cores()
     if name == "demo":
         cold = ["--config-name", "default", "stages=[sft]", "trainer.save_final=true"]
-        cold += ["sft.max_steps=30", "data.num_digits=2"] if quick else []
+        cold += ["sft.max_steps=30", "sft.eval_every=0", "data.num_digits=2"] if quick else []
         start = train(cold, work / "cold", n) / "final"
         base = ["--config-name", "r1_grpo", f"model.path={start}", "stages=[grpo]", f"trainer.max_steps={steps}",
                 f"eval.every={eval_every}"]  # fmt: skip
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench_async_") as tmp:
         for name in names:
             steps = args.steps or (4 if args.quick else {"demo": 60, "large": 8}[name])
-            eval_every = 2 if args.quick else args.eval_every
+            eval_every = 4 if args.quick else args.eval_every
             results[name] = run_workload(name, steps, eval_every, args.quick, Path(tmp))
     speedup = {n: r["async k=1"]["steps_per_hour"] / r["sync"]["steps_per_hour"] for n, r in results.items()}
     report = {**results, "speedup": speedup, "cores": cores()}
