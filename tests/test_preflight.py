@@ -94,6 +94,21 @@ def test_hand_calculation_with_vllm(r1_path):
     assert not tight.ok and "rollout.vllm.sleep_level=2" in tight.text()
 
 
+def test_async_rollouts_with_vllm_put_the_engine_on_the_worker(r1_path):
+    """rollout.max_staleness > 0 with vLLM: the worker holds vLLM; the trainer (evaluations on the built-in sampler)
+    is estimated as with the built-in engine, and the report says what the worker holds."""
+    asynchronous = load_recipe("math_dapo_r1_distill", [f"model.path={r1_path}", "rollout.max_staleness=1"])
+    builtin = load_recipe("math_dapo_r1_distill", [f"model.path={r1_path}", "rollout.engine=builtin"])
+    assert asynchronous.rollout.engine == "vllm"
+    report, reference = check(asynchronous, ZERO3_BF16_8, 80 * GB), check(builtin, ZERO3_BF16_8, 80 * GB)
+    for phase in ("rollout", "evaluation", "training"):
+        assert report.estimate.total(phase) == reference.estimate.total(phase), phase
+    assert round(report.estimate.total("training") / GB, 2) == 41.98  # no vLLM reservation beside the update
+    text = report.text()
+    assert "asynchronous, max_staleness=1" in text and "rollout.vllm.gpu_memory_utilization=0.3 of its GPU" in text
+    assert f"{P_R1 * 2 / 1e9:.2f} GB of weights (the copy it receives)" in text
+
+
 def test_seven_b_full_adamw_on_one_80gb_gpu_is_rejected_with_the_reason(qwen7b_dir):
     overrides = [f"model.path={qwen7b_dir}", "model.dtype=float32", "eval.every=0", "rollout.engine=builtin"]
     small_steps = ["trainer.batch_size=64", "trainer.micro_batch_size=1"]  # 4 prompts x 16 completions

@@ -169,7 +169,9 @@ def workload(cfg: Config, world_size: int, device_memory: float | None = None) -
         kl=cfg.algorithm.kl_coef > 0 or cfg.algorithm.log_kl,
         gradient_checkpointing=cfg.model.gradient_checkpointing,
         dtype_bytes=DTYPE_BYTES[cfg.model.dtype],
-        engine=cfg.rollout.engine,
+        # asynchronous rollouts: the worker holds the rollout engine; the trainer samples its evaluations with the
+        # built-in sampler on the policy, whatever rollout.engine is
+        engine="builtin" if cfg.rollout.max_staleness > 0 else cfg.rollout.engine,
         vllm_share=cfg.rollout.vllm.gpu_memory_utilization,
         vllm_sleep_level=cfg.rollout.vllm.sleep_level,
         device_memory=device_memory or 0.0,

@@ -108,10 +108,16 @@ def rollout_side_lines(cfg: Config, shape: ModelShape, launch: Launch) -> list[s
     rows, tokens = cfg.trainer.batch_size, cfg.rollout.max_prompt_length + cfg.rollout.max_completion_length
     kv = 2 * shape.layers * shape.kv_heads * shape.head_dim * tokens * rows * b
     weights = shape.parameters * b
+    if cfg.rollout.engine == "vllm":
+        share = cfg.rollout.vllm.gpu_memory_utilization
+        holds = (f"it holds {weights / 1e9:.2f} GB of weights (the copy it receives) + vLLM's reservation, "
+                 f"rollout.vllm.gpu_memory_utilization={share} of its GPU (vLLM's weights and KV cache)")  # fmt: skip
+    else:
+        holds = (f"it holds {weights / 1e9:.2f} GB of weights + {kv / 1e9:.2f} GB of KV cache for the global batch "
+                 f"({rows} rows x {tokens:,} tokens)")  # fmt: skip
     return [
         f"  rollouts  asynchronous, max_staleness={k}: {where} on {devices} samples step s with the policy of step "
         f"s - {k}",
-        f"            it holds {weights / 1e9:.2f} GB of weights + {kv / 1e9:.2f} GB of KV cache for the global batch "
-        f"({rows} rows x {tokens:,} tokens); give it devices of its own (rollout.server.devices) when that does not "
-        "fit beside the trainer",
+        f"            {holds}; give it devices of its own (rollout.server.devices) when that does not fit beside "
+        "the trainer",
     ]
