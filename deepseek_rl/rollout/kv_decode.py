@@ -77,10 +77,9 @@ def _head(module: nn.Module):
     at the few rows of a decode step MKL reads a [vocab, hidden] weight through its transpose-B path at a third of
     the memory bandwidth of the plain layout (measured: 151,936 x 256, 1 row, 2 threads: 20 ms vs 7 ms), and the
     head is most of a decode step for a small model with a 150k vocabulary."""
-    if module.weight.device.type != "cpu" or not isinstance(module, nn.Linear):
+    plain = isinstance(module, nn.Linear) and type(module).forward is nn.Linear.forward
+    if not plain or module.weight.device.type != "cpu":
         return _projection(module)
-    if type(module).forward is not nn.Linear.forward:
-        return module
     weight_t, bias = module.weight.detach().t().contiguous(), module.bias
     return (lambda x: torch.addmm(bias, x, weight_t)) if bias is not None else (lambda x: x @ weight_t)
 
