@@ -76,15 +76,28 @@ def uninterrupted(tmp_path_factory) -> Path:
     return work / "full"
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["preempted", "killed"])
-def test_an_async_run_killed_and_resumed_trains_on_the_same_samples(sig, tmp_path: Path, uninterrupted: Path):
-    cmd = [sys.executable, "-m", "deepseek_rl.cli", "train", *ASYNC, f"trainer.output_dir={tmp_path / 'cut'}"]
+@pytest.mark.parametrize(
+    ("sig", "n"), [(signal.SIGTERM, 1), (signal.SIGKILL, 2)], ids=["preempted", "killed-two-workers"]
+)
+def test_an_async_run_killed_and_resumed_trains_on_the_same_samples(sig, n, tmp_path: Path, uninterrupted: Path):
+    """Interrupted and resumed, the run trains on the uninterrupted run's samples, step for step. With two workers
+    (rollout.server.workers=2, worker i sampling the i-th half of each step's prompts as rank i of a synchronous run
+    would) the samples are those one worker draws: the same completions, rewards and versions; the losses agree to
+    float precision (the sampler's log-probs come from batches of 8 rows instead of 16)."""
+    cmd = [sys.executable, "-m", "deepseek_rl.cli", "train", *ASYNC, f"rollout.server.workers={n}",
+           f"trainer.output_dir={tmp_path / 'cut'}"]  # fmt: skip
     _interrupted_then_resumed(cmd, tmp_path / "cut", tmp_path, sig, lines=5)
     cut, whole = metrics(tmp_path / "cut"), metrics(uninterrupted)
     assert [m["step"] for m in cut] == list(range(1, 11))  # no step twice, none skipped
-    for key in ("loss", "reward", "rollout/policy_version", "completion_length/mean"):
+    for key in ("reward", "rollout/policy_version", "completion_length/mean", "reward_std", "zero_std_groups"):
         assert [m[key] for m in cut] == [m[key] for m in whole], key
-    assert rank_reports(tmp_path / "cut")[0]["parameter_sha256"] == rank_reports(uninterrupted)[0]["parameter_sha256"]
+    if n == 1:
+        assert [m["loss"] for m in cut] == [m["loss"] for m in whole]
+        hashes = [rank_reports(run)[0]["parameter_sha256"] for run in (tmp_path / "cut", uninterrupted)]
+        assert hashes[0] == hashes[1]
+    else:
+        assert [m["loss"] for m in cut] == pytest.approx([m["loss"] for m in whole], rel=1e-4, abs=1e-7)
+        assert [(tmp_path / "cut" / f"rollout_worker_{i}.log").exists() for i in range(3)] == [True, True, False]
     assert not workers()
 
 
@@ -195,3 +208,21 @@ def test_a_worker_started_beside_the_trainer_runs_the_trainers_config_exactly(tm
     assert "answer_match" not in cfg.reward.weights and "answer_match" in load_recipe("smoke").reward.weights
     (tmp_path / "config.json").write_text(config_snapshot(cfg))
     assert load_config(argparse.Namespace(config_json=str(tmp_path / "config.json")), []) == cfg
+
+
+def test_several_workers_split_the_prompts_the_devices_and_the_addresses():
+    from deepseek_rl.config import ConfigError, load_recipe
+
+    cfg = load_recipe("smoke_async", ["rollout.server.workers=2", "rollout.server.devices='4,5,6,7'"])
+    assert [cfg.rollout.server.worker_devices(i) for i in range(2)] == ["4,5", "6,7"]
+    plan = cfg.rollout_plan(2)  # 16 rows, groups of 4: each worker samples 2 prompts, rows 0-7 and 8-15
+    assert (plan.prompts_per_rank, plan.first_row(1)) == (2, 8)
+    remote = load_recipe("smoke_async", ["rollout.server.url=10.0.0.2:29600 10.0.0.3:29601"])
+    assert remote.rollout.server.addresses() == [("10.0.0.2", 29600), ("10.0.0.3", 29601)]
+    assert remote.rollout.server.workers == 2
+    with pytest.raises(ConfigError, match="4 prompts per step, which do not split evenly over rollout.server.workers"):
+        load_recipe("smoke_async", ["rollout.server.workers=3"])
+    with pytest.raises(ConfigError, match="rollout.server.workers=3 but rollout.server.url names 2 worker"):
+        load_recipe("smoke_async", ["rollout.server.workers=3", "rollout.server.url='a:1,b:2'"])
+    with pytest.raises(ConfigError, match="rollout.server.devices=0,1,2 does not split evenly"):
+        load_recipe("smoke_async", ["rollout.server.workers=2", "rollout.server.devices='0,1,2'"])

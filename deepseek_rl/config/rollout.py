@@ -67,23 +67,62 @@ class ToolsConfig:
 
 @dataclass
 class ServerConfig:
-    # Asynchronous rollouts (rollout.max_staleness > 0) come from a rollout worker apart from the trainer: null starts
-    # one beside the trainer (`deepseek-rl train` alone, on CPU or one node) and stops it at the end; "host:port"
-    # reaches one started with `deepseek-rl serve --config-name RECIPE --port PORT` (its own devices or machine).
+    # Asynchronous rollouts (rollout.max_staleness > 0) come from rollout workers apart from the trainer: null starts
+    # `workers` of them beside the trainer (`deepseek-rl train` alone, on CPU or one node) and stops them at the end;
+    # "host:port" (or several, separated by spaces or commas: "10.0.0.2:29600 10.0.0.3:29600"; on the command line
+    # in quotes, where Hydra reads a bare comma as a sweep) reaches workers started with
+    # `deepseek-rl serve --config-name RECIPE --port PORT` (their own devices or machines).
     url: str | None = None
-    # Seconds the trainer waits for the worker (a batch, a weight sync) before it gives up with an error naming it.
+    # Rollout workers started beside the trainer (data-parallel rollouts: worker i samples the i-th share of each
+    # step's prompts, as rank i of a synchronous run would; with url, the number of addresses given).
+    workers: int = 1
+    # Seconds the trainer waits for a worker (a batch, a weight sync) before it gives up with an error naming it.
     timeout: float = 600.0
-    # The devices of a worker started beside the trainer (CUDA_VISIBLE_DEVICES for it; null: the same as the trainer).
+    # The devices of the workers started beside the trainer (CUDA_VISIBLE_DEVICES; null: the same as the trainer's),
+    # split evenly among them: "4,5,6,7" with workers=2 gives 4,5 to the first and 6,7 to the second.
     devices: str | None = None
 
     def __post_init__(self) -> None:
         require(self.timeout > 0, f"rollout.server.timeout={self.timeout} must be > 0 seconds")
+        require(self.workers >= 1, f"rollout.server.workers={self.workers} must be >= 1")
         if self.url is not None:
-            host, _, port = self.url.rpartition(":")
+            for address in self.url.replace(",", " ").split() or [""]:
+                host, _, port = address.rpartition(":")
+                require(
+                    bool(host) and port.isdigit(),
+                    f"rollout.server.url={self.url}: give host:port of `deepseek-rl serve` (e.g. 10.0.0.2:29600), "
+                    "or several, separated by spaces",
+                )
+            given = len(self.addresses())
             require(
-                bool(host) and port.isdigit(),
-                f"rollout.server.url={self.url}: give host:port of `deepseek-rl serve` (e.g. 10.0.0.2:29600)",
+                self.workers in (1, given),
+                f"rollout.server.workers={self.workers} but rollout.server.url names {given} worker(s): the workers "
+                "are the addresses given (leave rollout.server.workers out)",
             )
+            self.workers = given
+        if self.devices is not None:
+            devices = [d for d in self.devices.split(",") if d.strip()]
+            require(
+                len(devices) % self.workers == 0,
+                f"rollout.server.devices={self.devices} does not split evenly over rollout.server.workers="
+                f"{self.workers}: give a multiple of {self.workers} devices",
+            )
+
+    def addresses(self) -> list[tuple[str, int]]:
+        """(host, port) of each worker named by url."""
+        out = []
+        for address in (self.url or "").replace(",", " ").split():
+            host, _, port = address.rpartition(":")
+            out.append((host, int(port)))
+        return out
+
+    def worker_devices(self, index: int) -> str | None:
+        """CUDA_VISIBLE_DEVICES of local worker `index` (null: the trainer's)."""
+        if self.devices is None:
+            return None
+        devices = [d.strip() for d in self.devices.split(",") if d.strip()]
+        share = len(devices) // self.workers
+        return ",".join(devices[index * share : (index + 1) * share])
 
 
 @dataclass

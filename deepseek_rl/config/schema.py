@@ -408,6 +408,13 @@ class Config:
             "algorithm.tis_cap corrects for the rollout engine's log-probs, which rollout.engine=vllm and asynchronous "
             "rollouts (rollout.max_staleness > 0) provide; set one of them, or algorithm.tis_cap=null",
         )
+        workers, prompts = self.rollout.server.workers, self.trainer.batch_size // self.algorithm.num_generations
+        require(
+            self.rollout.max_staleness == 0 or prompts % workers == 0,
+            f"trainer.batch_size={self.trainer.batch_size} gives {prompts} prompts per step, which do not split "
+            f"evenly over rollout.server.workers={workers} rollout workers: use a multiple of "
+            f"{workers * self.algorithm.num_generations}, or another number of workers",
+        )
         require(
             "grpo" not in self.stages or self.rollout.temperature > 0,
             "rollout.temperature=0 is greedy decoding; GRPO needs sampled groups: set rollout.temperature > 0",
@@ -435,6 +442,13 @@ class Config:
         return grpo_plan(
             t.batch_size, t.micro_batch_size, alg.num_generations, alg.num_iterations, t.max_steps, world_size
         )
+
+    def rollout_plan(self, workers: int) -> BatchPlan:
+        """The plan of `workers` rollout workers, each sampling as one rank of a synchronous run would (they do not
+        micro-batch: the micro-batch is a worker's whole share)."""
+        t, alg = self.trainer, self.algorithm
+        share = t.batch_size // workers
+        return grpo_plan(t.batch_size, share, alg.num_generations, alg.num_iterations, t.max_steps, workers)
 
     def check_lengths(self) -> None:
         """Prompt + completion must fit the model's context."""

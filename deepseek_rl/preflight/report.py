@@ -102,22 +102,29 @@ def rollout_side_lines(cfg: Config, shape: ModelShape, launch: Launch) -> list[s
     if k == 0:
         return []
     server = cfg.rollout.server
-    where = f"the worker at {server.url}" if server.url else "a worker started beside the trainer"
-    devices = server.devices or ("the trainer's devices" if server.url is None else "its own devices")
+    n = server.workers
+    if server.url:
+        where = f"the worker{'s' * (n > 1)} at {server.url}"
+    else:
+        where = "a worker started beside the trainer" if n == 1 else f"{n} workers started beside the trainer"
+    devices = server.devices or ("the trainer's devices" if server.url is None else "their own devices")
+    each = "it holds" if n == 1 else "each holds"
     b = 2 if cfg.model.dtype != "float32" or launch.mixed_precision != "no" else 4
-    rows, tokens = cfg.trainer.batch_size, cfg.rollout.max_prompt_length + cfg.rollout.max_completion_length
+    rows, tokens = cfg.trainer.batch_size // n, cfg.rollout.max_prompt_length + cfg.rollout.max_completion_length
     kv = 2 * shape.layers * shape.kv_heads * shape.head_dim * tokens * rows * b
     weights = shape.parameters * b
+    share_of = "the global batch" if n == 1 else f"its share of the global batch (1/{n})"
     if cfg.rollout.engine == "vllm":
         share = cfg.rollout.vllm.gpu_memory_utilization
-        holds = (f"it holds {weights / 1e9:.2f} GB of weights (the copy it receives) + vLLM's reservation, "
+        holds = (f"{each} {weights / 1e9:.2f} GB of weights (the copy it receives) + vLLM's reservation, "
                  f"rollout.vllm.gpu_memory_utilization={share} of its GPU (vLLM's weights and KV cache)")  # fmt: skip
     else:
-        holds = (f"it holds {weights / 1e9:.2f} GB of weights + {kv / 1e9:.2f} GB of KV cache for the global batch "
+        holds = (f"{each} {weights / 1e9:.2f} GB of weights + {kv / 1e9:.2f} GB of KV cache for {share_of} "
                  f"({rows} rows x {tokens:,} tokens)")  # fmt: skip
+    verb, them, their = ("samples", "it", "its") if n == 1 else ("sample", "them", "their")
     return [
-        f"  rollouts  asynchronous, max_staleness={k}: {where} on {devices} samples step s with the policy of step "
+        f"  rollouts  asynchronous, max_staleness={k}: {where} on {devices} {verb} step s with the policy of step "
         f"s - {k}",
-        f"            {holds}; give it devices of its own (rollout.server.devices) when that does not fit beside "
-        "the trainer",
+        f"            {holds}; give {them} devices of {their} own "
+        "(rollout.server.devices) when that does not fit beside the trainer",
     ]

@@ -126,6 +126,13 @@ class Channel:
             raise self.gone(err, f"reading {key}") from None
         return value
 
+    def delete(self, key: str) -> None:
+        """Drop a key the trainer no longer needs (a trained step's batch), so the store does not grow with the run."""
+        try:
+            self.store.delete_key(key)
+        except RuntimeError as err:
+            raise self.gone(err, f"deleting {key}") from None
+
     def present(self, key: str, alive: Callable[[], str | None] | None) -> bool:
         try:
             return self.store.check([key])
@@ -140,20 +147,6 @@ class Channel:
             return {k for k in ("error", "stop") if self.store.check([k])}
         except RuntimeError:
             return set()
-
-    def send_weights(self, version: int, named: Iterator[tuple[str, Tensor]]) -> int:
-        """The trainer's side of a weight sync: the version, then each tensor (on the CPU); `named` comes in name
-        order (the order the worker receives in), one tensor at a time. Returns the bytes sent."""
-        assert self.group is not None
-        sent = 0
-        try:
-            self.group.broadcast(torch.tensor([version], dtype=torch.long), TRAINER).wait()
-            for _, tensor in named:
-                self.group.broadcast(tensor.detach().to("cpu", copy=False).contiguous(), TRAINER).wait()
-                sent += tensor.numel() * tensor.element_size()
-        except RuntimeError as err:  # gloo: the peer closed the connection, or the wait timed out
-            raise self.gone(err, f"sending weight version {version}") from None
-        return sent
 
     def gone(self, err: Exception, doing: str) -> RolloutServerError:
         reason = str(err).splitlines()[0][:200]
@@ -176,6 +169,25 @@ class Channel:
         except RuntimeError as err:
             raise RolloutServerError(f"the trainer of this worker is gone ({str(err).splitlines()[0][:200]})") from None
         return int(version.item())
+
+
+def send_weights(channels: list[Channel], version: int, named: Iterator[tuple[str, Tensor]]) -> int:
+    """The trainer's side of a weight sync to every worker: the version, then each tensor (on the CPU) to each worker
+    in turn; `named` comes in name order (the order the workers receive in), one tensor at a time, so nothing the
+    size of the model is held twice. Returns the bytes sent to one worker."""
+    sent, channel = 0, channels[0]
+    try:
+        for channel in channels:
+            assert channel.group is not None
+            channel.group.broadcast(torch.tensor([version], dtype=torch.long), TRAINER).wait()
+        for _, tensor in named:
+            tensor = tensor.detach().to("cpu", copy=False).contiguous()
+            for channel in channels:
+                channel.group.broadcast(tensor, TRAINER).wait()
+            sent += tensor.numel() * tensor.element_size()
+    except RuntimeError as err:  # gloo: the peer closed the connection, or the wait timed out
+        raise channel.gone(err, f"sending weight version {version}") from None
+    return sent
 
 
 def encode(obj: object) -> bytes:

@@ -44,10 +44,11 @@ from deepseek_rl.rollout.remote import (
     decode,
     encode,
     pack,
+    send_weights,
     trained_parameters,
     unpack,
 )
-from deepseek_rl.stages.collect import RolloutStats
+from deepseek_rl.stages.collect import RolloutStats, advantages
 from deepseek_rl.stages.rollout_worker import config_snapshot
 
 
@@ -81,7 +82,7 @@ def whole_parameters(policy: torch.nn.Module) -> Iterator[tuple[str, Tensor]]:
 
 
 class AsyncRollouts:
-    """The connection to the rollout worker of one GRPO stage (module docstring)."""
+    """The connection to the rollout workers of one GRPO stage (module docstring)."""
 
     def __init__(
         self,
@@ -95,28 +96,35 @@ class AsyncRollouts:
     ):
         self.cfg, self.k, self.steps = cfg, cfg.rollout.max_staleness, cfg.trainer.max_steps
         self.rank, self.world, self.state = rank, world, state
-        start = state.step
-        self.proc: subprocess.Popen | None = None
+        self.procs: list[subprocess.Popen] = []
         self.taken: dict[int, Sampled] = {s.step: s for s in pending}
         self.sync_seconds, self.sync_bytes = 0.0, 0
         server = cfg.rollout.server
-        if server.url is None:  # rank 0 starts it; every rank connects to rank 0's port
-            host, port = "127.0.0.1", int(rank_zero_value(self.start_local_worker(output_dir)))
+        if server.url is None:  # rank 0 starts them; every rank connects to rank 0's ports
+            addresses = [("127.0.0.1", int(p)) for p in rank_zero_value(self.start_local_workers(output_dir))]
         else:
-            host, _, port_text = server.url.rpartition(":")
-            port = int(port_text)
-        self.describe = f"{host}:{port}" + (" (started beside the trainer)" if self.proc else "")
-        self.channel = self.connect(host, port, server.timeout)
+            addresses = server.addresses()
+        beside = " (started beside the trainer)" if server.url is None else ""
+        self.describe = [f"{host}:{port}{beside}" for host, port in addresses]
+        self.channels = [self.connect(i, host, port, server.timeout) for i, (host, port) in enumerate(addresses)]
         if rank == 0:
-            first = start + len(pending)  # the worker samples from the first step not in the checkpoint
-            self.channel.put("hello", encode({"start": first, "steps": self.steps, "config": asdict(cfg)}))
-        self.start = start
+            first = state.step + len(pending)  # the workers sample from the first step not in the checkpoint
+            for i, channel in enumerate(self.channels):
+                hello = {"start": first, "steps": self.steps, "config": asdict(cfg), "shard": i,
+                         "shards": len(self.channels)}  # fmt: skip
+                channel.put("hello", encode(hello))
+        self.start = state.step
 
-    def start_local_worker(self, output_dir: Path) -> int:
-        """`deepseek-rl serve` in a child process on a free port (only rank 0 of the trainers starts one)."""
-        port = int(os.environ.get("DEEPSEEK_RL_WORKER_PORT", "0")) or free_port()
+    def log_name(self, index: int) -> str:
+        return "rollout_worker.log" if self.cfg.rollout.server.workers == 1 else f"rollout_worker_{index}.log"
+
+    def start_local_workers(self, output_dir: Path) -> list[int]:
+        """`deepseek-rl serve` in child processes on free ports (only rank 0 of the trainers starts them)."""
+        server = self.cfg.rollout.server
+        base = int(os.environ.get("DEEPSEEK_RL_WORKER_PORT", "0"))
+        ports = [base + i if base else free_port() for i in range(server.workers)]
         if self.rank != 0:
-            return port
+            return ports
         output_dir.mkdir(parents=True, exist_ok=True)
         config = output_dir / ".rollout_worker.json"
         config.write_text(config_snapshot(self.cfg))
@@ -125,64 +133,89 @@ class AsyncRollouts:
             env.pop(key, None)  # the worker is no rank of the trainers' process group
         if "DEEPSEEK_RL_WORKER_THREADS" in os.environ:  # the benchmark's split of the cores
             env["OMP_NUM_THREADS"] = os.environ["DEEPSEEK_RL_WORKER_THREADS"]
-        if self.cfg.rollout.server.devices is not None:
-            env["CUDA_VISIBLE_DEVICES"] = self.cfg.rollout.server.devices
-        log = (output_dir / "rollout_worker.log").open("ab")
-        cmd = [sys.executable, "-m", "deepseek_rl.cli", "serve", "--config-json", str(config), "--host", "127.0.0.1",
-               "--port", str(port)]  # fmt: skip
-        self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=log, start_new_session=True)
-        return port
+        for i, port in enumerate(ports):
+            if server.devices is not None:
+                env["CUDA_VISIBLE_DEVICES"] = server.worker_devices(i)
+            log = (output_dir / self.log_name(i)).open("ab")
+            cmd = [sys.executable, "-m", "deepseek_rl.cli", "serve", "--config-json", str(config), "--host",
+                   "127.0.0.1", "--port", str(port)]  # fmt: skip
+            self.procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=log, start_new_session=True))
+        return ports
 
-    def connect(self, host: str, port: int, timeout: float) -> Channel:
+    def connect(self, index: int, host: str, port: int, timeout: float) -> Channel:
         deadline = time.monotonic() + timeout
         while True:
             try:
                 return Channel(host, port, TRAINER, timeout, f"{host}:{port}", weights=self.rank == 0)
             except RolloutServerError:
-                gone = self.gone()
+                gone = self.gone(index)
                 if gone is not None or time.monotonic() > deadline:
                     raise RolloutServerError(
                         f"cannot reach the rollout worker at {host}:{port}"
                         + (f" ({gone})" if gone else "")
-                        + "; see <output_dir>/rollout_worker.log" * bool(self.proc)
+                        + f"; see <output_dir>/{self.log_name(index)}" * bool(self.procs)
                     ) from None
                 time.sleep(0.5)
 
-    def gone(self) -> str | None:
-        """Why the local worker is gone (its exit status), or None while it runs (or for a remote one)."""
-        if self.proc is None or self.proc.poll() is None:
+    def gone(self, index: int) -> str | None:
+        """Why local worker `index` is gone (its exit status), or None while it runs (or for a remote one)."""
+        if not self.procs or self.procs[index].poll() is None:
             return None
-        return f"it exited with status {self.proc.returncode}; its log: <output_dir>/rollout_worker.log"
+        return f"it exited with status {self.procs[index].returncode}; its log: <output_dir>/{self.log_name(index)}"
+
+    def alive(self, index: int) -> Callable[[], str | None]:
+        return lambda: self.gone(index)
 
     def send_weights(self, policy: torch.nn.Module, version: int) -> None:
         """Every trainer rank calls this: under ZeRO-3 each parameter is gathered (a collective) while rank 0 sends
-        it; elsewhere the other ranks' pass over the names costs nothing."""
+        it to every worker; elsewhere the other ranks' pass over the names costs nothing."""
         start = time.perf_counter()
         named = whole_parameters(policy)
         if self.rank == 0:
-            self.sync_bytes += self.channel.send_weights(version, named)
+            self.sync_bytes += send_weights(self.channels, version, named)
         else:
             for _ in named:
                 pass
         self.sync_seconds += time.perf_counter() - start
 
     def begin(self, policy: torch.nn.Module) -> None:
-        """After the trainer's weights are final for its first step: the worker's first weights (the version of the
-        resumed step), then its answer."""
+        """After the trainer's weights are final for its first step: the workers' first weights (the version of the
+        resumed step), then their answers."""
         if self.rank == 0:
-            self.channel.get("accepted", alive=self.gone)  # the worker checked the config (or says why not)
+            for i, channel in enumerate(self.channels):  # each worker checked the config (or says why not)
+                channel.get("accepted", alive=self.alive(i))
         self.send_weights(policy, self.start)
-        decode(self.channel.get("ready", alive=self.gone))
+        for i, channel in enumerate(self.channels):
+            decode(channel.get("ready", alive=self.alive(i)))
+
+    def fetch(self, step: int) -> Sampled:
+        """The step's whole batch: each worker's share, in worker order (the global batch's row order); with several
+        workers the advantages are those of the whole batch (batch statistics included), as one process computes."""
+        if step in self.taken:
+            return self.taken[step]
+        parts = [unpack(c.get(f"batch/{step}", alive=self.alive(i))) for i, c in enumerate(self.channels)]
+        for i, part in enumerate(parts):
+            if part.step != step or part.version != parts[0].version:
+                raise RolloutServerError(
+                    f"step {step}: the worker at {self.describe[i]} sent the batch of step {part.step} sampled with "
+                    f"policy version {part.version}, the worker at {self.describe[0]} step {parts[0].step} with "
+                    f"version {parts[0].version}: the workers run another schedule"
+                )
+        sampled = parts[0] if len(parts) == 1 else merged(parts, self.cfg)
+        self.taken[step] = sampled
+        return sampled
 
     def take(self, step: int) -> tuple[ScoredBatch, RolloutStats, Sampled]:
-        """The step's batch (this rank's rows), its rollout statistics, and what the worker sent."""
-        sampled = self.taken.pop(step, None)
-        if sampled is None:
-            sampled = unpack(self.channel.get(f"batch/{step}", alive=self.gone))
+        """The step's batch (this rank's rows), its rollout statistics, and what the workers sent."""
+        sampled = self.fetch(step)
+        del self.taken[step]
+        if self.rank == 0:  # the workers' stores drop the last step's batch: every rank took it (its update
+            for channel in self.channels:  # synchronised them) and no checkpoint holds it any more
+                channel.delete(f"batch/{step - 1}")
         if step - sampled.version > self.k or sampled.step != step:
             raise RolloutServerError(
                 f"step {step} got the batch of step {sampled.step} sampled with policy version {sampled.version}, "
-                f"staler than rollout.max_staleness={self.k}: the worker at {self.describe} runs another schedule"
+                f"staler than rollout.max_staleness={self.k}: the worker at {self.describe[0]} runs another schedule"
             )
         scored, g = sampled.scored, sampled.scored.rollout.group_size
         groups = len(scored) // g // self.world
@@ -197,37 +230,50 @@ class AsyncRollouts:
         return scored.select_groups(mine) if self.world > 1 else scored, stats, sampled
 
     def published(self, done: int, policy: torch.nn.Module) -> None:
-        """After step `done` - 1: version `done` goes to the worker if a step it still samples needs it."""
+        """After step `done` - 1: version `done` goes to the workers if a step they still sample needs it."""
         if done + self.k < self.steps:
             self.send_weights(policy, done)
 
     def ahead(self) -> list[Sampled]:
-        """The batches of the steps after the last trained one that the worker sampled already (for a checkpoint;
-        they stay in the store for `take`)."""
+        """The batches of the steps after the last trained one that the workers sampled already (for a checkpoint;
+        `take` finds them here)."""
         done = self.state.step
-        found = []
-        for step in range(done, min(done + self.k, self.steps)):
-            if step in self.taken:
-                found.append(self.taken[step])
-                continue
-            found.append(unpack(self.channel.get(f"batch/{step}", alive=self.gone)))
-        return found
+        return [self.fetch(step) for step in range(done, min(done + self.k, self.steps))]
 
     def pop_sync(self) -> dict[str, float]:
-        """`time/weight_sync` and `rollout/weight_sync_mb` (what rank 0 sent) since the last call."""
+        """`time/weight_sync` and `rollout/weight_sync_mb` (what rank 0 sent to one worker) since the last call."""
         sync = {"time/weight_sync": self.sync_seconds, "rollout/weight_sync_mb": self.sync_bytes / 2**20}
         self.sync_seconds, self.sync_bytes = 0.0, 0
         return sync
 
     def close(self) -> None:
-        """Tell the worker to stop; a local worker that does not stop within 10 s is killed (no orphan)."""
-        try:
-            self.channel.put("stop", b"1")
-        except (RuntimeError, AttributeError):
-            pass
-        if self.proc is not None and self.proc.poll() is None:
+        """Tell the workers to stop; a local worker that does not stop within 10 s is killed (no orphan)."""
+        for channel in getattr(self, "channels", []):
             try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+                channel.put("stop", b"1")
+            except RuntimeError:
+                pass
+        for proc in self.procs:
+            if proc.poll() is None:
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+
+
+def merged(parts: list[Sampled], cfg: Config) -> Sampled:
+    """Several workers' shares of one step as one batch: rows in worker order, the advantages recomputed over the
+    whole batch, the slowest worker's seconds, the rewards' failures summed."""
+    scored = ScoredBatch.concat([p.scored for p in parts])
+    scored.advantages = advantages(scored.rewards, cfg.algorithm, cfg.algorithm.num_generations)
+    return Sampled(
+        step=parts[0].step,
+        version=parts[0].version,
+        scored=scored,
+        generation_seconds=max(p.generation_seconds for p in parts),
+        reward_seconds=max(p.reward_seconds for p in parts),
+        first_round_zero_std=torch.cat([p.first_round_zero_std for p in parts]),
+        reward_failures=torch.stack([p.reward_failures for p in parts]).sum(0),
+        waited_seconds=max(p.waited_seconds for p in parts),
+    )

@@ -68,6 +68,19 @@ def score_rollouts(rollout: RolloutBatch, rewards: RewardSet) -> tuple[ScoredBat
     return scored, scores.failures
 
 
+def advantages(
+    rewards: Tensor, algorithm: AlgorithmConfig, group_size: int, gather: Callable[[Tensor], Tensor] = lambda t: t
+) -> Tensor:
+    """[N] advantages of these rows; `gather` collects a tensor over every rank for the batch statistics
+    (scale_rewards=batch, reinforce_pp); identity when the rows are the whole batch."""
+    alg, g = algorithm, group_size
+    if alg.advantage == "reinforce_pp":
+        centered = group_centered(rewards, g)
+        return batch_normalised(centered, gather(centered), alg.adv_eps)
+    batch_std = gather(rewards).std() if alg.scale_rewards == "batch" else None
+    return group_advantages(rewards, g, alg.scale_rewards, alg.adv_eps, batch_std, alg.advantage)
+
+
 @dataclass
 class RolloutCollector:
     """What the rollout phase needs, fixed for the run. `gather` collects a tensor from every rank (identity on
@@ -114,12 +127,7 @@ class RolloutCollector:
 
     def advantages(self, rewards: Tensor) -> Tensor:
         """[N] this rank's advantages; the batch statistics (scale_rewards=batch, reinforce_pp) span every rank."""
-        alg, g = self.algorithm, self.plan.group_size
-        if alg.advantage == "reinforce_pp":
-            centered = group_centered(rewards, g)
-            return batch_normalised(centered, self.gather(centered), alg.adv_eps)
-        batch_std = self.gather(rewards).std() if alg.scale_rewards == "batch" else None
-        return group_advantages(rewards, g, alg.scale_rewards, alg.adv_eps, batch_std, alg.advantage)
+        return advantages(rewards, self.algorithm, self.plan.group_size, self.gather)
 
     def refill(self, engine: RolloutEngine, step: int, scored: ScoredBatch, stats: RolloutStats) -> ScoredBatch:
         """Dynamic sampling: replace zero-variance groups by informative ones from more rounds (module docstring)."""

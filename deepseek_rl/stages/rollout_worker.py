@@ -8,10 +8,12 @@ The schedule (docs/async.md): step s is sampled with the policy of step max(0, s
 the worker samples step s + k while the trainer trains step s. The worker builds what a synchronous step's rollout
 phase builds (prompts, rewards, the collector, the engine: the built-in sampler, which also returns the log-prob of
 each sampled token, the behaviour policy; or vLLM), for the global batch (every trainer rank's rows, as one process
-would sample them: noise from (seed, step, row)), scores it (rewards run here, off the trainer's path), and puts it
-in the channel's store with the version of the policy that sampled it. Before sampling step s it receives weight
-versions until it holds version s - k; the trainer sends each version once. It stops at the last step, at the
-trainer's `stop`, when its trainer is gone (its parent, for a worker started beside it) or past the timeout.
+would sample them: noise from (seed, step, row)), or with several workers (rollout.server.workers) for its share of
+it, as rank i of a synchronous run would sample its own rows, scores it (rewards run here, off the trainer's path),
+and puts it in the channel's store with the version of the policy that sampled it. Before sampling step s it
+receives weight versions until it holds version s - k; the trainer sends each version once. It stops at the last
+step, at the trainer's `stop`, when its trainer is gone (its parent, for a worker started beside it) or past the
+timeout.
 """
 
 from __future__ import annotations
@@ -91,9 +93,12 @@ def run(cfg: Config, channel: Channel, hello: dict) -> None:
     model.requires_grad_(False)
     scratch = tempfile.TemporaryDirectory(prefix="deepseek-rl-worker-")
     engine = worker_engine(cfg, model, tokenizer, Path(scratch.name))
-    plan = cfg.grpo_plan(1)  # the global batch: what every trainer rank samples, as one process
+    # this worker's share of the global batch (every trainer rank's rows): all of it for a single worker; with
+    # several, worker i samples as rank i of a synchronous run (the trainer computes the advantages of the whole)
+    shard, shards = hello.get("shard", 0), hello.get("shards", 1)
+    plan = cfg.rollout_plan(shards)
     collector = RolloutCollector(
-        plan, 0, cfg.trainer.seed, cfg.rollout, cfg.algorithm, prompts, rewards, tokenizer.pad_token_id, lambda t: t
+        plan, shard, cfg.trainer.seed, cfg.rollout, cfg.algorithm, prompts, rewards, tokenizer.pad_token_id, lambda t: t
     )
     k, version = cfg.rollout.max_staleness, channel.receive_weights(params)
     channel.put("ready", encode({"version": version}))
