@@ -212,7 +212,7 @@ class AsyncRollouts:
         if self.rank == 0:  # the workers' stores drop the last step's batch: every rank took it (its update
             for channel in self.channels:  # synchronised them) and no checkpoint holds it any more
                 channel.delete(f"batch/{step - 1}")
-        if step - sampled.version > self.k or sampled.step != step:
+        if step - sampled.version > self.k:  # (fetch checked that every worker sent this step)
             raise RolloutServerError(
                 f"step {step} got the batch of step {sampled.step} sampled with policy version {sampled.version}, "
                 f"staler than rollout.max_staleness={self.k}: the worker at {self.describe[0]} runs another schedule"
@@ -248,7 +248,7 @@ class AsyncRollouts:
 
     def close(self) -> None:
         """Tell the workers to stop; a local worker that does not stop within 10 s is killed (no orphan)."""
-        for channel in getattr(self, "channels", []):
+        for channel in self.channels:
             try:
                 channel.put("stop", b"1")
             except RuntimeError:
