@@ -121,12 +121,13 @@ def test_bench_trl_tiny(tmp_path: Path):
 
 
 def test_bench_async_quick(tmp_path: Path):
-    """The demo workload's three arms (sync, async k=1, k=2) at a few steps: versions, speeds and the table."""
+    """The demo workload's arms (sync on every core and on one, async k=1, k=2) at a few steps: versions, speeds,
+    the ceiling and the table."""
     result = tool("bench_async", "--workload", "demo", "--quick", "--json", "out.json", "--png", "async.png",
                   cwd=tmp_path, timeout=900)  # fmt: skip
     succeeded(result)
     report = json.loads((tmp_path / "out.json").read_text())
-    assert set(report["demo"]) == {"sync", "async k=1", "async k=2"} and report["cores"] >= 1
+    assert set(report["demo"]) == {"sync", "sync 1 thread", "async k=1", "async k=2"} and report["cores"] >= 1
     for arm, r in report["demo"].items():
         assert r["steps"] == 4 and r["steps_per_hour"] > 0 and 0 <= r["trainer_waits"] <= 1, arm
         assert 0 <= r["greedy_accuracy"] <= 1 and r["greedy_curve"][0][0] == 0, arm
@@ -134,7 +135,22 @@ def test_bench_async_quick(tmp_path: Path):
     assert report["speedup"]["demo"] == pytest.approx(
         report["demo"]["async k=1"]["steps_per_hour"] / report["demo"]["sync"]["steps_per_hour"]
     )
+    demo = report["demo"]
+    assert report["ceiling"]["demo"] == pytest.approx(
+        report["cores"] * demo["sync 1 thread"]["steps_per_hour"] / demo["sync"]["steps_per_hour"]
+    )
     assert "| demo | async k=1 |" in result.stdout and (tmp_path / "async.png").stat().st_size > 0
+    assert "the most any overlap can give on these cores: demo" in result.stdout
+
+
+def test_the_ceiling_of_asynchrony_on_shared_cores():
+    """By hand: a step of 1.0 s on 2 threads and 1.6 s on 1 costs 1.6 core-seconds at best, so 2 cores run at most
+    1.25 steps a second: 1.25x; a step that halves on 2 threads leaves nothing (1.0x)."""
+    from deepseek_rl.tools.bench_async import ceiling
+
+    assert ceiling(3600 / 1.0, 3600 / 1.6, 2) == pytest.approx(1.25)
+    assert ceiling(3600 / 1.0, 3600 / 2.0, 2) == pytest.approx(1.0)
+    assert ceiling(3600 / 0.726, 3600 / 1.064, 2) == pytest.approx(1.365, abs=1e-3)
 
 
 @pytest.mark.skipif(

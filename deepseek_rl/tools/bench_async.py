@@ -10,12 +10,15 @@ large  the TRL benchmark's 43M-parameter Qwen2 (151k-token R1 vocabulary, GSM8K 
 On this machine's cores: the synchronous run's one process gets a thread per core; an asynchronous run's trainer
 too, and its rollout worker one fewer (2 and 1 on 2 cores), with OpenMP's passive wait so that the threads of the
 side that waits sleep instead of spinning (measured each arm's best: passive makes the synchronous run 35% slower,
-the asynchronous one 18% faster than one thread each).
+the asynchronous one 18% faster than one thread each). One more arm, the synchronous run on one thread, measures
+the ceiling: what a step costs in core-seconds at its most efficient, so the most steps per hour any schedule of
+the two sides can reach on these cores (`ceiling` below): asynchrony overlaps the sides, it does not add cores.
 Per arm: steps per hour (median step), the share of time each side waits (the trainer for rollouts and weight
 syncs, `time/wait_rollout` + `time/weight_sync`; the worker for weights, `rollout/worker_wait`), the held-out greedy
 accuracy at equal steps (the last evaluation) and at equal wall time (each arm's last evaluation before the
 synchronous run's training time ran out). `--json` writes {workload: {arm: {...}}, "speedup": {workload: async k=1
-steps per hour / synchronous}}; docs/async.md has the table, the plot (`--png`) and the command.
+steps per hour / synchronous}, "ceiling": {workload: cores x one-thread steps per hour / synchronous}};
+docs/async.md has the table, the plot (`--png`) and the command.
 """
 
 from __future__ import annotations
@@ -29,7 +32,16 @@ import sys
 import tempfile
 from pathlib import Path
 
-ARMS = {"sync": 0, "async k=1": 1, "async k=2": 2}
+ARMS = {"sync": 0, "sync 1 thread": 0, "async k=1": 1, "async k=2": 2}
+
+
+def ceiling(sync_steps_per_hour: float, one_thread_steps_per_hour: float, cores: int) -> float:
+    """The most any overlap of the two sides can gain on `cores` shared cores over the synchronous run given all of
+    them: a step's work costs the fewest core-seconds on one thread (1 / one_thread_steps_per_hour), and the cores
+    give `cores` core-seconds per second, so no schedule runs more than cores * one_thread_steps_per_hour steps an
+    hour. A step that speeds up n-fold on n threads leaves asynchrony nothing to gain on shared cores; one that
+    does not (generation at small batch) leaves room."""
+    return cores * one_thread_steps_per_hour / sync_steps_per_hour
 
 
 def cores() -> int:
@@ -109,10 +121,16 @@ def run_workload(name: str, steps: int, eval_every: int, quick: bool, work: Path
     sync_seconds = None
     for arm, k in ARMS.items():
         extra = [f"rollout.max_staleness={k}"] + (["algorithm.tis_cap=2.0"] if k else [])
-        run = train([*base, *extra], work / f"{name}-k{k}", n, None if k == 0 else max(1, n - 1))
+        threads = 1 if arm == "sync 1 thread" else n
+        run = train(
+            [*base, *extra],
+            work / f"{name}-{arm.replace(' ', '-').replace('=', '')}",
+            threads,
+            max(1, n - 1) if k else None,
+        )
         lines = metrics(run)
         results[arm] = summarise(lines, sync_seconds)
-        if k == 0:
+        if arm == "sync":
             sync_seconds = results[arm]["train_seconds"]
             results[arm] = summarise(lines, sync_seconds)
         print(f"bench_async: {name} {arm}: {results[arm]['steps_per_hour']:.0f} steps/hour", file=sys.stderr)
@@ -146,9 +164,9 @@ def plot(results: dict[str, dict[str, dict]], path: Path) -> None:
     fig, axes = plt.subplots(1, 2 if demo else 1, figsize=(10 if demo else 5, 3.5), squeeze=False)
     names = list(results)
     for i, arm in enumerate(ARMS):
-        axes[0][0].bar([j + 0.25 * i for j in range(len(names))], [results[n][arm]["steps_per_hour"] for n in names],
-                       width=0.25, label=arm)  # fmt: skip
-    axes[0][0].set_xticks([j + 0.25 for j in range(len(names))], names)
+        axes[0][0].bar([j + 0.2 * i for j in range(len(names))], [results[n][arm]["steps_per_hour"] for n in names],
+                       width=0.2, label=arm)  # fmt: skip
+    axes[0][0].set_xticks([j + 0.3 for j in range(len(names))], names)
     axes[0][0].set_ylabel("steps per hour")
     axes[0][0].legend()
     if demo:
@@ -179,9 +197,14 @@ def main(argv: list[str] | None = None) -> dict:
             eval_every = 4 if args.quick else args.eval_every
             results[name] = run_workload(name, steps, eval_every, args.quick, Path(tmp))
     speedup = {n: r["async k=1"]["steps_per_hour"] / r["sync"]["steps_per_hour"] for n, r in results.items()}
-    report = {**results, "speedup": speedup, "cores": cores()}
+    bound = {n: ceiling(r["sync"]["steps_per_hour"], r["sync 1 thread"]["steps_per_hour"], cores())
+             for n, r in results.items()}  # fmt: skip
+    report = {**results, "speedup": speedup, "ceiling": bound, "cores": cores()}
     print(table(results))
-    print(f"speed-up at max_staleness=1: {', '.join(f'{n} {s:.2f}x' for n, s in speedup.items())} on {cores()} cores")
+    print(
+        f"speed-up at max_staleness=1: {', '.join(f'{n} {s:.2f}x' for n, s in speedup.items())} on {cores()} cores; "
+        f"the most any overlap can give on these cores: {', '.join(f'{n} {c:.2f}x' for n, c in bound.items())}"
+    )
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     if args.png:
