@@ -24,7 +24,8 @@ RECIPES = [
     "mbpp_grpo_r1_distill",
 ]
 # CPU-sized: 2 steps, 2 prompts x 4 completions of 16 tokens, a small held-out evaluation at step 0 and 2 with
-# pass@1 and pass@2. top_p=1: sorting a 151k vocabulary for top-p costs ~0.1 s per token on one CPU core.
+# pass@1 and pass@2. top_p=1: a random model's flat distribution puts most of the 151k vocabulary in the nucleus,
+# which takes a full sort (~0.1 s per token on one CPU core; a trained model's peaked rows take a partial one).
 CPU_OVERRIDES = [
     "model=tiny_like",
     "rollout.engine=builtin",  # the recipes select vLLM (GPU); tiny_like's 16-wide heads are below vLLM's CPU minimum

@@ -23,6 +23,34 @@ def test_filter_logits_top_k_and_top_p():
     assert torch.isinf(filter_logits(logits, top_p=0.6)).tolist() == [[False, False, True]]
 
 
+def test_top_p_by_partial_sort_keeps_what_a_full_sort_keeps(monkeypatch):
+    """The nucleus looked for among the top candidates, with rows whose nucleus is larger sorted whole: the kept
+    tokens are those of the full sort's rule, for peaked rows, flat rows, with top-k, and with fewer tokens than
+    candidates."""
+    import deepseek_rl.rollout.sampler as sampler
+
+    def by_full_sort(logits, top_p):
+        ranked, order = torch.sort(logits, dim=-1, descending=True)
+        probs = torch.softmax(ranked, dim=-1)
+        drop = torch.zeros_like(ranked, dtype=torch.bool).scatter(-1, order, (probs.cumsum(-1) - probs) >= top_p)
+        return ~drop
+
+    monkeypatch.setattr(sampler, "NUCLEUS_CANDIDATES", 16)
+    g = torch.Generator().manual_seed(0)
+    peaked = torch.randn(3, 500, generator=g) * 4  # nucleus of a few tokens
+    flat = torch.randn(3, 500, generator=g) * 0.1  # nucleus of hundreds: past the 16 candidates
+    logits = torch.cat([peaked, flat])
+    for top_p in (0.3, 0.9, 0.95):
+        kept = ~torch.isinf(filter_logits(logits, top_p=top_p))
+        assert torch.equal(kept, by_full_sort(logits, top_p)), top_p
+        assert (kept[:3].sum(-1) < 16).all() and (kept[3:].sum(-1) > 16).all()
+    topk = filter_logits(logits, top_k=40, top_p=0.9)  # top-k first, then the nucleus of what is left
+    assert torch.equal(~torch.isinf(topk), by_full_sort(filter_logits(logits, top_k=40), 0.9))
+    assert (~torch.isinf(topk)).sum(-1).max() <= 40
+    small = logits[:, :10]  # fewer tokens than candidates
+    assert torch.equal(~torch.isinf(filter_logits(small, top_p=0.9)), by_full_sort(small, 0.9))
+
+
 def test_inverse_cdf_sampling_hand_computed():
     logits = torch.log(torch.tensor([[0.2, 0.3, 0.5]])).expand(4, 3)
     # CDF 0.2, 0.5, 1.0: u in [0, 0.2) -> 0, [0.2, 0.5) -> 1, [0.5, 1) -> 2
