@@ -49,7 +49,7 @@ def filter_logits(logits: Tensor, top_k: int = 0, top_p: float = 1.0) -> Tensor:
     if flat.any():  # these rows' nucleus reaches past the candidates: sort their whole vocabulary
         ranked_all, order_all = torch.sort(logits[flat], dim=-1, descending=True)
         kept_all = nucleus(ranked_all - top[flat], total[flat], top_p)
-        keep[flat] = torch.zeros_like(keep[flat]).scatter_(-1, order_all, kept_all)
+        keep[flat] = torch.zeros_like(kept_all).scatter_(-1, order_all, kept_all)
     return logits.masked_fill(~keep, float("-inf"))
 
 

@@ -32,7 +32,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-ARMS = {"sync": 0, "sync 1 thread": 0, "async k=1": 1, "async k=2": 2}
+# arm -> (rollout.max_staleness, on one thread)
+ARMS = {"sync": (0, False), "sync 1 thread": (0, True), "async k=1": (1, False), "async k=2": (2, False)}
 
 
 def ceiling(sync_steps_per_hour: float, one_thread_steps_per_hour: float, cores: int) -> float:
@@ -119,9 +120,9 @@ def run_workload(name: str, steps: int, eval_every: int, quick: bool, work: Path
                 "eval.every=0"]  # fmt: skip
     results: dict[str, dict] = {}
     sync_seconds = None
-    for arm, k in ARMS.items():
+    for arm, (k, one_thread) in ARMS.items():
         extra = [f"rollout.max_staleness={k}"] + (["algorithm.tis_cap=2.0"] if k else [])
-        threads = 1 if arm == "sync 1 thread" else n
+        threads = 1 if one_thread else n
         run = train(
             [*base, *extra],
             work / f"{name}-{arm.replace(' ', '-').replace('=', '')}",
