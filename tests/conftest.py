@@ -1,14 +1,26 @@
 """Test environment: one thread per process, no hub access, wandb offline (tests never send traffic out)."""
 
+import atexit
 import os
-import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+if worker := os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest -n: each worker (and every process it starts) gets a temp dir of its own, so a test that counts what is
+    # left in the temp dir (sandbox folders) sees only what its own worker made
+    _run = os.environ.get("PYTEST_XDIST_TESTRUNUID", "")[:8]
+    _own_tmp = Path(tempfile.gettempdir()) / f"deepseek-rl-tests-{_run}-{worker}"
+    _own_tmp.mkdir(mode=0o1777, exist_ok=True)
+    _own_tmp.chmod(0o1777)  # like /tmp: tests that run as another user write here too
+    os.environ["TMPDIR"] = str(_own_tmp)
+    tempfile.tempdir = None  # gettempdir() reads TMPDIR again
+    atexit.register(shutil.rmtree, _own_tmp, ignore_errors=True)
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["WANDB_MODE"] = "offline"
@@ -75,21 +87,3 @@ def run_cli(*args: str, cwd: Path, timeout: int = 300, env: dict | None = None) 
         timeout=timeout,
         env={**os.environ, **(env or {})},
     )
-
-
-@pytest.fixture(scope="session")
-def pipeline_run(tmp_path_factory) -> Path:
-    """The default pipeline (SFT -> GRPO -> eval), shortened: 2-digit addition, 20 RL steps, small evaluations."""
-    work = tmp_path_factory.mktemp("pipeline")
-    result = run_cli(
-        "train", "logger=none", "data.num_digits=2", "data.num_train=2000", "sft.max_steps=300",
-        "trainer.max_steps=20", "trainer.batch_size=64", "eval.every=10", "eval.every_prompts=100",
-        "eval.num_prompts=100", "eval.samples=4", f"trainer.output_dir={work / 'run'}",
-        cwd=work, timeout=900,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    # the run ends with its wall time and the machine's speed, so a user can scale the README's figures
-    assert re.search(
-        r"sft -> grpo -> eval done in \d+ s \(\d+ torch threads?; fp32 matmul \d+ GFLOP/s\)", result.stdout
-    )
-    return work / "run"

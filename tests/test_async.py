@@ -23,10 +23,11 @@ ASYNC = ["--config-name", "smoke_async", "logger=none", "trainer.max_steps=10", 
          "trainer.keep_last=2"]  # fmt: skip
 
 
-def workers() -> list[int]:
-    """Pids of rollout workers of this machine (`deepseek_rl.cli serve`)."""
-    out = subprocess.run(["pgrep", "-f", "deepseek_rl.cli serve"], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
+def workers(under: Path) -> list[int]:
+    """Pids of the rollout workers (`deepseek_rl.cli serve`) a run under `under` started: their command line names its
+    output folder, so the workers of tests running beside this one (pytest -n) are not counted."""
+    out = subprocess.run(["pgrep", "-af", "deepseek_rl.cli serve"], capture_output=True, text=True).stdout
+    return [int(line.split()[0]) for line in out.splitlines() if f" {under}/" in line]
 
 
 @pytest.mark.parametrize("k", [1, 2])
@@ -44,7 +45,7 @@ def test_async_rollouts_log_their_versions_and_never_exceed_the_staleness(k, tmp
     assert all(m["rollout/staleness_max"] <= k for m in lines)
     assert lines[0]["rollout/logprob_abs_diff"] < 1e-5  # the first step: the same policy samples and trains
     assert lines[-1]["rollout/logprob_abs_diff"] > 1e-3  # later: the behaviour policy is k steps old
-    assert all("time/weight_sync" in m for m in lines) and not workers()
+    assert all("time/weight_sync" in m for m in lines) and not workers(tmp_path)
     # full fine-tuning sends every parameter (fp32) once per version
     params = sum(p.numel() for p in load_model(ModelConfig(), build_char_tokenizer()).parameters())
     assert lines[1]["rollout/weight_sync_mb"] * 2**20 == pytest.approx(4 * params)
@@ -64,7 +65,7 @@ def test_a_lora_policy_sends_its_adapters_only(tmp_path):
     assert sent == pytest.approx([2 * adapters, adapters, 0, 0])
     assert [m["rollout/policy_version"] for m in lines] == [0, 0, 1, 2]
     assert lines[0]["rollout/logprob_abs_diff"] < 1e-5 and lines[-1]["rollout/logprob_abs_diff"] > 1e-4
-    assert not workers()
+    assert not workers(tmp_path)
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +99,7 @@ def test_an_async_run_killed_and_resumed_trains_on_the_same_samples(sig, n, tmp_
     else:
         assert [m["loss"] for m in cut] == pytest.approx([m["loss"] for m in whole], rel=1e-4, abs=1e-7)
         assert [(tmp_path / "cut" / f"rollout_worker_{i}.log").exists() for i in range(3)] == [True, True, False]
-    assert not workers()
+    assert not workers(tmp_path)
 
 
 def test_sigterm_stops_the_worker_and_exits_75(tmp_path: Path):
@@ -110,13 +111,13 @@ def test_sigterm_stops_the_worker_and_exits_75(tmp_path: Path):
     deadline = time.time() + 300
     while time.time() < deadline and not (path.exists() and path.read_text().count("\n") >= 2):
         time.sleep(0.05)
-    assert workers(), "no rollout worker beside the trainer"
+    assert workers(tmp_path), "no rollout worker beside the trainer"
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 75, err[-2000:]
     assert "checkpoint saved" in err.strip().splitlines()[-1]
     time.sleep(0.5)
-    assert not workers()
+    assert not workers(tmp_path)
 
 
 def test_a_worker_that_dies_is_one_line(tmp_path: Path):
@@ -129,7 +130,7 @@ def test_a_worker_that_dies_is_one_line(tmp_path: Path):
     deadline = time.time() + 300
     while time.time() < deadline and not (path.exists() and path.read_text().count("\n") >= 3):
         time.sleep(0.05)
-    for pid in workers():
+    for pid in workers(tmp_path):
         os.kill(pid, signal.SIGKILL)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 2, err[-2000:]
@@ -137,13 +138,13 @@ def test_a_worker_that_dies_is_one_line(tmp_path: Path):
     assert last.startswith("deepseek-rl: rollout server error: the rollout worker at 127.0.0.1:"), last
     assert "Traceback" not in err
     checkpoints = sorted((tmp_path / "run" / "checkpoints").glob("step-*"))
-    assert checkpoints and not workers()
+    assert checkpoints and not workers(tmp_path)
     # the same command resumes from the last checkpoint with a new worker (a shorter run, to stay quick)
     resumed = run_cli("train", *ASYNC, "trainer.max_steps=8", "trainer.resume=auto", "trainer.resume_override=true",
                       f"trainer.output_dir={tmp_path / 'run'}", cwd=tmp_path)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     steps = [m["step"] for m in metrics(tmp_path / "run")]
-    assert steps[-1] == 8 and steps == sorted(set(steps)) and not workers()
+    assert steps[-1] == 8 and steps == sorted(set(steps)) and not workers(tmp_path)
 
 
 def test_a_remote_worker_with_another_config_is_refused(tmp_path: Path):
@@ -183,7 +184,7 @@ def test_two_trainer_ranks_share_one_worker(config: str, tmp_path: Path):
     assert reports[0]["parameter_sha256"] == reports[1]["parameter_sha256"]
     two = metrics(tmp_path / "run")
     assert [m["rollout/policy_version"] for m in two] == [0, 0, 1, 2]
-    assert not workers()
+    assert not workers(tmp_path)
     if config == "zero3.yaml":
         single = run_cli("train", *ASYNC, "trainer.max_steps=4", f"trainer.output_dir={tmp_path / 'one'}", cwd=tmp_path)
         assert single.returncode == 0, single.stderr[-3000:]

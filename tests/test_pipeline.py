@@ -1,11 +1,48 @@
 """The R1 pipeline, shortened to under a minute: cold start -> GRPO -> evaluation, and RFT from its RL checkpoint."""
 
 import json
+import re
+from pathlib import Path
+
+import pytest
 
 from deepseek_rl import load_recipe
 from deepseek_rl.stages.sft import reached
 
 from .conftest import run_cli
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory) -> Path:
+    """The default pipeline (SFT -> GRPO -> eval), shortened: 2-digit addition, 20 RL steps, small evaluations."""
+    work = tmp_path_factory.mktemp("pipeline")
+    result = run_cli(
+        "train", "logger=none", "data.num_digits=2", "data.num_train=2000", "sft.max_steps=300",
+        "trainer.max_steps=20", "trainer.batch_size=64", "eval.every=10", "eval.every_prompts=100",
+        "eval.num_prompts=100", "eval.samples=4", f"trainer.output_dir={work / 'run'}",
+        cwd=work, timeout=900,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    # the run ends with its wall time and the machine's speed, so a user can scale the README's figures
+    assert re.search(
+        r"sft -> grpo -> eval done in \d+ s \(\d+ torch threads?; fp32 matmul \d+ GFLOP/s\)", result.stdout
+    )
+    return work / "run"
+
+
+def test_eval_command_on_a_checkpoint(pipeline_run, tmp_path):
+    out = tmp_path / "samples.jsonl"
+    result = run_cli(
+        "eval", "--model", str(pipeline_run / "grpo" / "final"), "--data", "addition", "--num-digits", "2",
+        "--reward", "answer_match", "--num-prompts", "20", "--samples", "3", "--output", str(out), cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads(result.stdout.strip().splitlines()[-1])
+    for key in ("greedy_accuracy", "sampled_accuracy", "pass@1", "pass@3", "maj@3", "format_rate", "completion_length"):
+        assert 0 <= metrics[key] <= (64 if "length" in key else 1)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 20 * (1 + 3) and {r["kind"] for r in rows} == {"greedy", "sampled"}
+    assert metrics["greedy_accuracy"] == pytest.approx(sum(r["correct"] for r in rows if r["kind"] == "greedy") / 20)
 
 
 def test_pipeline_writes_every_stage(pipeline_run):
