@@ -43,7 +43,11 @@ def run_backend(config: str | None, recipe: str, overrides: list[str], output_di
     if config is None:
         cmd = [sys.executable, *train]
     else:
+        from deepseek_rl.stages.async_rollouts import free_port
+
+        # a free rendezvous port, not torch's 29500: another job on this machine (a test beside it) may hold that one
         launch = ["--config_file", str(launch_dir() / config), "--num_processes", "2"]
+        launch += ["--main_process_port", str(free_port())]
         cmd = [sys.executable, "-m", "accelerate.commands.launch", *launch, *train]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
