@@ -7,7 +7,6 @@ that both processes joined one process group and ended with identical parameters
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,17 +16,12 @@ import pytest
 from transformers import AutoModelForCausalLM
 
 from deepseek_rl.infra.distributed import parameter_digest
+from deepseek_rl.stages.async_rollouts import free_port
 
 from .conftest import REPO, run_cli
 
 STEPS = 4
 COMMON = ["--config-name", "smoke", "logger=none", f"trainer.max_steps={STEPS}"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def launch_cmd(config: str, overrides: list[str]) -> list[str]:

@@ -1,7 +1,6 @@
 """Evaluation metrics against hand-computed values, and the `deepseek-rl eval` command's errors (the command on a
 trained checkpoint: tests/test_pipeline.py, beside the run it evaluates)."""
 
-
 import pytest
 
 from deepseek_rl.stages.evaluate import majority_correct, pass_at_k, sampled_metrics
