@@ -4,8 +4,11 @@ LM head as one unit, the root): the rollout unshards every unit for the phase, s
 model samples, and training afterwards still works. The first GPU check failed here ("FSDP requires a single root
 module"): the decoder called the FSDP-wrapped LM head as a module, whose hook then claimed to be FSDP's root."""
 
+import os
 import subprocess
 import sys
+
+from deepseek_rl.stages.async_rollouts import free_port
 
 SCRIPT = r"""
 import os, torch
@@ -51,7 +54,7 @@ def test_builtin_engine_samples_from_an_fsdp2_policy(tmp_path):
         capture_output=True,
         text=True,
         timeout=120,
-        env={**__import__("os").environ, "PORT": "29561", "OMP_NUM_THREADS": "1"},
+        env={**os.environ, "PORT": str(free_port()), "OMP_NUM_THREADS": "1"},
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.splitlines()[-1].startswith("OK")

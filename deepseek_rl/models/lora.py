@@ -80,9 +80,13 @@ def merged_state_dict(state_dict: dict[str, Tensor], scaling: float) -> dict[str
         module = key.removesuffix(suffix)
         b = state_dict[f"{module}.lora_B.{ADAPTER}.weight"]
         name = f"{module.removeprefix(PEFT_PREFIX)}.weight"
-        weight = merged[name]
-        merged[name] = (weight.float() + scaling * (b.float() @ a.float())).to(weight.dtype)
+        merged[name] = merged_weight(merged[name], a, b, scaling)
     return merged
+
+
+def merged_weight(weight: Tensor, a: Tensor, b: Tensor, scaling: float) -> Tensor:
+    """W + scaling B A for W [out, in], A [r, in], B [out, r]: computed in fp32, returned in W's dtype."""
+    return (weight.float() + scaling * (b.float() @ a.float())).to(weight.dtype)
 
 
 def save_lora_export(model: nn.Module, state_dict: dict[str, Tensor], final: Path, adapter: Path) -> None:

@@ -9,8 +9,9 @@ Choices (docs/rollout.md):
 - vLLM starts from the model's config and tokenizer with dummy weights, and the first session loads the policy's
   weights: a resumed run rolls out with the checkpoint's weights, never with `model.path`'s.
 - Weight sync: `policy_updated()` (after each optimizer step) marks the engine stale; the next `session()` streams
-  the policy's parameters into vLLM's `reload_weights` one at a time (under ZeRO-3 each is gathered just while it is
-  copied, so no rank ever holds the whole model twice); a LoRA policy sends its adapters merged into the base.
+  the policy's parameters into vLLM's `reload_weights` one at a time (`models.weights.hf_weights`: under ZeRO-3 and
+  FSDP2 each is gathered just while it is copied, so no rank ever holds the whole model twice); a LoRA policy sends
+  its adapters merged into the base, one layer at a time.
   Then the prefix cache is reset. `time/weight_sync` is the time this takes.
 - Sampling contract: one request per completion, seeded from (seed, its row in the step's global batch), so 1 or N
   ranks and a resumed run request the same samples (as far as vLLM's kernels are deterministic: docs/rollout.md).
@@ -35,15 +36,15 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from torch import Tensor, nn
+from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from deepseek_rl.batch import PromptBatch, RolloutBatch
 from deepseek_rl.config.rollout import RolloutConfig
 from deepseek_rl.config.schema import ModelConfig
 from deepseek_rl.errors import ConfigError
-from deepseek_rl.models.loading import gathered
-from deepseek_rl.models.lora import is_lora, merged_state_dict
+from deepseek_rl.models.lora import is_lora
+from deepseek_rl.models.weights import hf_weights
 from deepseek_rl.rollout.seeds import RowNoise, request_seed
 
 INSTALL = (
@@ -74,18 +75,6 @@ def import_vllm():
 
         ops._supports_onednn = False
     return vllm
-
-
-def policy_weights(model: nn.Module) -> Iterator[tuple[str, Tensor]]:
-    """(name, full tensor) of the policy in Hugging Face names, one at a time: ZeRO-3 parameters are gathered only
-    while the consumer copies them; a LoRA policy's adapters are merged into the base weights."""
-    if is_lora(model):
-        settings = next(iter(model.peft_config.values()))
-        yield from merged_state_dict(model.state_dict(), settings.lora_alpha / settings.r).items()
-        return
-    for name, param in model.named_parameters():
-        with gathered(param):
-            yield name, param.data
 
 
 class VLLMEngine:
@@ -156,7 +145,7 @@ class VLLMEngine:
         """Stream the policy's weights into vLLM (every rank, in the same order: ZeRO-3 gathers are collective)."""
         start = time.perf_counter()
         model = self.accelerator.unwrap_model(self.policy)
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": policy_weights(model)})
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": hf_weights(model)})
         self.llm.reset_prefix_cache()
         self.stale = False
         self.sync_seconds += time.perf_counter() - start

@@ -24,18 +24,17 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
 
 from deepseek_rl.batch import ScoredBatch
 from deepseek_rl.config.schema import Config
 from deepseek_rl.infra.checkpoint import TrainerState
-from deepseek_rl.models.loading import gathered
+from deepseek_rl.models.weights import whole_parameters
 from deepseek_rl.rollout.remote import (
     TRAINER,
     Channel,
@@ -45,7 +44,6 @@ from deepseek_rl.rollout.remote import (
     encode,
     pack,
     send_weights,
-    trained_parameters,
     unpack,
 )
 from deepseek_rl.stages.collect import RolloutStats, advantages
@@ -70,15 +68,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def whole_parameters(policy: torch.nn.Module) -> Iterator[tuple[str, Tensor]]:
-    """(name, whole tensor) of each trained parameter in name order, one at a time: a ZeRO-3 partition is gathered
-    only while the consumer sends it (so the trainer never holds a second full copy of the model)."""
-    params = trained_parameters(policy)
-    for name in sorted(params):
-        with gathered(params[name]):
-            yield name, params[name].data
 
 
 class AsyncRollouts:
@@ -170,7 +159,7 @@ class AsyncRollouts:
         """Every trainer rank calls this: under ZeRO-3 each parameter is gathered (a collective) while rank 0 sends
         it to every worker; elsewhere the other ranks' pass over the names costs nothing."""
         start = time.perf_counter()
-        named = whole_parameters(policy)
+        named = whole_parameters(policy, trained_only=True)
         if self.rank == 0:
             self.sync_bytes += send_weights(self.channels, version, named)
         else:
