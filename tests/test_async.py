@@ -168,6 +168,48 @@ def test_a_remote_worker_with_another_config_is_refused(tmp_path: Path):
         serve.kill()
 
 
+def test_a_worker_that_cannot_load_says_why_in_one_line(tmp_path: Path):
+    """The worker machine's copy of the data has a bad row: the worker fails while loading, and the trainer prints
+    the worker's own one-line error naming the file and line (before, the trainer was stuck in its first weight
+    transfer until the worker exited, then said only that the connection closed). Caught at configuration instead:
+    vLLM tensor parallelism inside a worker."""
+    from .test_faults import ROWS, _malformed, write_jsonl
+
+    trainer_dir, worker_dir = tmp_path / "trainer", tmp_path / "worker"
+    trainer_dir.mkdir(), worker_dir.mkdir()
+    write_jsonl(trainer_dir / "train.jsonl", ROWS)
+    _malformed(worker_dir / "train.jsonl")
+    data = ["data.task=null", "data.path=train.jsonl"]
+    port = str(29500 + os.getpid() % 400)
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "deepseek_rl.cli", "serve", "--config-name", "smoke_async", "--host", "127.0.0.1",
+         "--port", port, *data],
+        cwd=worker_dir, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        done = run_cli("train", *ASYNC, *data, f"rollout.server.url=127.0.0.1:{port}", "rollout.server.timeout=60",
+                       f"trainer.output_dir={tmp_path / 'run'}", cwd=trainer_dir)  # fmt: skip
+        assert done.returncode == 2, done.stderr[-3000:]
+        last = done.stderr.strip().splitlines()[-1]
+        assert last == (
+            f"deepseek-rl: rollout server error: the rollout worker at 127.0.0.1:{port} failed: configuration error: "
+            "data file train.jsonl, line 7: not valid JSON (Expecting value, column 32); fix or remove the line (one "
+            "JSON object per line)"
+        ), last
+        assert "Traceback" not in done.stderr
+        _, err = serve.communicate(timeout=60)
+        assert serve.returncode == 2 and "line 7: not valid JSON" in err
+    finally:
+        serve.kill()
+    tp = run_cli("train", *ASYNC, "rollout.engine=vllm", "rollout.vllm.tensor_parallel_size=2", cwd=tmp_path)
+    assert tp.returncode == 2 and tp.stderr.strip().splitlines()[-1] == (
+        "deepseek-rl: configuration error: rollout.vllm.tensor_parallel_size=2: an asynchronous rollout worker runs "
+        "vLLM on one process and one device; start one worker per device instead (rollout.server.workers=2 "
+        "rollout.vllm.tensor_parallel_size=1)"
+    ), tp.stderr[-2000:]
+
+
 @pytest.mark.parametrize("config", ["cpu_ddp.yaml", "zero3.yaml"])
 def test_two_trainer_ranks_share_one_worker(config: str, tmp_path: Path):
     """DDP or ZeRO-3 x2 trainers and one worker: each rank trains on its rows of the worker's global batch; the ranks

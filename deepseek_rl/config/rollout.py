@@ -150,6 +150,13 @@ class RolloutConfig:
     def __post_init__(self) -> None:
         one_of("rollout.engine", self.engine, ("builtin", "vllm"))
         require(self.max_staleness >= 0, f"rollout.max_staleness={self.max_staleness} must be >= 0 (0: synchronous)")
+        tp = self.vllm.tensor_parallel_size
+        require(
+            self.max_staleness == 0 or self.engine != "vllm" or tp == 1,
+            f"rollout.vllm.tensor_parallel_size={tp}: an asynchronous rollout worker runs vLLM on one process and one "
+            f"device; start one worker per device instead (rollout.server.workers={tp} "
+            f"rollout.vllm.tensor_parallel_size=1)",
+        )
         require(self.max_prompt_length >= 1, f"rollout.max_prompt_length={self.max_prompt_length} must be >= 1")
         require(
             self.max_completion_length >= 1, f"rollout.max_completion_length={self.max_completion_length} must be >= 1"

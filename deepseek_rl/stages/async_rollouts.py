@@ -171,7 +171,7 @@ class AsyncRollouts:
         """After the trainer's weights are final for its first step: the workers' first weights (the version of the
         resumed step), then their answers."""
         if self.rank == 0:
-            for i, channel in enumerate(self.channels):  # each worker checked the config (or says why not)
+            for i, channel in enumerate(self.channels):  # each worker checked the config and loaded (or says why not)
                 channel.get("accepted", alive=self.alive(i))
         self.send_weights(policy, self.start)
         for i, channel in enumerate(self.channels):

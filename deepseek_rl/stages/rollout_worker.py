@@ -30,6 +30,7 @@ import torch
 
 from deepseek_rl.config.schema import Config
 from deepseek_rl.data.prompts import build_prompt_set
+from deepseek_rl.errors import UserError
 from deepseek_rl.infra.distributed import release_accelerator
 from deepseek_rl.infra.resume import changed_keys
 from deepseek_rl.models.loading import DTYPES, eos_token_ids, load_model, load_tokenizer
@@ -68,11 +69,15 @@ def serve(cfg: Config, host: str, port: int) -> None:
             raise RolloutServerError(
                 "the trainer's config differs from this worker's in what it samples: " + "; ".join(differences[:6])
             )
-        channel.put("accepted", b"1")
         run(cfg, channel, hello)
     except BaseException as err:  # the trainer hears why (the store lives until it says stop), then this process
         if not isinstance(err, KeyboardInterrupt):
-            message = str(err) if isinstance(err, RolloutServerError) else traceback.format_exc(limit=3)[-1500:]
+            if isinstance(err, RolloutServerError):
+                message = str(err)
+            elif isinstance(err, UserError):  # one line, as the command line prints it
+                message = f"{err.kind}: {err}"
+            else:
+                message = traceback.format_exc(limit=3)[-1500:]
             channel.put("error", message.encode())
             deadline = time.monotonic() + 10
             while "stop" not in channel.keys_present() and time.monotonic() < deadline:
@@ -100,6 +105,9 @@ def run(cfg: Config, channel: Channel, hello: dict) -> None:
     collector = RolloutCollector(
         plan, shard, cfg.trainer.seed, cfg.rollout, cfg.algorithm, prompts, rewards, tokenizer.pad_token_id, lambda t: t
     )
+    # accepted once everything is loaded: the trainer, waiting for this before it sends weights, hears a failure
+    # above as this worker's own one-line error instead of a weight transfer cut off
+    channel.put("accepted", b"1")
     k, version = cfg.rollout.max_staleness, channel.receive_weights(params)
     channel.put("ready", encode({"version": version}))
     try:
