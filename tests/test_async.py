@@ -251,6 +251,10 @@ def test_a_worker_started_beside_the_trainer_runs_the_trainers_config_exactly(tm
     assert "answer_match" not in cfg.reward.weights and "answer_match" in load_recipe("smoke").reward.weights
     (tmp_path / "config.json").write_text(config_snapshot(cfg))
     assert load_config(argparse.Namespace(config_json=str(tmp_path / "config.json")), []) == cfg
+    dapo = load_recipe("math_dapo_r1_distill_async", ["model=tiny_like"])  # its reward weights and args: dicts too
+    assert set(dapo.reward.weights) == {"accuracy", "think_format", "soft_overlong"}
+    (tmp_path / "dapo.json").write_text(config_snapshot(dapo))
+    assert load_config(argparse.Namespace(config_json=str(tmp_path / "dapo.json")), []) == dapo
 
 
 def test_several_workers_split_the_prompts_the_devices_and_the_addresses():

@@ -12,6 +12,7 @@ from deepseek_rl.config import ConfigError, load_recipe
 from deepseek_rl.paths import REPO_DIR
 from deepseek_rl.preflight.check import check, launch_from_env, launch_from_file, lora_shape, model_shape
 from deepseek_rl.preflight.memory import GB, Launch, per_token_layer_activations
+from deepseek_rl.stages.rollout_worker import copy_device
 
 from .conftest import run_cli
 
@@ -106,7 +107,10 @@ def test_async_rollouts_with_vllm_put_the_engine_on_the_worker(r1_path):
     assert round(report.estimate.total("training") / GB, 2) == 41.98  # no vLLM reservation beside the update
     text = report.text()
     assert "asynchronous, max_staleness=1" in text and "rollout.vllm.gpu_memory_utilization=0.3 of its GPU" in text
-    assert f"{P_R1 * 2 / 1e9:.2f} GB of weights (the copy it receives)" in text
+    assert f"{P_R1 * 2 / 1e9:.2f} GB of host memory (the copy of the weights it receives)" in text
+    # the worker's copy stages the weights for vLLM in host memory; the built-in sampler samples with it
+    assert copy_device("vllm", torch.device("cuda")) == torch.device("cpu")
+    assert copy_device("builtin", torch.device("cuda")) == torch.device("cuda")
 
 
 def test_seven_b_full_adamw_on_one_80gb_gpu_is_rejected_with_the_reason(qwen7b_dir):

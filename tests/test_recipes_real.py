@@ -50,7 +50,7 @@ CPU_OVERRIDES = [
 SFT_RECIPES = ["gsm8k_sft_r1_distill"]
 TOOL_RECIPES = ["math_tir_qwen25_math"]
 # The asynchronous variant of a recipe above (tests/test_config.py composes it; tests/test_async.py runs async GRPO).
-ASYNC_RECIPES = ["gsm8k_grpo_r1_distill_async"]
+ASYNC_RECIPES = ["gsm8k_grpo_r1_distill_async", "math_dapo_r1_distill_async"]
 
 
 def test_the_real_recipes_are_the_hub_model_recipes():

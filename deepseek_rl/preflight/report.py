@@ -116,8 +116,9 @@ def rollout_side_lines(cfg: Config, shape: ModelShape, launch: Launch) -> list[s
     share_of = "the global batch" if n == 1 else f"its share of the global batch (1/{n})"
     if cfg.rollout.engine == "vllm":
         share = cfg.rollout.vllm.gpu_memory_utilization
-        holds = (f"{each} {weights / 1e9:.2f} GB of weights (the copy it receives) + vLLM's reservation, "
-                 f"rollout.vllm.gpu_memory_utilization={share} of its GPU (vLLM's weights and KV cache)")  # fmt: skip
+        holds = (f"{each} vLLM's reservation, rollout.vllm.gpu_memory_utilization={share} of its GPU (vLLM's "
+                 f"weights and KV cache), and {weights / 1e9:.2f} GB of host memory (the copy of the weights it "
+                 "receives)")  # fmt: skip
     else:
         holds = (f"{each} {weights / 1e9:.2f} GB of weights + {kv / 1e9:.2f} GB of KV cache for {share_of} "
                  f"({rows} rows x {tokens:,} tokens)")  # fmt: skip

@@ -93,7 +93,7 @@ def run(cfg: Config, channel: Channel, hello: dict) -> None:
     context = {"max_completion_length": cfg.rollout.max_completion_length}
     rewards = RewardSet(cfg.reward, context, device=device)
     model = load_model(cfg.model, tokenizer, seed=cfg.trainer.seed, trainable=cfg.model.lora.enabled)
-    model = model.to(device=device, dtype=DTYPES[cfg.model.dtype]).eval()
+    model = model.to(device=copy_device(cfg.rollout.engine, device), dtype=DTYPES[cfg.model.dtype]).eval()
     params = trained_parameters(model)  # what the trainer sends (a LoRA policy: its adapters)
     model.requires_grad_(False)
     scratch = tempfile.TemporaryDirectory(prefix="deepseek-rl-worker-")
@@ -132,6 +132,13 @@ def run(cfg: Config, channel: Channel, hello: dict) -> None:
         engine.close()
         scratch.cleanup()
         release_accelerator()
+
+
+def copy_device(engine: str, device: torch.device) -> torch.device:
+    """Where the worker's copy of the policy lives: on the device for the built-in sampler, which samples with it;
+    in host memory under vLLM, where it only stages the weights received (over gloo, through host memory anyway) for
+    vLLM's reload and merges a LoRA policy's adapters: the device stays vLLM's, weights and KV cache."""
+    return torch.device("cpu") if engine == "vllm" else device
 
 
 def worker_engine(cfg: Config, model: torch.nn.Module, tokenizer, scratch: Path) -> RolloutEngine:
