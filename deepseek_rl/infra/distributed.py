@@ -29,6 +29,7 @@ from torch import nn
 from deepseek_rl.config.plan import BatchPlan
 from deepseek_rl.errors import LaunchError, UserError
 from deepseek_rl.models.loading import gathered
+from deepseek_rl.models.weights import full_tensor
 
 __all__ = ["LaunchError", "make_accelerator", "on_rank_zero", "release_accelerator"]
 
@@ -182,11 +183,6 @@ def fsdp2_modules(model: nn.Module) -> list[nn.Module]:
     except ImportError:  # torch < 2.6
         return []
     return [m for m in model.modules() if isinstance(m, FSDPModule)]
-
-
-def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
-    """The whole tensor of an FSDP2 DTensor shard (a collective: every rank calls it); any other tensor as is."""
-    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
 
 
 def parameter_digest(model: nn.Module) -> tuple[str, int]:

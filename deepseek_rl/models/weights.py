@@ -19,8 +19,12 @@ from contextlib import contextmanager
 
 from torch import Tensor, nn
 
-from deepseek_rl.infra.distributed import full_tensor
 from deepseek_rl.models.lora import ADAPTER, PEFT_PREFIX, is_lora, merged_weight
+
+
+def full_tensor(tensor: Tensor) -> Tensor:
+    """The whole tensor of an FSDP2 DTensor shard (a collective: every rank calls it); any other tensor as is."""
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
 
 
 @contextmanager
