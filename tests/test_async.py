@@ -7,14 +7,18 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from deepseek_rl.config import ModelConfig
 from deepseek_rl.models.char_tokenizer import build_char_tokenizer
 from deepseek_rl.models.loading import load_model
+from deepseek_rl.rollout.remote import TRAINER, WORKER, Channel, send_weights
+from deepseek_rl.stages.async_rollouts import free_port, worker_environment
 
 from .conftest import run_cli
 from .test_distributed import _interrupted_then_resumed, metrics, rank_reports
@@ -49,6 +53,47 @@ def test_async_rollouts_log_their_versions_and_never_exceed_the_staleness(k, tmp
     # full fine-tuning sends every parameter (fp32) once per version
     params = sum(p.numel() for p in load_model(ModelConfig(), build_char_tokenizer()).parameters())
     assert lines[1]["rollout/weight_sync_mb"] * 2**20 == pytest.approx(4 * params)
+
+
+def test_a_weight_sync_tells_the_wait_for_a_busy_worker_from_the_transfer():
+    """A worker takes new weights only once its batch is sampled: the trainer's wait until then is idle time
+    (time/wait_rollout), not transfer (time/weight_sync). A worker thread busy for 1 s, then receiving."""
+    port, received = free_port(), {"b": torch.zeros(3), "a": torch.zeros(2, 2)}
+    versions = []
+
+    def busy_worker():
+        channel = Channel("127.0.0.1", port, WORKER, 30, "worker")
+        time.sleep(1.0)  # still sampling
+        versions.append(channel.receive_weights(received))
+
+    thread = threading.Thread(target=busy_worker)
+    thread.start()
+    trainer = Channel("127.0.0.1", port, TRAINER, 30, f"127.0.0.1:{port}")
+    weights = {"a": torch.arange(4.0).reshape(2, 2), "b": torch.tensor([5.0, 6.0, 7.0])}
+    sent, waited = send_weights([trainer], 3, iter(sorted(weights.items())))
+    thread.join()
+    assert versions == [3] and sent == 4 * (4 + 3)  # bytes to one worker: 7 fp32 values
+    assert all(torch.equal(received[name], weights[name]) for name in weights)
+    assert waited > 0.5  # the version waited for the busy worker; the tensors went after it
+
+
+def test_a_worker_started_by_a_zero3_trainer_is_no_rank_of_its_launch():
+    """`accelerate launch` gives each trainer rank its rendezvous and its DeepSpeed settings; a worker started
+    beside rank 0 keeps neither (its own Accelerator, vLLM's, would turn DeepSpeed and ZeRO-3 on)."""
+    launch = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "4", "MASTER_ADDR": "127.0.0.1",
+              "MASTER_PORT": "29500", "TORCHELASTIC_RUN_ID": "none", "GROUP_RANK": "0",
+              "ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3",
+              "ACCELERATE_DEEPSPEED_ZERO3_INIT": "true"}  # fmt: skip
+    kept = {"PATH": os.environ["PATH"], "CUDA_VISIBLE_DEVICES": "", "DEEPSEEK_RL_WORKER_THREADS": "1"}
+    env = worker_environment({**kept, **launch}, parent_pid=123)
+    assert env == {**kept, "OMP_NUM_THREADS": "1", "DEEPSEEK_RL_PARENT_PID": "123"}
+    probe = "from accelerate import Accelerator; print(Accelerator(cpu=False).distributed_type.value)"
+    seen = []
+    for environment in ({**os.environ, **launch, "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1"}, {**os.environ, **env}):
+        done = subprocess.run([sys.executable, "-c", probe], env=environment, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+        seen.append(done.stdout.split()[-1])
+    assert seen == ["DEEPSPEED", "NO"]  # the trainer's settings as a rank has them; the worker's
 
 
 def test_a_lora_policy_sends_its_adapters_only(tmp_path):

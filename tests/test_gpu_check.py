@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from .conftest import REPO
 
 
@@ -18,9 +20,13 @@ def test_gpu_check_tiny_runs_every_section_on_cpu(tmp_path, shared):
     sections = report["sections"]
     assert {k: v["status"] for k, v in sections.items()} == {
         "engine": "ok", "decode_profile": "ok", "agreement": "ok", "grpo_step": "ok", "lora": "ok", "packed": "ok",
-        "fsdp2": "skipped",  # FSDP via accelerate: GPU only
+        "async": "ok", "fsdp2": "skipped", "fsdp2_async": "skipped",  # FSDP via accelerate: GPU only
     }  # fmt: skip
-    assert "GPUs only" in sections["fsdp2"]["why"]
+    assert "GPUs only" in sections["fsdp2"]["why"] and "GPUs only" in sections["fsdp2_async"]["why"]
+    # async: a step sampled one version behind, and one weight sync sends every fp32 parameter once
+    ahead = sections["async"]
+    assert ahead["staleness_max"] == 1 and ahead["weight_sync_s"] > 0
+    assert ahead["weight_sync_mb"] * 2**20 == pytest.approx(4 * report["model"]["parameters"])
     engine = sections["engine"]
     assert engine["completion_tokens"] == 8 * 32 and report["tokens_per_second"] == engine["tokens_per_second"] > 0
     # fp32 on CPU: the sampler's and the trainer's log-probs of the same tokens agree to rounding

@@ -171,15 +171,17 @@ class Channel:
         return int(version.item())
 
 
-def send_weights(channels: list[Channel], version: int, named: Iterator[tuple[str, Tensor]]) -> int:
+def send_weights(channels: list[Channel], version: int, named: Iterator[tuple[str, Tensor]]) -> tuple[int, float]:
     """The trainer's side of a weight sync to every worker: the version, then each tensor (on the CPU) to each worker
     in turn; `named` comes in name order (the order the workers receive in), one tensor at a time, so nothing the
-    size of the model is held twice. Returns the bytes sent to one worker."""
-    sent, channel = 0, channels[0]
+    size of the model is held twice. Returns the bytes sent to one worker, and the seconds spent waiting for the
+    workers to take the version (a worker still sampling takes it when its batch is done: the trainer idles)."""
+    sent, channel, start = 0, channels[0], time.perf_counter()
     try:
         for channel in channels:
             assert channel.group is not None
             channel.group.broadcast(torch.tensor([version], dtype=torch.long), TRAINER).wait()
+        waited = time.perf_counter() - start
         for _, tensor in named:
             tensor = tensor.detach().to("cpu", copy=False).contiguous()
             for channel in channels:
@@ -187,7 +189,7 @@ def send_weights(channels: list[Channel], version: int, named: Iterator[tuple[st
             sent += tensor.numel() * tensor.element_size()
     except RuntimeError as err:  # gloo: the peer closed the connection, or the wait timed out
         raise channel.gone(err, f"sending weight version {version}") from None
-    return sent
+    return sent, waited
 
 
 def encode(obj: object) -> bytes:

@@ -24,7 +24,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -70,6 +70,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# What makes a process one rank of the trainers' launch: torch.distributed's rendezvous, torchelastic's bookkeeping
+# and accelerate's launch settings (ACCELERATE_*: under ZeRO-3 a worker's own Accelerator, vLLM's, would otherwise
+# turn DeepSpeed on and with it transformers' ZeRO-3 mode in the worker)
+RANK_KEYS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE", "ROLE_RANK",
+             "ROLE_WORLD_SIZE", "ROLE_NAME", "MASTER_ADDR", "MASTER_PORT")  # fmt: skip
+RANK_PREFIXES = ("ACCELERATE_", "TORCHELASTIC_")
+
+
+def worker_environment(trainer: Mapping[str, str], parent_pid: int) -> dict[str, str]:
+    """The environment of a worker started beside the trainer: the trainer's, less what makes a process one of the
+    trainers' ranks (a worker is one plain process; its devices are rollout.server.devices)."""
+    env = {k: v for k, v in trainer.items() if k not in RANK_KEYS and not k.startswith(RANK_PREFIXES)}
+    env["DEEPSEEK_RL_PARENT_PID"] = str(parent_pid)
+    if "DEEPSEEK_RL_WORKER_THREADS" in trainer:  # the benchmark's split of the cores
+        env["OMP_NUM_THREADS"] = trainer["DEEPSEEK_RL_WORKER_THREADS"]
+    return env
+
+
 class AsyncRollouts:
     """The connection to the rollout workers of one GRPO stage (module docstring)."""
 
@@ -87,7 +105,7 @@ class AsyncRollouts:
         self.rank, self.world, self.state = rank, world, state
         self.procs: list[subprocess.Popen] = []
         self.taken: dict[int, Sampled] = {s.step: s for s in pending}
-        self.sync_seconds, self.sync_bytes = 0.0, 0
+        self.sync_seconds, self.sync_bytes, self.sync_wait = 0.0, 0, 0.0
         server = cfg.rollout.server
         if server.url is None:  # rank 0 starts them; every rank connects to rank 0's ports
             addresses = [("127.0.0.1", int(p)) for p in rank_zero_value(self.start_local_workers(output_dir))]
@@ -117,11 +135,7 @@ class AsyncRollouts:
         output_dir.mkdir(parents=True, exist_ok=True)
         config = output_dir / ".rollout_worker.json"
         config.write_text(config_snapshot(self.cfg))
-        env = {**os.environ, "DEEPSEEK_RL_PARENT_PID": str(os.getpid())}
-        for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-            env.pop(key, None)  # the worker is no rank of the trainers' process group
-        if "DEEPSEEK_RL_WORKER_THREADS" in os.environ:  # the benchmark's split of the cores
-            env["OMP_NUM_THREADS"] = os.environ["DEEPSEEK_RL_WORKER_THREADS"]
+        env = worker_environment(os.environ, os.getpid())
         for i, port in enumerate(ports):
             if server.devices is not None:
                 env["CUDA_VISIBLE_DEVICES"] = server.worker_devices(i)
@@ -161,7 +175,8 @@ class AsyncRollouts:
         start = time.perf_counter()
         named = whole_parameters(policy, trained_only=True)
         if self.rank == 0:
-            self.sync_bytes += send_weights(self.channels, version, named)
+            sent, waited = send_weights(self.channels, version, named)
+            self.sync_bytes, self.sync_wait = self.sync_bytes + sent, self.sync_wait + waited
         else:
             for _ in named:
                 pass
@@ -229,11 +244,14 @@ class AsyncRollouts:
         done = self.state.step
         return [self.fetch(step) for step in range(done, min(done + self.k, self.steps))]
 
-    def pop_sync(self) -> dict[str, float]:
-        """`time/weight_sync` and `rollout/weight_sync_mb` (what rank 0 sent to one worker) since the last call."""
-        sync = {"time/weight_sync": self.sync_seconds, "rollout/weight_sync_mb": self.sync_bytes / 2**20}
-        self.sync_seconds, self.sync_bytes = 0.0, 0
-        return sync
+    def pop_sync(self) -> tuple[dict[str, float], float]:
+        """Since the last call: `time/weight_sync` (the transfer) and `rollout/weight_sync_mb` (what rank 0 sent to one
+        worker); and the seconds rank 0 waited for the workers to take the weights (they finish their batch first:
+        the trainer idles, part of `time/wait_rollout`)."""
+        transfer = self.sync_seconds - self.sync_wait
+        sync, waited = {"time/weight_sync": transfer, "rollout/weight_sync_mb": self.sync_bytes / 2**20}, self.sync_wait
+        self.sync_seconds, self.sync_bytes, self.sync_wait = 0.0, 0, 0.0
+        return sync, waited
 
     def close(self) -> None:
         """Tell the workers to stop; a local worker that does not stop within 10 s is killed (no orphan)."""

@@ -266,7 +266,8 @@ def step(run: GRPORun, step_index: int) -> StepStats:
         **versions,
     }
     if run.remote is not None:
-        metrics |= run.remote.pop_sync()
+        sync, waited = run.remote.pop_sync()
+        metrics |= sync | {"time/wait_rollout": metrics["time/wait_rollout"] + waited}
     every, done = cfg.eval.every, run.state.step
     if every and (done % every == 0 or done == run.plan.max_steps):
         metrics |= held_out_metrics(run)

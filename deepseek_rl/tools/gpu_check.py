@@ -18,7 +18,12 @@ grpo_step   two steps of the real `gsm8k_grpo_r1_distill` recipe through the rea
             recomputed forward not counted) / update seconds / the GPU's dense bf16 peak;
 packed      the same with trainer.padding_free=true;
 fsdp2       the same, smaller, under `accelerate launch --config_file launch/fsdp2.yaml` on one process (GPU only);
-lora        the same, smaller, with LoRA adapters (model.lora.r=32).
+lora        the same, smaller, with LoRA adapters (model.lora.r=32);
+async       four steps, smaller still, with asynchronous rollouts (rollout.max_staleness=1): a rollout worker
+            started beside the trainer on the same device samples step s + 1 while the trainer updates step s and
+            receives the weights after each optimizer step (over gloo); the seconds and megabytes of one weight
+            sync, the staleness, the sampler's log-prob gap;
+fsdp2_async both: the weights streamed to the worker from FSDP2's sharded parameters (GPU only).
 
 Each section is timed and recorded as ok, failed (with the end of its error) or skipped (with why: a missing
 package, CPU, or the time budget); the report is rewritten after every section, so a run cut short keeps what it
@@ -311,8 +316,10 @@ class Check:
             result[name] = round((time.perf_counter() - begin) / 32 * 1000, 3)
         return result
 
-    def grpo_step(self, name: str, rows: int, tokens: int, overrides: list[str], launcher: list[str]) -> dict:
-        """Two steps of the GSM8K recipe through the real CLI; the second step's phases and the update's MFU."""
+    def grpo_step(
+        self, name: str, rows: int, tokens: int, overrides: list[str], launcher: list[str], steps: int = 2
+    ) -> dict:
+        """`steps` steps of the GSM8K recipe through the real CLI; the last step's phases and the update's MFU."""
         out = self.work / name
         group = 8 if rows >= 16 else 4
         # full fine-tuning keeps fp32 master weights under bf16 autocast on a GPU (what the preflight asks for);
@@ -324,7 +331,7 @@ class Check:
             f"model.dtype={dtype}", f"data.path={self.prompts}", "data.eval_path=null",
             "rollout.engine=builtin", f"rollout.max_completion_length={tokens}", f"algorithm.num_generations={group}",
             f"trainer.batch_size={rows}", f"trainer.micro_batch_size={min(self.sizes.micro_batch, rows)}",
-            "trainer.max_steps=2", "trainer.save_every=0", "trainer.save_final=false", "trainer.preflight=warn",
+            f"trainer.max_steps={steps}", "trainer.save_every=0", "trainer.save_final=false", "trainer.preflight=warn",
             "eval.every=0", "reward.num_workers=2", f"trainer.output_dir={out}", *overrides,
         ]  # fmt: skip
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "PYTHONPATH": pythonpath()}
@@ -336,12 +343,19 @@ class Check:
             text = "\n".join(lines)
             first = text.find("Traceback")
             raise RuntimeError(f"exit {done.returncode}: {text[first if first >= 0 else 0 :][:6000]}")
-        last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+        rows_logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        last = rows_logged[-1]
         phases = {k: round(v, 3) for k, v in last.items() if k.startswith("time/")}
         result = {"rows": rows, "new_tokens": tokens, "model_dtype": dtype, "overrides": overrides, "phases_s": phases,
                   "completion_length_mean": last.get("completion_length/mean"),
                   "tokens_per_second_generation": last.get("tokens_per_second"), "loss": last.get("loss"),
                   "reward": last.get("reward")}  # fmt: skip
+        if "rollout/staleness_max" in last:  # async: the last weight sync between two steps (not the first one)
+            synced = [row for row in rows_logged[1:] if row.get("rollout/weight_sync_mb")]
+            result |= {"staleness_max": last["rollout/staleness_max"],
+                       "logprob_abs_diff": last.get("rollout/logprob_abs_diff"),
+                       "weight_sync_s": synced[-1]["time/weight_sync"] if synced else None,
+                       "weight_sync_mb": synced[-1]["rollout/weight_sync_mb"] if synced else None}  # fmt: skip
         flops = self.update_flops(rows, last.get("completion_length/mean", tokens))
         peak = self.report["environment"]["peak_tflops"] * 1e12
         if phases.get("time/update"):
@@ -371,7 +385,7 @@ def padding_free_available() -> bool:
     return any(f.name == "padding_free" for f in fields(TrainerConfig))
 
 
-SECTIONS = ("engine", "decode_profile", "agreement", "grpo_step", "packed", "fsdp2", "lora")
+SECTIONS = ("engine", "decode_profile", "agreement", "grpo_step", "packed", "fsdp2", "lora", "async", "fsdp2_async")
 
 
 def run_check(shape: str, sizes: Sizes, sections: list[str], output: Path | None, tokenizer_dir: Path, work: Path):
@@ -392,6 +406,10 @@ def run_check(shape: str, sizes: Sizes, sections: list[str], output: Path | None
     fsdp2 = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(launch_dir() / "fsdp2.yaml"),
              "--num_processes", "1", "-m", "deepseek_rl.train"]  # fmt: skip
     big, small = (sizes.step_rows, sizes.step_tokens), (sizes.small_rows, sizes.small_tokens)
+    # async: 4 steps with k = 1 (step 1's row holds a weight sync between two steps), on shorter completions
+    ahead = (sizes.small_rows, max(16, sizes.small_tokens // 4))
+    k1 = ["rollout.max_staleness=1"]
+    on_gpu = None if check.device.type == "cuda" else "FSDP through accelerate runs on GPUs only"
     plan = {  # name -> (what runs, why it cannot run here or None)
         "engine": (check.engine, None),
         "decode_profile": (check.decode_profile, None),
@@ -401,14 +419,13 @@ def run_check(shape: str, sizes: Sizes, sections: list[str], output: Path | None
             lambda: check.grpo_step("packed", *big, ["trainer.padding_free=true"], cli),
             no_cli or (None if padding_free_available() else "no trainer.padding_free in this version"),
         ),
-        "fsdp2": (
-            lambda: check.grpo_step("fsdp2", *small, [], fsdp2),
-            no_cli or (None if check.device.type == "cuda" else "FSDP through accelerate runs on GPUs only"),
-        ),
+        "fsdp2": (lambda: check.grpo_step("fsdp2", *small, [], fsdp2), no_cli or on_gpu),
         "lora": (
             lambda: check.grpo_step("lora", *small, ["model.lora.r=32"], cli),
             no_cli or (None if importlib.util.find_spec("peft") else "peft is not installed"),
         ),
+        "async": (lambda: check.grpo_step("async", *ahead, k1, cli, steps=4), no_cli),
+        "fsdp2_async": (lambda: check.grpo_step("fsdp2_async", *ahead, k1, fsdp2, steps=4), no_cli or on_gpu),
     }
     for name in sections:
         check.section(name, *plan[name])
