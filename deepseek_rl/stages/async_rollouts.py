@@ -172,15 +172,16 @@ class AsyncRollouts:
     def send_weights(self, policy: torch.nn.Module, version: int) -> None:
         """Every trainer rank calls this: under ZeRO-3 each parameter is gathered (a collective) while rank 0 sends
         it to every worker; elsewhere the other ranks' pass over the names costs nothing."""
-        start = time.perf_counter()
+        start, waited = time.perf_counter(), 0.0
         named = whole_parameters(policy, trained_only=True)
         if self.rank == 0:
             sent, waited = send_weights(self.channels, version, named)
-            self.sync_bytes, self.sync_wait = self.sync_bytes + sent, self.sync_wait + waited
+            self.sync_bytes += sent
         else:
             for _ in named:
                 pass
-        self.sync_seconds += time.perf_counter() - start
+        self.sync_seconds += time.perf_counter() - start - waited
+        self.sync_wait += waited
 
     def begin(self, policy: torch.nn.Module) -> None:
         """After the trainer's weights are final for its first step: the workers' first weights (the version of the
@@ -248,8 +249,8 @@ class AsyncRollouts:
         """Since the last call: `time/weight_sync` (the transfer) and `rollout/weight_sync_mb` (what rank 0 sent to one
         worker); and the seconds rank 0 waited for the workers to take the weights (they finish their batch first:
         the trainer idles, part of `time/wait_rollout`)."""
-        transfer = self.sync_seconds - self.sync_wait
-        sync, waited = {"time/weight_sync": transfer, "rollout/weight_sync_mb": self.sync_bytes / 2**20}, self.sync_wait
+        sync = {"time/weight_sync": self.sync_seconds, "rollout/weight_sync_mb": self.sync_bytes / 2**20}
+        waited = self.sync_wait
         self.sync_seconds, self.sync_bytes, self.sync_wait = 0.0, 0, 0.0
         return sync, waited
 

@@ -267,7 +267,8 @@ def step(run: GRPORun, step_index: int) -> StepStats:
     }
     if run.remote is not None:
         sync, waited = run.remote.pop_sync()
-        metrics |= sync | {"time/wait_rollout": metrics["time/wait_rollout"] + waited}
+        metrics |= sync
+        metrics["time/wait_rollout"] += waited
     every, done = cfg.eval.every, run.state.step
     if every and (done % every == 0 or done == run.plan.max_steps):
         metrics |= held_out_metrics(run)
