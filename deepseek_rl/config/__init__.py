@@ -1,5 +1,6 @@
-"""Configuration: typed dataclasses per recipe group (schema.py, data.py, stages.py, lora.py), their checks
-(checks.py), the batch plan derived once per stage (plan.py), and Hydra registration (store.py).
+"""Configuration: typed dataclasses per recipe group (schema.py, data.py, reward.py, rollout.py, stages.py,
+lora.py), their checks (checks.py), the batch plan derived once per stage (plan.py), and Hydra registration
+(store.py).
 
 `from deepseek_rl.config import Config, load_recipe` is the public surface; modules inside this package import
 each other by their own paths, never through this file. Hydra is imported on first use of `load_recipe` or
@@ -11,6 +12,7 @@ from typing import Any
 from deepseek_rl.config.data import DataConfig
 from deepseek_rl.config.lora import LoraConfig
 from deepseek_rl.config.plan import BatchPlan, finetune_plan, grpo_plan
+from deepseek_rl.config.reward import RewardConfig
 from deepseek_rl.config.rollout import RolloutConfig, ToolsConfig, VLLMConfig
 from deepseek_rl.config.schema import (
     STAGES,
@@ -19,7 +21,6 @@ from deepseek_rl.config.schema import (
     LoggerConfig,
     ModelConfig,
     OptimizerConfig,
-    RewardConfig,
     TrainerConfig,
     model_context_length,
 )

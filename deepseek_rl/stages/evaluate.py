@@ -25,8 +25,8 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 
 from deepseek_rl.batch import RolloutBatch
+from deepseek_rl.config.reward import RewardConfig
 from deepseek_rl.config.rollout import RolloutConfig
-from deepseek_rl.config.schema import RewardConfig
 from deepseek_rl.config.stages import EvalConfig
 from deepseek_rl.data.prompts import PromptSet
 from deepseek_rl.rewards.math_answer import extract_answer

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from deepseek_rl.config.schema import RewardConfig
+from deepseek_rl.config.reward import RewardConfig
 from deepseek_rl.rewards.runner import RewardRunner
 from deepseek_rl.stages.reward_model import ModelReward
 
