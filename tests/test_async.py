@@ -57,23 +57,27 @@ def test_async_rollouts_log_their_versions_and_never_exceed_the_staleness(k, tmp
 
 def test_a_weight_sync_tells_the_wait_for_a_busy_worker_from_the_transfer():
     """A worker takes new weights only once its batch is sampled: the trainer's wait until then is idle time
-    (time/wait_rollout), not transfer (time/weight_sync). A worker thread busy for 1 s, then receiving."""
+    (time/wait_rollout), not transfer (time/weight_sync). A worker thread busy for 1 s, then receiving.
+    The trainer's tensors need not have the dtypes of the worker's copy (DeepSpeed's bf16 weights of an fp32
+    model.dtype): the worker receives each in the dtype the trainer sends (else gloo aborts the worker's process)."""
     port, received = free_port(), {"b": torch.zeros(3), "a": torch.zeros(2, 2)}
     versions = []
+    weights = {"a": torch.arange(4.0).reshape(2, 2).bfloat16(), "b": torch.tensor([5.0, 6.0, 7.0])}
+    dtypes = {name: w.dtype for name, w in weights.items()}
 
     def busy_worker():
         channel = Channel("127.0.0.1", port, WORKER, 30, "worker")
         time.sleep(1.0)  # still sampling
-        versions.append(channel.receive_weights(received))
+        versions.append(channel.receive_weights(received, dtypes))
 
     thread = threading.Thread(target=busy_worker)
     thread.start()
     trainer = Channel("127.0.0.1", port, TRAINER, 30, f"127.0.0.1:{port}")
-    weights = {"a": torch.arange(4.0).reshape(2, 2), "b": torch.tensor([5.0, 6.0, 7.0])}
     sent, waited = send_weights([trainer], 3, iter(sorted(weights.items())))
     thread.join()
-    assert versions == [3] and sent == 4 * (4 + 3)  # bytes to one worker: 7 fp32 values
-    assert all(torch.equal(received[name], weights[name]) for name in weights)
+    assert versions == [3] and sent == 2 * 4 + 4 * 3  # bytes to one worker: 4 bf16 values and 3 fp32 ones
+    assert all(torch.equal(received[name], weights[name].float()) for name in weights)
+    assert received["a"].dtype == torch.float32  # the worker's copy keeps its dtype
     assert waited > 0.5  # the version waited for the busy worker; the tensors went after it
 
 
@@ -96,10 +100,13 @@ def test_a_worker_started_by_a_zero3_trainer_is_no_rank_of_its_launch():
     assert seen == ["DEEPSPEED", "NO"]  # the trainer's settings as a rank has them; the worker's
 
 
-def test_a_lora_policy_sends_its_adapters_only(tmp_path):
-    """The frozen base never changes, so a weight sync sends the adapters: r x (in + out) floats per target."""
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_a_lora_policy_sends_its_adapters_only(dtype, tmp_path):
+    """The frozen base never changes, so a weight sync sends the adapters: r x (in + out) floats per target, fp32
+    on a bf16 base too (as PEFT makes them on both sides: the worker used to cast its copy's adapters to bf16, and the
+    fp32 adapters sent into bf16 buffers aborted it)."""
     done = run_cli("train", *ASYNC, "trainer.max_steps=4", "model.lora.r=4", "model.lora.alpha=8",
-                   f"trainer.output_dir={tmp_path / 'run'}", cwd=tmp_path)  # fmt: skip
+                   f"model.dtype={dtype}", f"trainer.output_dir={tmp_path / 'run'}", cwd=tmp_path)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     # the tiny model: 2 layers of width 64, MLP 256; q, k, v, o are 64 -> 64, gate and up 64 -> 256, down 256 -> 64
     adapters = 2 * 4 * (4 * (64 + 64) + 3 * (64 + 256))  # 11,776 floats
@@ -109,7 +116,9 @@ def test_a_lora_policy_sends_its_adapters_only(tmp_path):
     # left samples with a later version
     assert sent == pytest.approx([2 * adapters, adapters, 0, 0])
     assert [m["rollout/policy_version"] for m in lines] == [0, 0, 1, 2]
-    assert lines[0]["rollout/logprob_abs_diff"] < 1e-5 and lines[-1]["rollout/logprob_abs_diff"] > 1e-4
+    # step 0: the same policy samples and trains, up to rounding (bf16: the decode's against the full forward's)
+    assert lines[0]["rollout/logprob_abs_diff"] < (1e-5 if dtype == "float32" else 2e-3)
+    assert lines[-1]["rollout/logprob_abs_diff"] > 1e-4
     assert not workers(tmp_path)
 
 

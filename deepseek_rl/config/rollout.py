@@ -18,7 +18,8 @@ class VLLMConfig:
     max_num_seqs: int = 256
     # Reuse the KV cache of shared prompt prefixes (the G completions of a prompt share it).
     enable_prefix_caching: bool = True
-    # Weights dtype in vLLM: auto (model.dtype), float32, bfloat16, float16.
+    # Weights dtype in vLLM: auto (the training forward's: bf16 under accelerate's bf16 mixed precision, else
+    # model.dtype), float32, bfloat16, float16.
     dtype: str = "auto"
     # GPU only: release vLLM's memory during the update and take it back for the rollout (0: never sleep;
     # 1: offload weights to CPU and drop the KV cache; 2: drop both, weights come back with the sync).

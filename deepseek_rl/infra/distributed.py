@@ -138,6 +138,14 @@ def prepare_reference(accelerator: Accelerator, reference: nn.Module) -> nn.Modu
     return engine
 
 
+def autocast_precision(accelerator: Accelerator) -> str:
+    """The precision accelerate autocasts the training forward to: "bf16" or "fp16" under its native mixed precision
+    (DDP, FSDP, one process), else "no" (full precision, or DeepSpeed, which casts the model's weights instead).
+    Rollouts compute as the training forward does: the built-in sampler under the same autocast, vLLM in that dtype."""
+    half = accelerator.native_amp and accelerator.mixed_precision in ("bf16", "fp16")
+    return accelerator.mixed_precision if half else "no"
+
+
 @contextmanager
 def generation_model(accelerator: Accelerator, model: nn.Module) -> Iterator[nn.Module]:
     """The bare policy for sampling. Under ZeRO-3 its parameters are gathered once for the whole rollout phase,

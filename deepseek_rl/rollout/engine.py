@@ -84,8 +84,10 @@ def complete(
 class BuiltinEngine:
     """The KV-cached sampler of rollout/sampler.py on the policy itself (no copy of the weights, nothing to sync).
 
-    With an accelerator the policy is the prepared (wrapped) model: the session gathers ZeRO-3 parameters once.
-    Without one, `model` is a plain model (evaluation of a checkpoint)."""
+    With an accelerator the policy is the prepared (wrapped) model: the session gathers ZeRO-3 parameters once and
+    runs under the accelerator's autocast (bf16 mixed precision: the sampler's matrix products and KV cache in bf16,
+    as the training forward computes, not in the fp32 of the master weights). Without one, `model` is a plain model
+    (evaluation of a checkpoint)."""
 
     def __init__(
         self,
@@ -111,7 +113,8 @@ class BuiltinEngine:
             finally:
                 self._bare = None
             return
-        with generation_model(self.accelerator, self.model) as bare:
+        # under accelerate's mixed precision the sampler computes as the training forward does (its autocast)
+        with generation_model(self.accelerator, self.model) as bare, self.accelerator.autocast():
             self._bare = bare
             try:
                 yield

@@ -43,6 +43,13 @@ def supports_static_decode(model: nn.Module) -> bool:
     )
 
 
+def compute_dtype(weight: Tensor) -> torch.dtype:
+    """The dtype the projections compute in: autocast's where it is on (bf16 mixed precision: the keys and values
+    are bf16, and a cache of the fp32 master weights' dtype would hold them in twice the memory), else the weight's."""
+    device = weight.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
+
+
 class StaticCache:
     """Keys and values of every layer in preallocated buffers [layers, rows, kv_heads, max_len, head_dim].
 
@@ -51,8 +58,9 @@ class StaticCache:
 
     def __init__(self, layers: int, rows: int, kv_heads: int, max_len: int, head_dim: int, like: Tensor):
         shape = (layers, rows, kv_heads, max_len, head_dim)
-        self.keys = torch.zeros(shape, dtype=like.dtype, device=like.device)
-        self.values = torch.zeros(shape, dtype=like.dtype, device=like.device)
+        dtype = compute_dtype(like)
+        self.keys = torch.zeros(shape, dtype=dtype, device=like.device)
+        self.values = torch.zeros(shape, dtype=dtype, device=like.device)
         self.start = 0  # where the current call writes
 
     def update(self, key: Tensor, value: Tensor, layer_idx: int, *args, **kwargs) -> tuple[Tensor, Tensor]:

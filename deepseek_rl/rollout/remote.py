@@ -155,14 +155,15 @@ class Channel:
             return RolloutServerError(f"the rollout worker at {self.describe} failed: {last_words}")
         return RolloutServerError(f"the rollout worker at {self.describe} is gone ({doing}: {reason})")
 
-    def receive_weights(self, params: dict[str, Tensor]) -> int:
-        """The worker's side: the version, then each parameter in name order, copied into `params` in place."""
+    def receive_weights(self, params: dict[str, Tensor], dtypes: dict[str, torch.dtype]) -> int:
+        """The worker's side: the version, then each parameter in name order, received in the dtype the trainer sends
+        it in (`dtypes`) and copied into `params` in place (cast to the copy's dtype)."""
         assert self.group is not None
         version = torch.zeros(1, dtype=torch.long)
         try:
             self.group.broadcast(version, TRAINER).wait()
             for name in sorted(params):
-                buffer = torch.empty(params[name].shape, dtype=params[name].dtype)
+                buffer = torch.empty(params[name].shape, dtype=dtypes[name])
                 self.group.broadcast(buffer, TRAINER).wait()
                 with torch.no_grad():
                     params[name].copy_(buffer)

@@ -43,6 +43,7 @@ from deepseek_rl.batch import PromptBatch, RolloutBatch
 from deepseek_rl.config.rollout import RolloutConfig
 from deepseek_rl.config.schema import ModelConfig
 from deepseek_rl.errors import ConfigError
+from deepseek_rl.infra.distributed import autocast_precision
 from deepseek_rl.models.lora import is_lora
 from deepseek_rl.models.weights import hf_weights
 from deepseek_rl.rollout.seeds import RowNoise, request_seed
@@ -106,7 +107,11 @@ class VLLMEngine:
         on_gpu = torch.cuda.is_available()
         if not on_gpu:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.cpu_kv_cache_gib))
-        dtype = model.dtype if cfg.dtype == "auto" else cfg.dtype
+        # auto: what the training forward computes in (bf16 under accelerate's bf16 mixed precision, not the fp32
+        # of the master weights), else the weights' dtype
+        half = {"bf16": "bfloat16", "fp16": "float16"}.get(autocast_precision(accelerator))
+        dtype = (half or model.dtype) if cfg.dtype == "auto" else cfg.dtype
+        self.dtype: torch.dtype = getattr(torch, dtype)
         self.llm = vllm.LLM(
             model=model_dir,
             tokenizer=model_dir,
@@ -145,7 +150,10 @@ class VLLMEngine:
         """Stream the policy's weights into vLLM (every rank, in the same order: ZeRO-3 gathers are collective)."""
         start = time.perf_counter()
         model = self.accelerator.unwrap_model(self.policy)
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": hf_weights(model)})
+        # in vLLM's dtype (bf16 under mixed precision: fp32 master weights would be cast there anyway, with a warning
+        # per tensor), one tensor at a time
+        weights = ((name, tensor.to(self.dtype)) for name, tensor in hf_weights(model))
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
         self.llm.reset_prefix_cache()
         self.stale = False
         self.sync_seconds += time.perf_counter() - start

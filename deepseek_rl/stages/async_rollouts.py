@@ -100,6 +100,7 @@ class AsyncRollouts:
         rank: int,
         world: int,
         rank_zero_value: Callable[[Any], Any] = lambda value: value,
+        precision: str = "no",
     ):
         self.cfg, self.k, self.steps = cfg, cfg.rollout.max_staleness, cfg.trainer.max_steps
         self.rank, self.world, self.state = rank, world, state
@@ -117,8 +118,9 @@ class AsyncRollouts:
         if rank == 0:
             first = state.step + len(pending)  # the workers sample from the first step not in the checkpoint
             for i, channel in enumerate(self.channels):
+                # precision: the trainer's autocast (bf16 mixed precision), which the worker's sampling runs under
                 hello = {"start": first, "steps": self.steps, "config": asdict(cfg), "shard": i,
-                         "shards": len(self.channels)}  # fmt: skip
+                         "shards": len(self.channels), "precision": precision}  # fmt: skip
                 channel.put("hello", encode(hello))
         self.start = state.step
 
@@ -187,8 +189,12 @@ class AsyncRollouts:
         """After the trainer's weights are final for its first step: the workers' first weights (the version of the
         resumed step), then their answers."""
         if self.rank == 0:
+            # the dtype of each tensor sent, which the worker receives in (its copy may differ: DeepSpeed's bf16
+            # weights of an fp32 model.dtype; a mismatched gloo broadcast aborts the receiving process)
+            dtypes = {name: p.dtype for name, p in policy.named_parameters() if p.requires_grad}
             for i, channel in enumerate(self.channels):  # each worker checked the config and loaded (or says why not)
                 channel.get("accepted", alive=self.alive(i))
+                channel.put("dtypes", encode(dtypes))
         self.send_weights(policy, self.start)
         for i, channel in enumerate(self.channels):
             decode(channel.get("ready", alive=self.alive(i)))

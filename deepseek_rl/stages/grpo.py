@@ -32,7 +32,7 @@ from deepseek_rl.config.schema import Config
 from deepseek_rl.data.prompts import PromptSet, build_prompt_set
 from deepseek_rl.data.sources import source_name
 from deepseek_rl.errors import ConfigError, NumericalError
-from deepseek_rl.infra.distributed import launched_world_size, prepare_reference
+from deepseek_rl.infra.distributed import autocast_precision, launched_world_size, prepare_reference
 from deepseek_rl.models.loading import load_model
 from deepseek_rl.models.lora import AdapterDisabledReference
 from deepseek_rl.preflight.check import preflight_before_training
@@ -186,7 +186,8 @@ def grpo_parts(stage: Stage, checked: Checked) -> GRPORun:
     remote = None
     if checked.pending is not None:
         remote = AsyncRollouts(cfg, stage.output_dir, stage.state, checked.pending.resumed, accelerator.process_index,
-                               accelerator.num_processes, stage.rank_zero_value)  # fmt: skip
+                               accelerator.num_processes, stage.rank_zero_value,
+                               precision=autocast_precision(accelerator))  # fmt: skip
         checked.pending.source = remote
         try:
             remote.begin(accelerator.unwrap_model(stage.policy))

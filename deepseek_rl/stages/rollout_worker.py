@@ -27,13 +27,14 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from accelerate import Accelerator
 
 from deepseek_rl.config.schema import Config
 from deepseek_rl.data.prompts import build_prompt_set
 from deepseek_rl.errors import UserError
 from deepseek_rl.infra.distributed import release_accelerator
 from deepseek_rl.infra.resume import changed_keys
-from deepseek_rl.models.loading import DTYPES, eos_token_ids, load_model, load_tokenizer
+from deepseek_rl.models.loading import eos_token_ids, load_model, load_tokenizer
 from deepseek_rl.rollout.engine import BuiltinEngine, RolloutEngine
 from deepseek_rl.rollout.remote import (
     WORKER,
@@ -92,12 +93,19 @@ def run(cfg: Config, channel: Channel, hello: dict) -> None:
     prompts = build_prompt_set(cfg.data, tokenizer, cfg.rollout.max_prompt_length)
     context = {"max_completion_length": cfg.rollout.max_completion_length}
     rewards = RewardSet(cfg.reward, context, device=device)
+    # the policy as the trainer loads it (a LoRA policy's adapters in fp32 on a bf16 base, as PEFT makes them)
     model = load_model(cfg.model, tokenizer, seed=cfg.trainer.seed, trainable=cfg.model.lora.enabled)
-    model = model.to(device=copy_device(cfg.rollout.engine, device), dtype=DTYPES[cfg.model.dtype]).eval()
+    model = model.to(device=copy_device(cfg.rollout.engine, device)).eval()
     params = trained_parameters(model)  # what the trainer sends (a LoRA policy: its adapters)
     model.requires_grad_(False)
     scratch = tempfile.TemporaryDirectory(prefix="deepseek-rl-worker-")
-    engine = worker_engine(cfg, model, tokenizer, Path(scratch.name))
+    # sampling under the trainer's autocast (bf16 mixed precision), as its forward computes
+    precision = hello.get("precision", "no")
+    accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=precision)
+    if precision != "no":
+        print(f"deepseek-rl serve: sampling under {precision} autocast (the trainer's mixed precision)",
+              file=sys.stderr, flush=True)  # fmt: skip
+    engine = worker_engine(cfg, model, tokenizer, Path(scratch.name), accelerator)
     # this worker's share of the global batch (every trainer rank's rows): all of it for a single worker; with
     # several, worker i samples as rank i of a synchronous run (the trainer computes the advantages of the whole)
     shard, shards = hello.get("shard", 0), hello.get("shards", 1)
@@ -108,13 +116,14 @@ def run(cfg: Config, channel: Channel, hello: dict) -> None:
     # accepted once everything is loaded: the trainer, waiting for this before it sends weights, hears a failure
     # above as this worker's own one-line error instead of a weight transfer cut off
     channel.put("accepted", b"1")
-    k, version = cfg.rollout.max_staleness, channel.receive_weights(params)
+    dtypes = decode(channel.get("dtypes", wait=False))  # the dtype each tensor is sent in
+    k, version = cfg.rollout.max_staleness, channel.receive_weights(params, dtypes)
     channel.put("ready", encode({"version": version}))
     try:
         for step in range(hello["start"], hello["steps"]):
             waiting = time.perf_counter()
             while version < max(0, step - k):
-                version = channel.receive_weights(params)
+                version = channel.receive_weights(params, dtypes)
                 engine.policy_updated()  # vLLM: reloads the weights at the next session
             waited = time.perf_counter() - waiting
             if "stop" in channel.keys_present():
@@ -141,18 +150,17 @@ def copy_device(engine: str, device: torch.device) -> torch.device:
     return torch.device("cpu") if engine == "vllm" else device
 
 
-def worker_engine(cfg: Config, model: torch.nn.Module, tokenizer, scratch: Path) -> RolloutEngine:
+def worker_engine(
+    cfg: Config, model: torch.nn.Module, tokenizer, scratch: Path, accelerator: Accelerator
+) -> RolloutEngine:
     """The worker's engine: the built-in sampler on its copy of the policy, returning the behaviour log-probs; or
     with rollout.engine=vllm a vLLM engine in this process, reloaded from that copy after each weight version
     (vLLM's own weight path, adapters merged for a LoRA policy; log-probs of the distribution it sampled from)."""
     eos = eos_token_ids(tokenizer, model)
     if cfg.rollout.engine == "builtin":
-        return BuiltinEngine(model, tokenizer, eos, logprobs=True)
-    from accelerate import Accelerator
-
+        return BuiltinEngine(model, tokenizer, eos, accelerator, logprobs=True)
     from deepseek_rl.rollout.vllm_engine import VLLMEngine, engine_model_dir
 
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())  # one process: the worker's own devices
     model_dir = engine_model_dir(cfg.model, model, tokenizer, scratch)
     return VLLMEngine(model_dir, cfg.model, cfg.rollout, model, tokenizer, eos, accelerator, cfg.trainer.seed)
 
