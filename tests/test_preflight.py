@@ -111,6 +111,14 @@ def test_async_rollouts_with_vllm_put_the_engine_on_the_worker(r1_path):
     # the worker's copy stages the weights for vLLM in host memory; the built-in sampler samples with it
     assert copy_device("vllm", torch.device("cuda")) == torch.device("cpu")
     assert copy_device("builtin", torch.device("cuda")) == torch.device("cuda")
+    # the built-in sampler's copy keeps model.dtype: fp32 master weights under bf16 mixed precision (as the trainer's
+    # forward reads them), while vLLM's copy is in vLLM's bf16
+    fp32 = ["rollout.max_staleness=1", "model.dtype=float32"]
+    for engine, size in (("builtin", 4), ("vllm", 2)):
+        cfg = load_recipe("math_dapo_r1_distill", [f"model.path={r1_path}", f"rollout.engine={engine}", *fp32])
+        text = check(cfg, Launch("ddp", 8, mixed_precision="bf16"), 80 * GB).text()
+        weights = f"{P_R1 * size / 1e9:.2f} GB of"
+        assert (weights + " weights + " if engine == "builtin" else weights + " host memory") in text, engine
 
 
 def test_seven_b_full_adamw_on_one_80gb_gpu_is_rejected_with_the_reason(qwen7b_dir):

@@ -234,6 +234,24 @@ def test_an_async_worker_samples_with_vllm(tmp_path: Path):
     assert not running.split()
 
 
+@needs_vllm
+def test_a_vllm_worker_takes_the_weights_in_vllms_dtype(tmp_path: Path):
+    """Under the trainer's bf16 mixed precision (fp32 master weights) the worker's vLLM runs in bf16 and the weights
+    travel in bf16: half the bytes of the fp32 run, which vLLM would have cast to bf16 anyway."""
+    sent = {}
+    for precision in ("no", "bf16"):
+        run = tmp_path / precision
+        result = run_cli("train", *SMOKE, "rollout.max_staleness=1", "trainer.max_steps=2", f"trainer.output_dir={run}",
+                         cwd=tmp_path, env={"ACCELERATE_MIXED_PRECISION": precision})  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        lines = metrics(run)
+        sent[precision] = lines[0]["rollout/weight_sync_mb"]
+        assert lines[0]["rollout/logprob_abs_diff"] < (1e-4 if precision == "no" else 5e-3)  # the same policy
+    log = (tmp_path / "bf16" / "rollout_worker.log").read_text()
+    assert "dtype=torch.bfloat16" in log and "sampling under bf16 autocast" in log
+    assert sent["bf16"] == pytest.approx(sent["no"] / 2) and sent["no"] > 0
+
+
 def test_truncated_importance_sampling_by_hand():
     """min(pi_old / pi_engine, cap) weights the policy-gradient term: hand-computed for one sequence of 3 tokens."""
     from deepseek_rl.algo.losses import StepNormaliser, policy_loss

@@ -112,7 +112,9 @@ def rollout_side_lines(cfg: Config, shape: ModelShape, launch: Launch) -> list[s
     b = 2 if cfg.model.dtype != "float32" or launch.mixed_precision != "no" else 4
     rows, tokens = cfg.trainer.batch_size // n, cfg.rollout.max_prompt_length + cfg.rollout.max_completion_length
     kv = 2 * shape.layers * shape.kv_heads * shape.head_dim * tokens * rows * b
-    weights = shape.parameters * b
+    # vLLM's copy is in vLLM's dtype (bf16 under mixed precision); the built-in sampler's in model.dtype (its fp32
+    # master weights under mixed precision, as the trainer's forward reads them)
+    weights = shape.parameters * (b if cfg.rollout.engine == "vllm" or cfg.model.dtype != "float32" else 4)
     share_of = "the global batch" if n == 1 else f"its share of the global batch (1/{n})"
     if cfg.rollout.engine == "vllm":
         share = cfg.rollout.vllm.gpu_memory_utilization

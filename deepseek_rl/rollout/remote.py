@@ -172,11 +172,14 @@ class Channel:
         return int(version.item())
 
 
-def send_weights(channels: list[Channel], version: int, named: Iterator[tuple[str, Tensor]]) -> tuple[int, float]:
-    """The trainer's side of a weight sync to every worker: the version, then each tensor (on the CPU) to each worker
-    in turn; `named` comes in name order (the order the workers receive in), one tensor at a time, so nothing the
-    size of the model is held twice. Returns the bytes sent to one worker, and the seconds spent waiting for the
-    workers to take the version (a worker still sampling takes it when its batch is done: the trainer idles)."""
+def send_weights(
+    channels: list[Channel], version: int, named: Iterator[tuple[str, Tensor]], dtype: torch.dtype | None = None
+) -> tuple[int, float]:
+    """The trainer's side of a weight sync to every worker: the version, then each tensor (on the CPU, in `dtype`
+    where given) to each worker in turn; `named` comes in name order (the order the workers receive in), one tensor
+    at a time, so nothing the size of the model is held twice. Returns the bytes sent to one worker, and the seconds
+    spent waiting for the workers to take the version (a worker still sampling takes it when its batch is done: the
+    trainer idles)."""
     sent, channel, start = 0, channels[0], time.perf_counter()
     try:
         for channel in channels:
@@ -184,7 +187,7 @@ def send_weights(channels: list[Channel], version: int, named: Iterator[tuple[st
             channel.group.broadcast(torch.tensor([version], dtype=torch.long), TRAINER).wait()
         waited = time.perf_counter() - start
         for _, tensor in named:
-            tensor = tensor.detach().to("cpu", copy=False).contiguous()
+            tensor = tensor.detach().to("cpu", dtype=dtype or tensor.dtype).contiguous()
             for channel in channels:
                 channel.group.broadcast(tensor, TRAINER).wait()
             sent += tensor.numel() * tensor.element_size()

@@ -40,7 +40,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from deepseek_rl.batch import PromptBatch, RolloutBatch
-from deepseek_rl.config.rollout import RolloutConfig
+from deepseek_rl.config.rollout import RolloutConfig, VLLMConfig
 from deepseek_rl.config.schema import ModelConfig
 from deepseek_rl.errors import ConfigError
 from deepseek_rl.infra.distributed import autocast_precision
@@ -107,10 +107,7 @@ class VLLMEngine:
         on_gpu = torch.cuda.is_available()
         if not on_gpu:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.cpu_kv_cache_gib))
-        # auto: what the training forward computes in (bf16 under accelerate's bf16 mixed precision, not the fp32
-        # of the master weights), else the weights' dtype
-        half = {"bf16": "bfloat16", "fp16": "float16"}.get(autocast_precision(accelerator))
-        dtype = (half or model.dtype) if cfg.dtype == "auto" else cfg.dtype
+        dtype = vllm_dtype(cfg, model.dtype, autocast_precision(accelerator))
         self.dtype: torch.dtype = getattr(torch, dtype)
         self.llm = vllm.LLM(
             model=model_dir,
@@ -241,6 +238,13 @@ def tensor_parallel_group(rank: int, world: int, size: int):
         if first <= rank < first + size:
             mine = group
     return mine
+
+
+def vllm_dtype(cfg: VLLMConfig, model_dtype: str, precision: str) -> str:
+    """vLLM's dtype: rollout.vllm.dtype, where `auto` is what the training forward computes in (bf16 under
+    accelerate's bf16 mixed precision, `precision`, not the fp32 of the master weights), else `model.dtype`."""
+    half = {"bf16": "bfloat16", "fp16": "float16"}.get(precision)
+    return (half or model_dtype) if cfg.dtype == "auto" else cfg.dtype
 
 
 def engine_model_dir(model: ModelConfig, policy: nn.Module, tokenizer: PreTrainedTokenizerBase, run_dir: Path) -> str:

@@ -93,14 +93,15 @@ def run(cfg: Config, channel: Channel, hello: dict) -> None:
     prompts = build_prompt_set(cfg.data, tokenizer, cfg.rollout.max_prompt_length)
     context = {"max_completion_length": cfg.rollout.max_completion_length}
     rewards = RewardSet(cfg.reward, context, device=device)
-    # the policy as the trainer loads it (a LoRA policy's adapters in fp32 on a bf16 base, as PEFT makes them)
+    # the policy as the trainer loads it (a LoRA policy's adapters in fp32 on a bf16 base, as PEFT makes them); a
+    # vLLM worker's copy in vLLM's dtype
+    precision = hello.get("precision", "no")
     model = load_model(cfg.model, tokenizer, seed=cfg.trainer.seed, trainable=cfg.model.lora.enabled)
-    model = model.to(device=copy_device(cfg.rollout.engine, device)).eval()
+    model = model.to(device=copy_device(cfg.rollout.engine, device), dtype=copy_dtype(cfg, precision)).eval()
     params = trained_parameters(model)  # what the trainer sends (a LoRA policy: its adapters)
     model.requires_grad_(False)
     scratch = tempfile.TemporaryDirectory(prefix="deepseek-rl-worker-")
     # sampling under the trainer's autocast (bf16 mixed precision), as its forward computes
-    precision = hello.get("precision", "no")
     accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=precision)
     if precision != "no":
         print(f"deepseek-rl serve: sampling under {precision} autocast (the trainer's mixed precision)",
@@ -148,6 +149,18 @@ def copy_device(engine: str, device: torch.device) -> torch.device:
     in host memory under vLLM, where it only stages the weights received (over gloo, through host memory anyway) for
     vLLM's reload and merges a LoRA policy's adapters: the device stays vLLM's, weights and KV cache."""
     return torch.device("cpu") if engine == "vllm" else device
+
+
+def copy_dtype(cfg: Config, precision: str) -> torch.dtype | None:
+    """The dtype of a vLLM worker's copy of a fully trained policy: vLLM's own (bf16 under the trainer's bf16 mixed
+    precision, `precision`), which the trainer sends each weight in: half the bytes of fp32 master weights, and what
+    vLLM would cast them to anyway. None (the trainer's dtypes): the built-in sampler computes with the copy as the
+    trainer's forward does, and a LoRA policy's adapters stay fp32 until they are merged."""
+    if cfg.rollout.engine != "vllm" or cfg.model.lora.enabled:
+        return None
+    from deepseek_rl.rollout.vllm_engine import vllm_dtype
+
+    return getattr(torch, vllm_dtype(cfg.rollout.vllm, cfg.model.dtype, precision))
 
 
 def worker_engine(
