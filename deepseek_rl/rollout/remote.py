@@ -173,21 +173,24 @@ class Channel:
 
 
 def send_weights(
-    channels: list[Channel], version: int, named: Iterator[tuple[str, Tensor]], dtype: torch.dtype | None = None
+    channels: list[Channel],
+    version: int,
+    named: Iterator[tuple[str, Tensor]],
+    dtypes: dict[str, torch.dtype] | None = None,
 ) -> tuple[int, float]:
-    """The trainer's side of a weight sync to every worker: the version, then each tensor (on the CPU, in `dtype`
-    where given) to each worker in turn; `named` comes in name order (the order the workers receive in), one tensor
-    at a time, so nothing the size of the model is held twice. Returns the bytes sent to one worker, and the seconds
-    spent waiting for the workers to take the version (a worker still sampling takes it when its batch is done: the
-    trainer idles)."""
+    """The trainer's side of a weight sync to every worker: the version, then each tensor (on the CPU, in the dtype
+    `dtypes` names, which the workers receive in; else its own) to each worker in turn; `named` comes in name order
+    (the order the workers receive in), one tensor at a time, so nothing the size of the model is held twice. Returns
+    the bytes sent to one worker, and the seconds spent waiting for the workers to take the version (a worker still
+    sampling takes it when its batch is done: the trainer idles)."""
     sent, channel, start = 0, channels[0], time.perf_counter()
     try:
         for channel in channels:
             assert channel.group is not None
             channel.group.broadcast(torch.tensor([version], dtype=torch.long), TRAINER).wait()
         waited = time.perf_counter() - start
-        for _, tensor in named:
-            tensor = tensor.detach().to("cpu", dtype=dtype or tensor.dtype).contiguous()
+        for name, tensor in named:
+            tensor = tensor.detach().to("cpu", dtype=(dtypes or {}).get(name, tensor.dtype)).contiguous()
             for channel in channels:
                 channel.group.broadcast(tensor, TRAINER).wait()
             sent += tensor.numel() * tensor.element_size()

@@ -108,6 +108,7 @@ class AsyncRollouts:
         self.taken: dict[int, Sampled] = {s.step: s for s in pending}
         self.sync_seconds, self.sync_bytes, self.sync_wait = 0.0, 0, 0.0
         self.copy_dtype = copy_dtype(cfg, precision)  # what the weights travel in (None: the trainer's own dtypes)
+        self.dtypes: dict[str, torch.dtype] = {}  # rank 0: the dtype each tensor is sent in, as the workers are told
         server = cfg.rollout.server
         if server.url is None:  # rank 0 starts them; every rank connects to rank 0's ports
             addresses = [("127.0.0.1", int(p)) for p in rank_zero_value(self.start_local_workers(output_dir))]
@@ -178,7 +179,7 @@ class AsyncRollouts:
         start, waited = time.perf_counter(), 0.0
         named = whole_parameters(policy, trained_only=True)
         if self.rank == 0:
-            sent, waited = send_weights(self.channels, version, named, self.copy_dtype)
+            sent, waited = send_weights(self.channels, version, named, self.dtypes)
             self.sync_bytes += sent
         else:
             for _ in named:
@@ -192,10 +193,11 @@ class AsyncRollouts:
         if self.rank == 0:
             # the dtype of each tensor sent, which the worker receives in (its copy may differ: DeepSpeed's bf16
             # weights of an fp32 model.dtype; a mismatched gloo broadcast aborts the receiving process)
-            dtypes = {name: self.copy_dtype or p.dtype for name, p in policy.named_parameters() if p.requires_grad}
+            named = policy.named_parameters()
+            self.dtypes = {name: self.copy_dtype or p.dtype for name, p in named if p.requires_grad}
             for i, channel in enumerate(self.channels):  # each worker checked the config and loaded (or says why not)
                 channel.get("accepted", alive=self.alive(i))
-                channel.put("dtypes", encode(dtypes))
+                channel.put("dtypes", encode(self.dtypes))
         self.send_weights(policy, self.start)
         for i, channel in enumerate(self.channels):
             decode(channel.get("ready", alive=self.alive(i)))
