@@ -34,7 +34,8 @@ def launch_cmd(config: str, overrides: list[str]) -> list[str]:
 
 
 def launch(config: str, overrides: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # faulthandler: a rank that aborts (SIGABRT) prints where each of its threads was
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
     return subprocess.run(launch_cmd(config, overrides), cwd=cwd, capture_output=True, text=True, timeout=900, env=env)
 
 
@@ -185,3 +186,32 @@ def test_rejection_sampling_keeps_the_same_pairs_on_one_and_two_ranks(tmp_path: 
     assert [r["world_size"] for r in rank_reports(tmp_path / "two")] == [2, 2]
     kept = [(tmp_path / run / "kept.jsonl").read_text().splitlines() for run in ("one", "two")]
     assert len(kept[0]) > 16 and kept[0] == kept[1]  # 16 prompts, up to 2 distinct completions each
+
+
+def test_a_zero3_pipeline_evaluates_the_weights_it_trained(tmp_path: Path):
+    """sft -> grpo -> eval in one ZeRO-3 launch. Each stage lets go of its model before the next one loads: DeepSpeed
+    kept a finished ZeRO-3 model reachable (the next stage trained beside it), and the eval stage, still seeing
+    ZeRO-3 through the last stage's DeepSpeed config, loaded its models partitioned and failed ("'weight' must be
+    2-D"). The pipeline's evaluation of the trained policy equals a single process's of the exported weights."""
+    run = tmp_path / "run"
+    done = launch("zero3.yaml", [*COMMON, "stages=[sft,grpo,eval]", f"trainer.output_dir={run}"], tmp_path)
+    assert done.returncode == 0, done.stderr[-4000:]
+    results = json.loads((run / "results.json").read_text())
+    assert set(results) == {"sft", "grpo"}
+    alone = run_cli("train", *COMMON, "stages=[eval]", f"model.path={run / 'grpo' / 'final'}",
+                    f"trainer.output_dir={tmp_path / 'alone'}", cwd=tmp_path)  # fmt: skip
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    single = json.loads((tmp_path / "alone" / "results.json").read_text())["base"]
+    assert results["grpo"] == single
+    assert results["grpo"] != results["sft"]  # two models were evaluated, not one twice
+
+
+def test_a_finished_zero3_run_leaves_no_model_behind(tmp_path: Path):
+    """After `train` returns in a ZeRO-3 launch, no model of the run is alive in either process (DeepSpeed kept the
+    policy and the reference reachable: 2 models per rank, with the process groups their parameters hold)."""
+    cmd = launch_cmd("zero3.yaml", [])[:-2] + [str(REPO / "tests" / "probe_stage_release.py"), str(tmp_path)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    reports = [json.loads((tmp_path / f"alive-{rank}.json").read_text()) for rank in (0, 1)]
+    assert reports == [{"world_size": 2, "alive": 0}] * 2

@@ -12,9 +12,11 @@ then joins it), so that the ranks agree on something before any model loads (`on
 from __future__ import annotations
 
 import copy
+import gc
 import hashlib
 import json
 import os
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,7 +33,7 @@ from deepseek_rl.errors import LaunchError, UserError
 from deepseek_rl.models.loading import gathered
 from deepseek_rl.models.weights import full_tensor
 
-__all__ = ["LaunchError", "make_accelerator", "on_rank_zero", "release_accelerator"]
+__all__ = ["LaunchError", "free_stage_memory", "make_accelerator", "on_rank_zero", "release_accelerator"]
 
 T = TypeVar("T")
 
@@ -223,13 +225,46 @@ def write_rank_report(accelerator: Accelerator, model: nn.Module, directory: Pat
 
 def release_accelerator(keep_process_group: bool = False) -> None:
     """Forget the finished run's accelerate state, so that the next run in this process builds its own: clear
-    accelerate's singletons (AcceleratorState, GradientState), which a new Accelerator would otherwise inherit.
-    Between the stages of one pipeline the process group stays (`keep_process_group`); after the last stage (or
-    between the jobs of a Hydra multirun) it is destroyed with the PartialState."""
+    accelerate's singletons (AcceleratorState, GradientState), which a new Accelerator would otherwise inherit,
+    and the finished stage's model (`forget_finished_models`). Between the stages of one pipeline the process group
+    stays (`keep_process_group`); after the last stage (or between the jobs of a Hydra multirun) it is destroyed
+    with the PartialState, through DeepSpeed when DeepSpeed ran (it drops its own handles on the groups too)."""
+    forget_finished_models()
     if not keep_process_group and torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+        deepspeed_comm = sys.modules.get("deepspeed.comm")
+        if deepspeed_comm is not None and deepspeed_comm.is_initialized():
+            deepspeed_comm.destroy_process_group()
+        else:
+            torch.distributed.destroy_process_group()
     AcceleratorState._reset_state(reset_partial_state=not keep_process_group)
     GradientState._reset_state()
+
+
+def free_stage_memory(accelerator: Accelerator) -> None:
+    """After a stage's last step (or its failure): accelerate lets go of the stage's model and optimizer, and under
+    DeepSpeed the engine is destroyed (ZeRO-3's hooks removed, DeepSpeed's cyclic-GC switch given back)."""
+    accelerator.free_memory()
+    forget_finished_models()
+
+
+def forget_finished_models() -> None:
+    """Collect a finished ZeRO-3 model now. DeepSpeed 0.19 keeps one reachable from two module-level places after
+    its engine is destroyed: the forward's module stack (parameter_offload.FWD_MODULE_STACK) and a class-wide
+    lru_cache keyed by the modules (PartitionedParameterCoordinator.__params_to_release). Left there, the next stage
+    of a pipeline trained beside the last one's model and optimizer, and the process groups its parameters hold
+    outlived `destroy_process_group` into the interpreter's shutdown, where a gloo thread can abort the process
+    (pytorch/pytorch#190489). Does nothing where ZeRO-3 never ran."""
+    offload = sys.modules.get("deepspeed.runtime.zero.parameter_offload")
+    coordinator = sys.modules.get("deepspeed.runtime.zero.partitioned_param_coordinator")
+    if offload is None or coordinator is None:  # ZeRO-3 never ran here: nothing is held
+        return
+    offload.FWD_MODULE_STACK.clear()
+    cls = coordinator.PartitionedParameterCoordinator
+    wrapped = vars(cls).get("_PartitionedParameterCoordinator__params_to_release")
+    for cell in getattr(wrapped, "__closure__", None) or ():  # the lru_cache under DeepSpeed's nvtx wrapper
+        if hasattr(cell.cell_contents, "cache_clear"):
+            cell.cell_contents.cache_clear()
+    gc.collect()
 
 
 def broadcast_value(accelerator: Accelerator, value: Any) -> Any:

@@ -34,7 +34,7 @@ from deepseek_rl.config.schema import Config, ModelConfig
 from deepseek_rl.data.prompts import build_prompt_set
 from deepseek_rl.data.sources import source_name
 from deepseek_rl.infra.checkpoint import storage_error
-from deepseek_rl.infra.distributed import launched_world_size, on_rank_zero
+from deepseek_rl.infra.distributed import launched_world_size, on_rank_zero, release_accelerator
 from deepseek_rl.infra.machine import machine_line
 from deepseek_rl.infra.plots import plot_training_curves
 from deepseek_rl.infra.preemption import Preempted, Preemption
@@ -248,6 +248,9 @@ def run_eval_stage(
     """Evaluate each model on the held-out split (each rank a shard of it); per-sample JSONL and metrics per model
     and a results table for the run, written by rank 0. With trainer.resume=auto a model whose metrics were saved
     (by a run preempted later in this stage) is not evaluated again."""
+    # a training stage before this one: its model goes, and its DeepSpeed config, which made transformers load these
+    # partitioned for ZeRO-3 (the built-in sampler cannot read partitioned weights)
+    release_accelerator(keep_process_group=True)
     results: dict[str, dict[str, float]] = {}
     shard, main = eval_shard(), is_main_process()
     for name, model_cfg in models.items():

@@ -30,7 +30,13 @@ from transformers import PreTrainedTokenizerBase
 from deepseek_rl.config.plan import BatchPlan
 from deepseek_rl.config.schema import Config
 from deepseek_rl.infra.checkpoint import TrainerState, export_hf, save_checkpoint
-from deepseek_rl.infra.distributed import any_rank, broadcast_value, make_accelerator, write_rank_report
+from deepseek_rl.infra.distributed import (
+    any_rank,
+    broadcast_value,
+    free_stage_memory,
+    make_accelerator,
+    write_rank_report,
+)
 from deepseek_rl.infra.optim import build_optimizer, lr_schedule
 from deepseek_rl.infra.preemption import Preempted, Preemption
 from deepseek_rl.infra.resume import resume_stage
@@ -178,9 +184,11 @@ def close_stage(stage: Stage, export: bool) -> Path:
 
 
 def release(stage: Stage) -> None:
-    """Free the engine and the signal handler (after the last step, a failure or a preemption); safe twice."""
+    """Free the engine, the signal handler and the model, optimizer and DeepSpeed engine that accelerate holds (after
+    the last step, a failure or a preemption); safe twice."""
     stage.engine.close()
     stage.preemption.close()
+    free_stage_memory(stage.accelerator)
 
 
 def exports(cfg: Config, stage: str) -> bool:
