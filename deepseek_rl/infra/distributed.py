@@ -242,7 +242,11 @@ def release_accelerator(keep_process_group: bool = False) -> None:
 
 def free_stage_memory(accelerator: Accelerator) -> None:
     """After a stage's last step (or its failure): accelerate lets go of the stage's model and optimizer, and under
-    DeepSpeed the engine is destroyed (ZeRO-3's hooks removed, DeepSpeed's cyclic-GC switch given back)."""
+    DeepSpeed the engine is destroyed (ZeRO-3's hooks removed, DeepSpeed's cyclic-GC switch given back) while
+    DeepSpeed's communication is up (its destroy logs through it; else the references are only dropped)."""
+    comm = sys.modules.get("deepspeed.comm")
+    if getattr(accelerator, "deepspeed_engine_wrapped", None) is not None and not (comm and comm.is_initialized()):
+        accelerator.deepspeed_engine_wrapped = None
     accelerator.free_memory()
     forget_finished_models()
 

@@ -186,9 +186,9 @@ def close_stage(stage: Stage, export: bool) -> Path:
 def release(stage: Stage) -> None:
     """Free the engine, the signal handler and the model, optimizer and DeepSpeed engine that accelerate holds (after
     the last step, a failure or a preemption); safe twice."""
+    free_stage_memory(stage.accelerator)  # first: closing a vLLM engine takes DeepSpeed's process-group state down
     stage.engine.close()
     stage.preemption.close()
-    free_stage_memory(stage.accelerator)
 
 
 def exports(cfg: Config, stage: str) -> bool:
