@@ -33,10 +33,12 @@ def launch_cmd(config: str, overrides: list[str]) -> list[str]:
     ]  # fmt: skip
 
 
-def launch(config: str, overrides: list[str], cwd: Path) -> subprocess.CompletedProcess:
+def launch(config: str, overrides: list[str], cwd: Path, cmd: list[str] | None = None) -> subprocess.CompletedProcess:
+    """`accelerate launch` of the training entry with `overrides` (or of `cmd`, a script and its arguments)."""
+    command = launch_cmd(config, overrides) if cmd is None else launch_cmd(config, [])[:-2] + cmd
     # faulthandler: a rank that aborts (SIGABRT) prints where each of its threads was
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
-    return subprocess.run(launch_cmd(config, overrides), cwd=cwd, capture_output=True, text=True, timeout=900, env=env)
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=900, env=env)
 
 
 def metrics(run: Path) -> list[dict]:
@@ -208,10 +210,8 @@ def test_a_zero3_pipeline_evaluates_the_weights_it_trained(tmp_path: Path):
 
 def test_a_finished_zero3_run_leaves_no_model_behind(tmp_path: Path):
     """After `train` returns in a ZeRO-3 launch, no model of the run is alive in either process (DeepSpeed kept the
-    policy and the reference reachable: 2 models per rank, with the process groups their parameters hold)."""
-    cmd = launch_cmd("zero3.yaml", [])[:-2] + [str(REPO / "tests" / "probe_stage_release.py"), str(tmp_path)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
-    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    policy and the reference reachable: 4 models per rank, with the process groups their parameters hold)."""
+    done = launch("zero3.yaml", [], tmp_path, cmd=[str(REPO / "tests" / "probe_stage_release.py"), str(tmp_path)])
     assert done.returncode == 0, done.stderr[-3000:]
     reports = [json.loads((tmp_path / f"alive-{rank}.json").read_text()) for rank in (0, 1)]
     assert reports == [{"world_size": 2, "alive": 0}] * 2

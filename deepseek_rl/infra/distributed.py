@@ -231,11 +231,8 @@ def release_accelerator(keep_process_group: bool = False) -> None:
     with the PartialState, through DeepSpeed when DeepSpeed ran (it drops its own handles on the groups too)."""
     forget_finished_models()
     if not keep_process_group and torch.distributed.is_available() and torch.distributed.is_initialized():
-        deepspeed_comm = sys.modules.get("deepspeed.comm")
-        if deepspeed_comm is not None and deepspeed_comm.is_initialized():
-            deepspeed_comm.destroy_process_group()
-        else:
-            torch.distributed.destroy_process_group()
+        deepspeed_comm = running_deepspeed_comm()
+        (deepspeed_comm or torch.distributed).destroy_process_group()
     AcceleratorState._reset_state(reset_partial_state=not keep_process_group)
     GradientState._reset_state()
 
@@ -243,12 +240,18 @@ def release_accelerator(keep_process_group: bool = False) -> None:
 def free_stage_memory(accelerator: Accelerator) -> None:
     """After a stage's last step (or its failure): accelerate lets go of the stage's model and optimizer, and under
     DeepSpeed the engine is destroyed (ZeRO-3's hooks removed, DeepSpeed's cyclic-GC switch given back) while
-    DeepSpeed's communication is up (its destroy logs through it; else the references are only dropped)."""
-    comm = sys.modules.get("deepspeed.comm")
-    if getattr(accelerator, "deepspeed_engine_wrapped", None) is not None and not (comm and comm.is_initialized()):
+    DeepSpeed's communication is up (its destroy logs through it; else the references are only dropped). The model
+    itself is collected by the next `release_accelerator` (the next stage's, or the run's end), once the stage is
+    out of scope."""
+    if getattr(accelerator, "deepspeed_engine_wrapped", None) is not None and running_deepspeed_comm() is None:
         accelerator.deepspeed_engine_wrapped = None
     accelerator.free_memory()
-    forget_finished_models()
+
+
+def running_deepspeed_comm() -> Any:
+    """DeepSpeed's comm module where DeepSpeed runs this process's communication, else None."""
+    comm = sys.modules.get("deepspeed.comm")
+    return comm if comm is not None and comm.is_initialized() else None
 
 
 def forget_finished_models() -> None:
