@@ -1,6 +1,7 @@
 """The preflight check: the memory model against hand calculations (docs/preflight.md), against autograd's own count
 of saved activations, and verdicts on configurations known to fit and known not to."""
 
+import shlex
 from dataclasses import replace
 from pathlib import Path
 
@@ -10,8 +11,9 @@ from transformers import AutoModelForCausalLM, Qwen2Config
 
 from deepseek_rl.config import ConfigError, load_recipe
 from deepseek_rl.paths import REPO_DIR
-from deepseek_rl.preflight.check import check, launch_from_env, launch_from_file, lora_shape, model_shape
+from deepseek_rl.preflight.check import check, launch_from_env, launch_from_file, model_shape
 from deepseek_rl.preflight.memory import GB, Launch, per_token_layer_activations
+from deepseek_rl.preflight.problems import lora_shape
 from deepseek_rl.stages.rollout_worker import copy_device
 
 from .conftest import run_cli
@@ -96,18 +98,31 @@ def test_hand_calculation_with_vllm(r1_path):
 
 
 def test_async_rollouts_with_vllm_put_the_engine_on_the_worker(r1_path):
-    """rollout.max_staleness > 0 with vLLM: the worker holds vLLM; the trainer (evaluations on the built-in sampler)
-    is estimated as with the built-in engine, and the report says what the worker holds."""
-    asynchronous = load_recipe("math_dapo_r1_distill", [f"model.path={r1_path}", "rollout.max_staleness=1"])
+    """rollout.max_staleness > 0 with vLLM: the worker holds vLLM; the trainer has no rollout phase (the worker
+    samples) and its evaluations use the built-in sampler, and the report says what the worker holds. On devices of
+    its own the worker adds nothing to the trainer's; started beside it without them, vLLM's reservation sits on the
+    trainer's first device in every phase."""
+    own = ["rollout.max_staleness=1", "rollout.server.devices=8"]
+    asynchronous = load_recipe("math_dapo_r1_distill", [f"model.path={r1_path}", *own])
     builtin = load_recipe("math_dapo_r1_distill", [f"model.path={r1_path}", "rollout.engine=builtin"])
     assert asynchronous.rollout.engine == "vllm"
     report, reference = check(asynchronous, ZERO3_BF16_8, 80 * GB), check(builtin, ZERO3_BF16_8, 80 * GB)
-    for phase in ("rollout", "evaluation", "training"):
+    assert report.estimate.rollout == [] and not report.estimate.beside
+    for phase in ("evaluation", "training"):
         assert report.estimate.total(phase) == reference.estimate.total(phase), phase
     assert round(report.estimate.total("training") / GB, 2) == 41.98  # no vLLM reservation beside the update
+    assert report.estimate.peak() == ("evaluation", reference.estimate.total("evaluation"))
     text = report.text()
     assert "asynchronous, max_staleness=1" in text and "rollout.vllm.gpu_memory_utilization=0.3 of its GPU" in text
     assert f"{P_R1 * 2 / 1e9:.2f} GB of host memory (the copy of the weights it receives)" in text
+    assert "rollout: " not in text and "verdict: OK" in text
+    # beside the trainer, on its devices: 0.3 x 80 GB on the first one, all along
+    beside = check(load_recipe("math_dapo_r1_distill", [f"model.path={r1_path}", "rollout.max_staleness=1"]),
+                   ZERO3_BF16_8, 80 * GB)  # fmt: skip
+    assert [t.bytes for t in beside.estimate.beside] == [0.3 * 80 * GB]
+    for phase in ("evaluation", "training"):
+        assert beside.estimate.total(phase) == reference.estimate.total(phase) + 24 * GB, phase
+    assert round(beside.estimate.total("evaluation") / GB, 2) == 66.31 and beside.ok  # of a 72.0 GB budget
     # the worker's copy stages the weights for vLLM in host memory; the built-in sampler samples with it
     assert copy_device("vllm", torch.device("cuda")) == torch.device("cpu")
     assert copy_device("builtin", torch.device("cuda")) == torch.device("cuda")
@@ -119,6 +134,39 @@ def test_async_rollouts_with_vllm_put_the_engine_on_the_worker(r1_path):
         text = check(cfg, Launch("ddp", 8, mixed_precision="bf16"), 80 * GB).text()
         weights = f"{P_R1 * size / 1e9:.2f} GB of"
         assert (weights + " weights + " if engine == "builtin" else weights + " host memory") in text, engine
+
+
+def test_an_async_worker_beside_the_trainer_counts_on_its_device(r1_path):
+    """gsm8k_grpo_r1_distill_async on one 80 GB GPU (fp32 master weights, bf16 mixed precision), its worker started
+    beside the trainer without devices of its own: the worker's copy (fp32, as the trainer's forward reads it) and
+    the KV cache of the whole global batch sit on the trainer's GPU all along; the trainer samples no rollouts. The
+    check says so, gives the worker a device of its own, and that line fits."""
+    given = [f"model.path={r1_path}", "model.dtype=float32"]
+    cfg = load_recipe("gsm8k_grpo_r1_distill_async", given)
+    report = check(cfg, ONE_GPU_BF16, 80 * GB, name="gsm8k_grpo_r1_distill_async", given=given)
+    est = report.estimate
+    p, kv_per_token = P_R1, 28_672  # 2 (K, V) x 28 layers x 2 KV heads x 128 x 2 B (bf16)
+    copy, kv = p * 4, 192 * (256 + 4096) * kv_per_token  # 12 prompts x G=16 rows of 4,352 tokens
+    assert kv == 23_957_864_448
+    assert [t.bytes for t in est.beside] == [copy + kv] and est.rollout == []
+    static = p * 4 + p * 4 + p * 8 + p * 4  # fp32 weights, gradients, AdamW m and v, reference model
+    assert est.static_bytes == static
+    training = 28 * 17_408 * 1536 * 2 + 17_408 * 108_600 + 4 * 4096 * 151_936 * 6
+    assert est.total("training") == static + copy + kv + training
+    assert round(est.total("training") / GB, 2) == 84.93 and est.peak()[0] == "training"
+    assert not report.ok
+    (problem,) = report.problems
+    assert "started beside the trainer share its first device (31.1 GB there all along)" in problem.what
+    assert "rollout.server.devices=1" in problem.fix
+    assert "rollout.server.devices unset" in report.text()
+    assert "peak 53.9 GB in the training phase" in report.combined
+    # the line is the whole check it re-ran: the launch (bf16 mixed precision) and the overrides given, then the fix
+    assert report.combined.endswith(
+        f"--mixed-precision bf16 --device-memory-gb 80 {' '.join(given)} rollout.server.devices=1"
+    )
+    own = ["model.dtype=float32", "rollout.server.devices=1"]
+    own = check(load_recipe("gsm8k_grpo_r1_distill_async", [f"model.path={r1_path}", *own]), ONE_GPU_BF16, 80 * GB)
+    assert own.ok and own.estimate.total("training") == static + training
 
 
 def test_seven_b_full_adamw_on_one_80gb_gpu_is_rejected_with_the_reason(qwen7b_dir):
@@ -284,7 +332,8 @@ def test_one_combined_line_that_fits_is_rechecked_by_running_it(r1_path, tmp_pat
     line = first.stdout.strip().splitlines()[-1].strip()
     assert line.startswith("deepseek-rl check --config-name math_dapo_r1_distill")
     assert "rollout.vllm.sleep_level=2" in line and "trainer.micro_batch_size=" in line
-    again = run_cli(*line.split()[1:], f"model.path={r1_path}", cwd=tmp_path)
+    assert f"model.path={r1_path}" in line  # the overrides given come along: the line runs as printed
+    again = run_cli(*shlex.split(line)[1:], cwd=tmp_path)
     assert again.returncode == 0 and "verdict: OK" in again.stdout, again.stdout[-2000:]
 
 

@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
             if launch.backend == "single" and world > 1:
                 launch = replace(launch, backend="ddp", source="--num-processes")
         memory = args.device_memory_gb * GB if args.device_memory_gb else detected_device_memory()
-        report = check(cfg, launch, memory, args.config_name, config_dir=args.config_dir)
+        report = check(cfg, launch, memory, args.config_name, config_dir=args.config_dir, given=overrides)
     except (ConfigError, HydraException, OmegaConfBaseException, OSError) as err:
         print(f"deepseek-rl check: configuration error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -17,6 +17,11 @@ Static (held for the whole run; conservative: gradients are counted in every pha
 Rollout phase: static + the full weights gathered under ZeRO-3 (P b_w) + the KV cache of the R rows:
   KV cache   2 L k d S R b_a
 Evaluation phase (eval.every > 0, rank 0): the same with eval.batch_size rows.
+Asynchronous rollouts (rollout.max_staleness >= 1): the rollout workers sample, so the trainer has no rollout phase
+(its evaluations keep theirs, on the built-in sampler). A worker holds its copy of the weights, P b_c (b_c: the
+built-in sampler's copy in model.dtype, on its device; vLLM's in b_a, in host memory) and the KV cache of its share
+of the global batch (built-in), or vLLM's reservation. Workers started beside the trainer without devices of their
+own (rollout.server.devices unset) sit on its first device for the whole run: n x that, in every phase there.
 With rollout.engine=vllm the rollout and evaluation phases hold vLLM's reservation instead of the KV cache and the
 gathered weights: u x the device memory (u = rollout.vllm.gpu_memory_utilization), plus one parameter gathered for
 the weight sync (V h b_w, the embedding); the training phase holds it too unless vLLM sleeps (sleep_level 1 or 2).
@@ -32,9 +37,10 @@ Not modelled (covered by the headroom): CUDA context and NCCL buffers, allocator
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 GB = 1e9
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 # Share of the device memory a run may plan to use; the rest is kept for the CUDA context, NCCL buffers and
 # fragmentation.
 HEADROOM = 0.9
@@ -102,6 +108,11 @@ class Workload:
     vllm_share: float = 0.0  # rollout.vllm.gpu_memory_utilization
     vllm_sleep_level: int = 0  # rollout.vllm.sleep_level
     device_memory: float = 0.0  # bytes per device (0: unknown)
+    # asynchronous rollouts (rollout.max_staleness >= 1): the workers sample, the trainer has no rollout phase
+    asynchronous: bool = False
+    worker_engine: str = "builtin"  # rollout.engine, the workers'
+    worker_rows: int = 0  # rows one worker samples (its share of the global batch)
+    workers_beside: int = 0  # workers on this device: started beside the trainer, rollout.server.devices unset
 
     @property
     def sequence(self) -> int:  # S
@@ -122,20 +133,21 @@ class Term:
 
 @dataclass(frozen=True)
 class MemoryEstimate:
-    static: list[Term]
-    rollout: list[Term]
+    static: list[Term]  # the trainer's, for the whole run
+    rollout: list[Term]  # none with asynchronous rollouts (the workers sample)
     evaluation: list[Term]
     training: list[Term]
+    beside: list[Term] = field(default_factory=list)  # rollout workers sharing the device for the whole run
 
     def total(self, phase: str) -> float:
-        return sum(t.bytes for t in self.static) + sum(t.bytes for t in getattr(self, phase))
+        return self.static_bytes + sum(t.bytes for t in self.beside) + sum(t.bytes for t in getattr(self, phase))
 
     @property
     def static_bytes(self) -> float:
         return sum(t.bytes for t in self.static)
 
     def peak(self) -> tuple[str, float]:
-        phases = ["rollout", "training"] + (["evaluation"] if self.evaluation else [])
+        phases = (["rollout"] if self.rollout else []) + ["training"] + (["evaluation"] if self.evaluation else [])
         return max(((p, self.total(p)) for p in phases), key=lambda item: item[1])
 
 
@@ -259,11 +271,40 @@ def training_terms(shape: ModelShape, launch: Launch, work: Workload) -> list[Te
     return terms
 
 
+def worker_copy_bytes(shape: ModelShape, launch: Launch, work: Workload) -> int:
+    """P b_c: a rollout worker's copy of the weights. vLLM's is in vLLM's dtype (b_a: bf16 under mixed precision)
+    and stays in host memory; the built-in sampler's is in model.dtype (fp32 master weights under mixed precision, as
+    the trainer's forward reads them), on the worker's device."""
+    b = activation_bytes(launch, work.dtype_bytes) if work.worker_engine == "vllm" else work.dtype_bytes
+    return shape.parameters * b
+
+
+def worker_kv_bytes(shape: ModelShape, launch: Launch, work: Workload) -> int:
+    """The KV cache of the built-in sampler on a worker: its share of the global batch, in b_a."""
+    return kv_cache_bytes(shape, work.worker_rows, work.sequence, activation_bytes(launch, work.dtype_bytes))
+
+
+def beside_terms(shape: ModelShape, launch: Launch, work: Workload) -> list[Term]:
+    """Rollout workers started beside the trainer on its first device (no devices of their own): there all along."""
+    n = work.workers_beside
+    if not n:
+        return []
+    name = "rollout worker(s) on this device"
+    where = "started beside the trainer, rollout.server.devices unset"
+    if work.worker_engine == "vllm":
+        known = "" if work.device_memory else ", unknown: give the device memory"
+        share = f"rollout.vllm.gpu_memory_utilization {work.vllm_share:g} x the device's memory"
+        return [Term(name, n * work.vllm_bytes, f"{n} x {share} ({where}{known})")]
+    copy, kv = worker_copy_bytes(shape, launch, work), worker_kv_bytes(shape, launch, work)
+    return [Term(name, n * (copy + kv), f"{n} x ({copy / GB:.2f} weights + {kv / GB:.2f} KV cache) ({where})")]
+
+
 def estimate_memory(shape: ModelShape, launch: Launch, work: Workload) -> MemoryEstimate:
     """Every term of the memory model, per device."""
     return MemoryEstimate(
         static=static_terms(shape, launch, work),
-        rollout=generation_terms(shape, launch, work, work.rollout_rows, "rollout"),
+        rollout=[] if work.asynchronous else generation_terms(shape, launch, work, work.rollout_rows, "rollout"),
         evaluation=generation_terms(shape, launch, work, work.eval_rows, "eval") if work.eval_rows else [],
         training=training_terms(shape, launch, work),
+        beside=beside_terms(shape, launch, work),
     )

@@ -3,7 +3,17 @@
 from __future__ import annotations
 
 from deepseek_rl.config.schema import Config
-from deepseek_rl.preflight.memory import GB, HEADROOM, Launch, MemoryEstimate, ModelShape, Term
+from deepseek_rl.preflight.memory import (
+    GB,
+    HEADROOM,
+    Launch,
+    MemoryEstimate,
+    ModelShape,
+    Term,
+    Workload,
+    worker_copy_bytes,
+    worker_kv_bytes,
+)
 
 BACKENDS = {"single": "one process", "ddp": "DDP", "fsdp": "FSDP"}
 
@@ -65,6 +75,10 @@ def memory_lines(est: MemoryEstimate, device_memory: float | None) -> list[str]:
     lines = ["", "  memory per device (GB = 1e9 bytes)"]
     lines += [term_line(t) for t in est.static]
     lines.append(f"    {'= static':<36} {est.static_bytes / GB:9.2f}")
+    if est.beside:
+        lines += [term_line(t) for t in est.beside]
+        held = est.static_bytes + sum(t.bytes for t in est.beside)
+        lines.append(f"    {'= static + rollout worker(s)':<36} {held / GB:9.2f}")
     for phase, terms in (("rollout", est.rollout), ("evaluation", est.evaluation), ("training", est.training)):
         if terms:
             lines += [term_line(t) for t in terms]
@@ -82,7 +96,7 @@ def memory_lines(est: MemoryEstimate, device_memory: float | None) -> list[str]:
 
 
 def describe(
-    cfg: Config, launch: Launch, shape: ModelShape, est: MemoryEstimate, device_memory: float | None, name: str
+    cfg: Config, launch: Launch, shape: ModelShape, est: MemoryEstimate, work: Workload, name: str
 ) -> list[str]:
     header = f"deepseek-rl check{': ' + name if name else ''}"
     return (
@@ -90,14 +104,15 @@ def describe(
         + model_lines(cfg, shape)
         + batch_lines(cfg, launch.world_size)
         + token_lines(cfg)
-        + rollout_side_lines(cfg, shape, launch)
-        + memory_lines(est, device_memory)
+        + rollout_side_lines(cfg, shape, launch, work)
+        + memory_lines(est, work.device_memory)
     )
 
 
-def rollout_side_lines(cfg: Config, shape: ModelShape, launch: Launch) -> list[str]:
+def rollout_side_lines(cfg: Config, shape: ModelShape, launch: Launch, work: Workload) -> list[str]:
     """Asynchronous rollouts: where the worker runs and what it holds (its own copy of the weights, the KV cache of
-    the whole global batch; the trainer's phases below then have no rollout of their own to hold)."""
+    the whole global batch; the trainer's phases below then have no rollout of their own to hold, and a worker
+    started beside it without devices of its own counts on its first device)."""
     k = cfg.rollout.max_staleness
     if k == 0:
         return []
@@ -109,12 +124,8 @@ def rollout_side_lines(cfg: Config, shape: ModelShape, launch: Launch) -> list[s
         where = "a worker started beside the trainer" if n == 1 else f"{n} workers started beside the trainer"
     devices = server.devices or ("the trainer's devices" if server.url is None else "their own devices")
     each = "it holds" if n == 1 else "each holds"
-    b = 2 if cfg.model.dtype != "float32" or launch.mixed_precision != "no" else 4
-    rows, tokens = cfg.trainer.batch_size // n, cfg.rollout.max_prompt_length + cfg.rollout.max_completion_length
-    kv = 2 * shape.layers * shape.kv_heads * shape.head_dim * tokens * rows * b
-    # vLLM's copy is in vLLM's dtype (bf16 under mixed precision); the built-in sampler's in model.dtype (its fp32
-    # master weights under mixed precision, as the trainer's forward reads them)
-    weights = shape.parameters * (b if cfg.rollout.engine == "vllm" or cfg.model.dtype != "float32" else 4)
+    rows, tokens = work.worker_rows, work.sequence
+    weights, kv = worker_copy_bytes(shape, launch, work), worker_kv_bytes(shape, launch, work)
     share_of = "the global batch" if n == 1 else f"its share of the global batch (1/{n})"
     if cfg.rollout.engine == "vllm":
         share = cfg.rollout.vllm.gpu_memory_utilization
