@@ -361,3 +361,15 @@ def test_offline_a_hub_model_fails_at_once(tmp_path):
     done = run_cli("check", "--config-name", "gsm8k_grpo_r1_distill", cwd=tmp_path, env=offline)
     assert done.returncode == 2 and "the Hub is not reachable from here" in done.stderr
     assert time.perf_counter() - start < 20  # the Hub client alone retried for 28 s here
+
+
+def test_no_vllm_share_is_offered_that_leaves_it_no_room_for_one_sequence(r1_path):
+    """fp32 weights, gradients, AdamW and reference on one 40 GB GPU: 35.5 GB static of a 36.0 GB budget. A vLLM share
+    that fits beside that (0.01 x 40 GB) holds no sequence of 4,352 tokens, so the fix is sharding, not that share."""
+    given = [f"model.path={r1_path}", "model.dtype=float32"]
+    report = check(load_recipe("gsm8k_grpo_r1_distill", given), ONE_GPU_BF16, 40 * GB)
+    assert report.estimate.static_bytes == P_R1 * 20  # 4 + 4 + 8 + 4 bytes per parameter
+    rollout = [p for p in report.problems if p.what.startswith("the rollout phase needs")]
+    assert len(rollout) == 1 and "gpu_memory_utilization" not in str(rollout[0].overrides)
+    assert rollout[0].fix.startswith("shard with launch/zero3.yaml across >= ")
+    assert "leaves its KV cache no room for one sequence of 4,352 tokens" in rollout[0].fix

@@ -154,9 +154,15 @@ def memory_problems(cfg: Config, shape: ModelShape, launch: Launch, est: MemoryE
         work = replace(workload(cfg, launch.world_size, budget / HEADROOM), vllm_share=share)
         holds = vllm_kv_sequences(shape, launch, work)
         rows = cfg.trainer.batch_size // launch.world_size
-        fix = (f"lower rollout.vllm.gpu_memory_utilization to {share:.2f} (its KV cache then holds {holds:,} "
-               f"sequences of {work.sequence:,} tokens, for {rows} rows per rank)")  # fmt: skip
-        problems.append(Problem(what, fix, {"rollout.vllm.gpu_memory_utilization": round(share - 0.005, 2)}))
+        if holds == 0:  # a share that fits leaves vLLM no room for one sequence: only less static memory helps
+            fix = (f"{more_gpus or 'shard the weights and optimizer state (launch/zero3.yaml)'} (a vLLM share that "
+                   f"fits beside the static {est.static_bytes / GB:.1f} GB, {share:.2f}, leaves its KV cache no room "
+                   f"for one sequence of {work.sequence:,} tokens)")  # fmt: skip
+            problems.append(Problem(what, fix, launch=zero3_launch(launch, n)))
+        else:
+            fix = (f"lower rollout.vllm.gpu_memory_utilization to {share:.2f} (its KV cache then holds {holds:,} "
+                   f"sequences of {work.sequence:,} tokens, for {rows} rows per rank)")  # fmt: skip
+            problems.append(Problem(what, fix, {"rollout.vllm.gpu_memory_utilization": round(share - 0.005, 2)}))
     elif est.total("rollout") > budget:
         kv = est.rollout[-1]
         fixes = [more_gpus or "use more GPUs (fewer rows per rank)", "lower trainer.batch_size"]
