@@ -8,6 +8,7 @@ timeouts, the sandbox mode), the algorithm on 2 ranks, and the cluster script.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -131,17 +132,20 @@ PIPELINE = [
 ]  # fmt: skip
 
 
-def interrupted(args: list[str], cwd: Path, ready) -> subprocess.CompletedProcess:
-    """Run the CLI and send it SIGTERM once `ready()` is true (as Slurm or a spot reclaim would)."""
-    proc = subprocess.Popen([sys.executable, "-m", "deepseek_rl.cli", *args], cwd=cwd, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
-    deadline = time.time() + 600
-    while proc.poll() is None and time.time() < deadline:
-        if ready():
-            proc.send_signal(signal.SIGTERM)
-            break
-        time.sleep(0.05)
-    out, err = proc.communicate(timeout=600)
+def interrupted(args: list[str], cwd: Path, ready, stdout: Path | None = None) -> subprocess.CompletedProcess:
+    """Run the CLI and send it SIGTERM once `ready()` is true (as Slurm or a spot reclaim would); with `stdout`, the
+    run's standard output goes to that file while it runs (for `ready` to read)."""
+    with open(stdout, "w") if stdout else contextlib.nullcontext(subprocess.PIPE) as out_file:
+        proc = subprocess.Popen([sys.executable, "-m", "deepseek_rl.cli", *args], cwd=cwd, text=True,
+                                stdout=out_file, stderr=subprocess.PIPE)  # fmt: skip
+        deadline = time.time() + 600
+        while proc.poll() is None and time.time() < deadline:
+            if ready():
+                proc.send_signal(signal.SIGTERM)
+                break
+            time.sleep(0.05)
+        out, err = proc.communicate(timeout=600)
+    out = stdout.read_text() if stdout else out
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
@@ -194,9 +198,13 @@ def test_a_preempted_pipeline_stops_and_resumes_where_it_stopped(tmp_path):
 def test_sigterm_while_a_stage_loads_is_honoured_at_its_first_step(tmp_path):
     """A SIGTERM that arrives before the first step (while the model loads) is not lost: the stage checkpoints
     after its first step and stops with the preemption status."""
-    run = tmp_path / "run"
-    result = interrupted(["train", *SMOKE, "trainer.max_steps=50", f"trainer.output_dir={run}"], tmp_path,
-                         lambda: (run / ".hydra").exists() or run.exists())  # fmt: skip
+    run, out = tmp_path / "run", tmp_path / "stdout.txt"
+
+    def loading() -> bool:  # the stage has started (a SIGTERM before that stops the run before the stage begins)
+        return out.exists() and "deepseek-rl: grpo: loading" in out.read_text()
+
+    result = interrupted(["train", *SMOKE, "trainer.max_steps=50", f"trainer.output_dir={run}"], tmp_path, loading,
+                         stdout=out)  # fmt: skip
     line = message(result, 75)
     assert "grpo stage preempted after step" in line
     assert (run / "checkpoints").is_dir() and len(steps(run)) < 50

@@ -111,6 +111,9 @@ def open_stage(
     builtin (the sampler on the policy: fine-tuning's evaluations) or rollout (rollout.engine: GRPO)."""
     accelerator = make_accelerator(plan, cfg.optimizer.max_grad_norm)
     output_dir = Path(broadcast_value(accelerator, str(output_dir)))
+    if accelerator.is_main_process:  # a large model loads for minutes before the first step's progress bar
+        model = cfg.model.path or f"a tiny {cfg.model.arch} built from its config"
+        print(f"deepseek-rl: {name}: loading {model}", flush=True)
     tokenizer = load_tokenizer(cfg.model)
     prepared = before_model(accelerator, tokenizer) if before_model is not None else None
     set_seed(cfg.trainer.seed)
