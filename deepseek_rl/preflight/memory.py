@@ -140,11 +140,16 @@ class MemoryEstimate:
     beside: list[Term] = field(default_factory=list)  # rollout workers sharing the device for the whole run
 
     def total(self, phase: str) -> float:
-        return self.static_bytes + sum(t.bytes for t in self.beside) + sum(t.bytes for t in getattr(self, phase))
+        return self.held_bytes + sum(t.bytes for t in getattr(self, phase))
 
     @property
     def static_bytes(self) -> float:
         return sum(t.bytes for t in self.static)
+
+    @property
+    def held_bytes(self) -> float:
+        """On the device in every phase: the trainer's static terms and the rollout workers beside it."""
+        return self.static_bytes + sum(t.bytes for t in self.beside)
 
     def peak(self) -> tuple[str, float]:
         phases = (["rollout"] if self.rollout else []) + ["training"] + (["evaluation"] if self.evaluation else [])

@@ -117,14 +117,14 @@ def memory_problems(cfg: Config, shape: ModelShape, launch: Launch, est: MemoryE
         )
         return [Problem(what, ", or ".join(fixes), launch=zero3_launch(launch, n) if n else None)]
     if est.beside and est.peak()[1] > budget:  # the first fix: the trainer's device back to itself
-        n = cfg.rollout.server.workers
-        devices = ",".join(str(launch.world_size + i) for i in range(n))
+        workers = cfg.rollout.server.workers
+        devices = ",".join(str(launch.world_size + i) for i in range(workers))
         what = (
-            f"{est.beside[0].name.replace(' on this device', '')} started beside the trainer share its first device "
+            f"rollout worker(s) started beside the trainer share its first device "
             f"({est.beside[0].bytes / GB:.1f} GB there all along): its peak is {est.peak()[1] / GB:.1f} GB, over {gb}"
         )
         fix = (
-            f"give the rollout side devices of its own: rollout.server.devices={devices} (the {n} after the "
+            f"give the rollout side devices of its own: rollout.server.devices={devices} (the {workers} after the "
             f"trainer's {launch.world_size}), or start it there with `deepseek-rl serve` (rollout.server.url)"
         )
         return [Problem(what, fix, {"rollout.server.devices": devices})]

@@ -77,8 +77,7 @@ def memory_lines(est: MemoryEstimate, device_memory: float | None) -> list[str]:
     lines.append(f"    {'= static':<36} {est.static_bytes / GB:9.2f}")
     if est.beside:
         lines += [term_line(t) for t in est.beside]
-        held = est.static_bytes + sum(t.bytes for t in est.beside)
-        lines.append(f"    {'= static + rollout worker(s)':<36} {held / GB:9.2f}")
+        lines.append(f"    {'= static + rollout worker(s)':<36} {est.held_bytes / GB:9.2f}")
     for phase, terms in (("rollout", est.rollout), ("evaluation", est.evaluation), ("training", est.training)):
         if terms:
             lines += [term_line(t) for t in terms]
