@@ -29,6 +29,11 @@ def test_gpu_check_tiny_runs_every_section_on_cpu(tmp_path, shared):
     assert ahead["weight_sync_mb"] * 2**20 == pytest.approx(4 * report["model"]["parameters"])
     engine = sections["engine"]
     assert engine["completion_tokens"] == 8 * 32 and report["tokens_per_second"] == engine["tokens_per_second"] > 0
+    assert engine["graphed_tokens_per_second_16"] > 0 and engine["eager_tokens_per_second_16"] > 0
+    # on CPU the graphed decoder's fixed-shape step runs eagerly: no graph, the eager step's logits to rounding
+    profile = sections["decode_profile"]
+    assert profile["graphed"] is False and profile["graphed_logit_abs_diff_max"] < 1e-4
+    assert profile["graphed_step_ms"] > 0 and profile["model_step_ms"] > 0
     # fp32 on CPU: the sampler's and the trainer's log-probs of the same tokens agree to rounding
     assert sections["agreement"]["tokens"] > 0 and sections["agreement"]["logprob_abs_diff_max"] < 1e-4
     step = sections["grpo_step"]

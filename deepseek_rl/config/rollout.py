@@ -140,6 +140,9 @@ class RolloutConfig:
     top_k: int = 0
     # Generation of a completion also stops after any of these strings (besides EOS).
     stop_strings: list[str] = field(default_factory=list)
+    # The built-in engine on a GPU replays each decode step from a CUDA graph (rollout/graphed_decode.py): the eager
+    # step is bound by launching its operations, not by the GPU. No effect on CPU or with vLLM.
+    cuda_graphs: bool = True
     vllm: VLLMConfig = field(default_factory=VLLMConfig)
     tools: ToolsConfig = field(default_factory=ToolsConfig)
     # Asynchronous GRPO: 0 samples every step's rollouts with the current policy (synchronous); k >= 1 lets a rollout

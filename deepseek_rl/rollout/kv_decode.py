@@ -126,7 +126,15 @@ class _Layer:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = _rotate(q.transpose(1, 2), cos, sin), _rotate(k.transpose(1, 2), cos, sin)
         keys, values = cache.update(k, self.v(h).view(r, t, -1, self.head_dim).transpose(1, 2), index)
-        o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scaling, enable_gqa=self.gqa)
+        if t == 1 and self.gqa:  # a decode step: the query heads of a KV head as its query positions, so the keys
+            # and values are read once per KV head, not copied out per query head (the math kernel's GQA does that)
+            grouped = q.reshape(r, keys.shape[1], -1, self.head_dim)  # [R, KV, H / KV, D]
+            o = F.scaled_dot_product_attention(grouped, keys, values, attn_mask=mask, scale=self.scaling)
+            o = o.reshape(r, -1, 1, self.head_dim)  # [R, H, 1, D]
+        else:
+            o = F.scaled_dot_product_attention(
+                q, keys, values, attn_mask=mask, scale=self.scaling, enable_gqa=self.gqa
+            )
         x = x + self.o(o.transpose(1, 2).reshape(r, t, -1))
         h = self.norm2(x)
         return x + self.down(self.act(self.gate(h)) * self.up(h))
@@ -134,6 +142,8 @@ class _Layer:
 
 class StaticDecoder:
     """Prefill B prompts, then decode their B * G continuations one token at a time."""
+
+    drop_when = 8  # the sampler drops the ended rows once 1 / drop_when of the held rows have ended
 
     def __init__(self, model: nn.Module):
         self.model = base_model(model)
@@ -196,6 +206,8 @@ class StaticDecoder:
 class DynamicDecoder:
     """The generic path for any causal LM: its own forward with a Hugging Face DynamicCache."""
 
+    drop_when = 8
+
     def __init__(self, model: nn.Module):
         self.model = model
         # the forward's cache argument: `cache` since transformers 5.20, `past_key_values` before (5.16-5.19, the
@@ -232,5 +244,13 @@ class DynamicDecoder:
         self.attention_mask, self.next_position = self.attention_mask[rows], self.next_position[rows]
 
 
-def make_decoder(model: nn.Module) -> StaticDecoder | DynamicDecoder:
-    return StaticDecoder(model) if supports_static_decode(model) else DynamicDecoder(model)
+def make_decoder(model: nn.Module, cuda_graphs: bool = False) -> StaticDecoder | DynamicDecoder:
+    """The static decoder for Llama-family models (its step replayed from a CUDA graph with `cuda_graphs` on a GPU:
+    rollout/graphed_decode.py), else the generic one."""
+    if not supports_static_decode(model):
+        return DynamicDecoder(model)
+    if cuda_graphs and base_model(model).model.embed_tokens.weight.device.type == "cuda":
+        from deepseek_rl.rollout.graphed_decode import GraphedDecoder
+
+        return GraphedDecoder(model)
+    return StaticDecoder(model)

@@ -2,9 +2,10 @@
 
 Each prompt is left-padded and prefilled once; its KV cache is repeated for its G completions (groups contiguous,
 so a group never leaves its rank). The loop then feeds one token per row per step through a preallocated KV cache
-(kv_decode.py); a row ends at an EOS token or a stop string, and the loop stops as soon as every row has ended.
-Rows that have ended are dropped from the decoder's batch once they make up an eighth of it (each drop copies the
-KV cache of the rows left), so with R1's long-tailed lengths the last steps run the few long rows only.
+(kv_decode.py; on a GPU each step is replayed from a CUDA graph, graphed_decode.py); a row ends at an EOS token or a
+stop string, and the loop stops as soon as every row has ended. Rows that have ended are dropped from the decoder's
+batch once they make up an eighth of it (half with a CUDA graph; each drop copies the KV cache of the rows left), so
+with R1's long-tailed lengths the last steps run the few long rows only.
 
 Sampling is by inverse CDF from one uniform number per row and token. The uniforms of a whole step are drawn for
 all rows of all ranks from one seeded generator, and each rank reads its own rows: a completion depends only on
@@ -120,7 +121,7 @@ def sample_completions(
     """B prompts [B, P] -> G completions each: completion_ids [B * G, C], completion_mask [B * G, C], truncated
     [B * G], and with `with_logprobs` the sampler's log-prob of each sampled token [B * G, C] (log softmax of the
     logits / temperature, unfiltered: the trainer's definition; 0 on padding), else None."""
-    decoder = make_decoder(model)
+    decoder = make_decoder(model, cfg.cuda_graphs)
     logits = decoder.prefill(prompt_ids, prompt_mask, group_size, cfg.max_completion_length)  # [H, V]
     n, device = logits.shape[0], logits.device
     eos = torch.tensor(eos_ids, device=device)
@@ -147,7 +148,8 @@ def sample_completions(
         if bool(done.all()) or len(tokens) == cfg.max_completion_length:
             break
         running = ~done[held]
-        if int((~running).sum()) * 8 >= held.numel():  # an eighth of the held rows have ended: drop them
+        if int((~running).sum()) * decoder.drop_when >= held.numel():  # an eighth of the held rows have ended
+            # (half with a CUDA graph, which each drop recaptures): drop them
             kept = running.nonzero().squeeze(1)
             decoder.keep(kept)
             held = held[kept]

@@ -9,7 +9,10 @@ On a random model of DeepSeek-R1-Distill-Qwen-1.5B's shape (its config.json, bes
 GPU (fp32 on CPU), with GSM8K-like arithmetic prompts written by the check itself (no data download):
 
 engine      the built-in engine's completion tokens/s (rows x new tokens; a random model rarely samples EOS, so
-            every row runs to the limit) and its peak memory;
+            every row runs to the limit) and its peak memory; then an eighth of the tokens with each decode step
+            replayed from a CUDA graph (the default) and eagerly (rollout.cuda_graphs=false);
+decode_profile  one decode step's model time, eager and replayed from a CUDA graph (and their logits' largest
+            gap), and the sampling's;
 agreement   the sampler's log-prob of each sampled token (KV-cached decode) against the trainer's (one forward over
             prompt + completion), both in the model's dtype: the mismatch a user sees before any correction;
 grpo_step   two steps of the real `gsm8k_grpo_r1_distill` recipe through the real CLI (rollout, rewards, reference
@@ -155,23 +158,33 @@ class Check:
         engine = BuiltinEngine(model, tokenizer, eos_token_ids(tokenizer, model))
         batch = self.prompt_batch(rows, 8 if rows >= 8 else rows, tokenizer)
         group = rows // len(batch)
-        with engine.session():
-            warm = RolloutConfig(max_prompt_length=256, max_completion_length=16, temperature=0.6, top_p=0.95)
-            engine.generate(batch, group, warm, RowNoise(0, rows))
-            cfg = RolloutConfig(max_prompt_length=256, max_completion_length=tokens, temperature=0.6, top_p=0.95)
-            if self.device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats()
+
+        def timed(cfg: RolloutConfig):
             synchronize(self.device)
             begin = time.perf_counter()
             out = engine.generate(batch, group, cfg, RowNoise(1, rows))
             synchronize(self.device)
-            seconds = time.perf_counter() - begin
-        sampled = int(out.completion_mask.sum())
-        result = {"rows": rows, "new_tokens": tokens, "completion_tokens": sampled, "generate_s": round(seconds, 2),
-                  "tokens_per_second": round(sampled / seconds, 1),
-                  "decode_steps_per_second": round(out.completion_ids.shape[1] / seconds, 1)}  # fmt: skip
-        if self.device.type == "cuda":
-            result["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+            return out, time.perf_counter() - begin
+
+        with engine.session():
+            warm = RolloutConfig(max_prompt_length=256, max_completion_length=16, temperature=0.6, top_p=0.95)
+            engine.generate(batch, group, warm, RowNoise(0, rows))
+            cfg = replace(warm, max_completion_length=tokens)
+            if self.device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            out, seconds = timed(cfg)
+            sampled = int(out.completion_mask.sum())
+            result = {"rows": rows, "new_tokens": tokens, "completion_tokens": sampled, "generate_s": round(seconds, 2),
+                      "tokens_per_second": round(sampled / seconds, 1),
+                      "decode_steps_per_second": round(out.completion_ids.shape[1] / seconds, 1)}  # fmt: skip
+            if self.device.type == "cuda":
+                result["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+            # an eighth of the tokens, each step replayed from a CUDA graph (the default) and eagerly: their ratio
+            short = max(16, tokens // 8)
+            for graphs in (True, False):
+                out, seconds = timed(replace(cfg, max_completion_length=short, cuda_graphs=graphs))
+                rate = int(out.completion_mask.sum()) / seconds
+                result[f"{'graphed' if graphs else 'eager'}_tokens_per_second_{short}"] = round(rate, 1)
         self.report["tokens_per_second"] = result["tokens_per_second"]
         return result
 
@@ -208,8 +221,10 @@ class Check:
                 "kl_k3": (ratio - 1 - diff).mean().item()}  # fmt: skip
 
     def decode_profile(self) -> dict:
-        """Where a decode step's time goes: the model's step alone, sampling alone, each over 32 steps."""
+        """Where a decode step's time goes: the model's step alone (eager, and replayed from a CUDA graph), sampling
+        alone, each over 32 steps."""
         from deepseek_rl.config.rollout import RolloutConfig
+        from deepseek_rl.rollout.graphed_decode import GraphedDecoder
         from deepseek_rl.rollout.kv_decode import make_decoder
         from deepseek_rl.rollout.sampler import RowUniforms, sample_tokens
 
@@ -218,12 +233,17 @@ class Check:
         batch = self.prompt_batch(rows, 8 if rows >= 8 else rows, tokenizer)
         group = rows // len(batch)
         cfg = RolloutConfig(max_prompt_length=256, max_completion_length=64, temperature=0.6, top_p=0.95)
-        decoder = make_decoder(model)
-        logits = decoder.prefill(batch.input_ids.to(self.device), batch.attention_mask.to(self.device), group, 80)
+        ids, mask = batch.input_ids.to(self.device), batch.attention_mask.to(self.device)
+        decoder, graphed = make_decoder(model), GraphedDecoder(model, capture=self.device.type == "cuda")
+        logits = decoder.prefill(ids, mask, group, 80)
+        graphed.prefill(ids, mask, group, 80)
         uniforms = RowUniforms(0, rows, 0, rows)
         token = sample_tokens(logits, cfg, uniforms.next())
-        result = {"rows": rows}
+        # the same first step both ways (the graphed one captured here): the logits a CUDA graph changes
+        gap = (graphed.step(token).float() - decoder.step(token).float()).abs().max().item()
+        result = {"rows": rows, "graphed": graphed.graph is not None, "graphed_logit_abs_diff_max": gap}
         for name, work in (("model_step_ms", lambda: decoder.step(token)),
+                           ("graphed_step_ms", lambda: graphed.step(token)),
                            ("sample_ms", lambda: sample_tokens(logits, cfg, uniforms.next())),
                            ("sample_top_p_1_ms", lambda: sample_tokens(logits, RolloutConfig(), uniforms.next())),
                            ("sync_ms", lambda: bool(token.eq(0).all()))):  # fmt: skip
