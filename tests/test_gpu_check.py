@@ -73,3 +73,43 @@ def test_gpu_check_without_the_training_clis_packages_says_so_and_skips_those_se
     assert "hydra-core" in sections["grpo_step"]["why"]
     line = next(x for x in done.stdout.splitlines() if "the training CLI cannot import" in x)
     assert "hydra-core" in line and "launch/gpu_check.sh" in line
+
+
+def test_a_training_section_the_gpu_cannot_hold_is_skipped_with_the_preflights_problem(tmp_path, shared, monkeypatch):
+    """On a GPU the training sections run with trainer.preflight=error: the 7B shape's full fine-tuning (152 GB of
+    states) on an 85 GB GPU stops in seconds with the preflight's report, and the section is recorded as skipped
+    with its problem, not as a failure minutes later out of memory. The report here is the real preflight's, of the
+    command the section runs, for that model and GPU (`deepseek-rl check` without a GPU)."""
+    import shutil
+
+    from deepseek_rl.tools import gpu_check
+    from deepseek_rl.tools.gpu_setup import SEVEN_B, SIZES
+
+    r1 = shared / "tokenizers" / "deepseek-r1-distill-qwen-1.5b"
+    model = tmp_path / "work" / "model"
+    shutil.copytree(r1, model)
+    config = json.loads((r1 / "config.json").read_text()) | SEVEN_B
+    (model / "config.json").write_text(json.dumps(config))
+    ran = []
+    real_run = subprocess.run
+
+    def run(cmd, **kwargs):  # the section's train command, checked by the preflight as an 85 GB GPU would
+        ran.append(cmd)
+        overrides = [a for a in cmd[cmd.index("gsm8k_grpo_r1_distill") + 1 :] if "=" in a]
+        report = real_run(
+            [sys.executable, "-m", "deepseek_rl.cli", "check", "--config-name", "gsm8k_grpo_r1_distill",
+             "--mixed-precision", "bf16", "--device-memory-gb", "85", *overrides],
+            capture_output=True, text=True, cwd=REPO, timeout=300,
+        )  # fmt: skip
+        stop = f"deepseek-rl: {gpu_check.PREFLIGHT_STOP} (above); fix them, or set trainer.preflight=warn"
+        return subprocess.CompletedProcess(cmd, 1, "", report.stdout + report.stderr + "\n" + stop + "\n")
+
+    monkeypatch.setattr(gpu_check.subprocess, "run", run)
+    check = gpu_check.Check("7b", SIZES["7b"], tmp_path / "work", None, r1)
+    (tmp_path / "work" / "prompts.jsonl").write_text("")
+    check.section("grpo_step", lambda: check.grpo_step("grpo_step", 32, 512, [], ["train"]))
+    result = check.report["sections"]["grpo_step"]
+    assert "trainer.preflight=error" in ran[0] and "model.dtype=float32" in ran[0]
+    assert result["status"] == "skipped", result
+    assert result["why"].startswith("the preflight check of this GPU: verdict: 1 problem(s)")
+    assert "152.3 GB per device" in result["why"] and "over the 76.5 GB budget" in result["why"]

@@ -29,8 +29,10 @@ async       four steps, smaller still, with asynchronous rollouts (rollout.max_s
 fsdp2_async both: the weights streamed to the worker from FSDP2's sharded parameters (GPU only).
 
 Each section is timed and recorded as ok, failed (with the end of its error) or skipped (with why: a missing
-package, CPU, or the time budget); the report is rewritten after every section, so a run cut short keeps what it
-measured. Top-level keys: `tokens_per_second` (engine), `mfu` (grpo_step's update), `sections`.
+package, CPU, the time budget, or the preflight of train: the training sections run with trainer.preflight=error,
+so what this GPU cannot hold, such as the 7B shape's full fine-tuning, stops in seconds with the estimate); the
+report is rewritten after every section, so a run cut short keeps what it measured. Top-level keys:
+`tokens_per_second` (engine), `mfu` (grpo_step's update), `sections`.
 """
 
 from __future__ import annotations
@@ -68,6 +70,11 @@ from deepseek_rl.tools.gpu_setup import (
 
 # progress bars, left out of a failed section's error
 PROGRESS = re.compile(r"\d+%\||examples/s\]|it/s\]")
+PREFLIGHT_STOP = "the preflight check found problems"  # train's preflight (trainer.preflight=error) stopped the run
+
+
+class Skipped(Exception):
+    """A section that cannot run here, found out once it started (e.g. the preflight: it does not fit the GPU)."""
 
 
 class Check:
@@ -101,6 +108,8 @@ class Check:
         begin = time.perf_counter()
         try:
             result = {"status": "ok", **run()}
+        except Skipped as why:
+            result = {"status": "skipped", "why": str(why)}
         except Exception as err:  # a failed section is a finding, not the end of the check
             result = {"status": "failed", "error": f"{type(err).__name__}: {err}"[-4000:],
                       "traceback": traceback.format_exc()[-3000:]}  # fmt: skip
@@ -271,13 +280,16 @@ class Check:
             f"model.dtype={dtype}", f"data.path={self.prompts}", "data.eval_path=null",
             "rollout.engine=builtin", f"rollout.max_completion_length={tokens}", f"algorithm.num_generations={group}",
             f"trainer.batch_size={rows}", f"trainer.micro_batch_size={min(self.sizes.micro_batch, rows)}",
-            f"trainer.max_steps={steps}", "trainer.save_every=0", "trainer.save_final=false", "trainer.preflight=warn",
+            f"trainer.max_steps={steps}", "trainer.save_every=0", "trainer.save_final=false", "trainer.preflight=error",
             "eval.every=0", "reward.num_workers=2", f"trainer.output_dir={out}", *overrides,
         ]  # fmt: skip
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "PYTHONPATH": pythonpath()}
         if self.device.type == "cuda":
             env.setdefault("ACCELERATE_MIXED_PRECISION", "bf16")
         done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=self.work)
+        if PREFLIGHT_STOP in done.stderr:  # on a GPU: what does not fit is skipped in seconds, not run out of memory
+            problems = done.stderr[done.stderr.find("verdict:") :].split("\n\n")[0]
+            raise Skipped(f"the preflight check of this GPU: {problems}")
         if done.returncode != 0:  # the error without progress bars, from the first traceback on where there is one
             lines = [line for line in done.stderr.splitlines() if not PROGRESS.search(line)]
             text = "\n".join(lines)
