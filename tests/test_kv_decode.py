@@ -7,8 +7,8 @@ from deepseek_rl.config import ModelConfig, RolloutConfig
 from deepseek_rl.models.char_tokenizer import build_char_tokenizer
 from deepseek_rl.models.loading import load_model
 from deepseek_rl.rollout.graphed_decode import GraphedDecoder
-from deepseek_rl.rollout.kv_decode import DynamicDecoder, StaticDecoder, make_decoder, supports_static_decode
-from deepseek_rl.rollout.sampler import RowUniforms, StopStrings, sample_completions
+from deepseek_rl.rollout.kv_decode import DynamicDecoder, StaticDecoder, supports_static_decode
+from deepseek_rl.rollout.sampler import RowUniforms, StopStrings, make_decoder, sample_completions
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])

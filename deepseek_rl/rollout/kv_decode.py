@@ -242,15 +242,3 @@ class DynamicDecoder:
     def keep(self, rows: Tensor) -> None:
         self.cache.batch_select_indices(rows)
         self.attention_mask, self.next_position = self.attention_mask[rows], self.next_position[rows]
-
-
-def make_decoder(model: nn.Module, cuda_graphs: bool = False) -> StaticDecoder | DynamicDecoder:
-    """The static decoder for Llama-family models (its step replayed from a CUDA graph with `cuda_graphs` on a GPU:
-    rollout/graphed_decode.py), else the generic one."""
-    if not supports_static_decode(model):
-        return DynamicDecoder(model)
-    if cuda_graphs and base_model(model).model.embed_tokens.weight.device.type == "cuda":
-        from deepseek_rl.rollout.graphed_decode import GraphedDecoder
-
-        return GraphedDecoder(model)
-    return StaticDecoder(model)

@@ -20,7 +20,8 @@ from transformers import PreTrainedTokenizerBase
 
 from deepseek_rl.batch import PromptBatch, RolloutBatch
 from deepseek_rl.config.rollout import RolloutConfig
-from deepseek_rl.rollout.kv_decode import make_decoder
+from deepseek_rl.rollout.graphed_decode import GraphedDecoder
+from deepseek_rl.rollout.kv_decode import DynamicDecoder, StaticDecoder, base_model, supports_static_decode
 
 NUCLEUS_CANDIDATES = 1024  # top-p looks for the nucleus among the most likely tokens first (filter_logits)
 
@@ -70,6 +71,16 @@ def sample_tokens(logits: Tensor, cfg: RolloutConfig, uniforms: Tensor) -> Tenso
     cdf = (logits - logits.max(dim=-1, keepdim=True).values).exp_().cumsum_(dim=-1)  # [N, V]
     token = torch.searchsorted(cdf, (uniforms.to(cdf.device) * cdf[:, -1]).unsqueeze(1), right=True).squeeze(1)
     return token.clamp(max=cdf.shape[-1] - 1)
+
+
+def make_decoder(model: nn.Module, cuda_graphs: bool = False) -> StaticDecoder | DynamicDecoder:
+    """The static decoder for Llama-family models (its step replayed from a CUDA graph with `cuda_graphs` on a GPU:
+    graphed_decode.py), else the generic one."""
+    if not supports_static_decode(model):
+        return DynamicDecoder(model)
+    if cuda_graphs and base_model(model).model.embed_tokens.weight.device.type == "cuda":
+        return GraphedDecoder(model)
+    return StaticDecoder(model)
 
 
 class RowUniforms:

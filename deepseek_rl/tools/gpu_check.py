@@ -234,8 +234,7 @@ class Check:
         alone, each over 32 steps."""
         from deepseek_rl.config.rollout import RolloutConfig
         from deepseek_rl.rollout.graphed_decode import GraphedDecoder
-        from deepseek_rl.rollout.kv_decode import make_decoder
-        from deepseek_rl.rollout.sampler import RowUniforms, sample_tokens
+        from deepseek_rl.rollout.sampler import RowUniforms, make_decoder, sample_tokens
 
         model, tokenizer = self.load()
         rows = self.sizes.engine_rows
