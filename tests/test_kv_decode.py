@@ -153,7 +153,7 @@ def test_a_failed_capture_warns_once_and_decodes_eagerly(monkeypatch):
         def wait_stream(self, other):
             pass
 
-    def refuse(graph):
+    def refuse(graph, stream=None):
         raise RuntimeError("operation not permitted when stream is capturing")
 
     monkeypatch.setattr(torch.cuda, "Stream", Stream)

@@ -97,8 +97,9 @@ class GraphedDecoder(StaticDecoder):
         return logits
 
     def _capture(self) -> None:
-        """Capture the step (after one eager warm-up run on a side stream, as CUDA graphs require); the warm-up's
-        writes are the step's own (same token, same position) and its counters are set back."""
+        """Capture the step after one eager warm-up run on the capture's side stream (lazy initialisations, such as
+        a BLAS handle per stream, then happen outside the capture); the warm-up's writes are the step's own (same
+        token, same position) and its counters are set back."""
         write_at, positions = self.write_at.clone(), self.next_position.clone()
         try:
             side = torch.cuda.Stream()
@@ -109,7 +110,7 @@ class GraphedDecoder(StaticDecoder):
             self.write_at.copy_(write_at)
             self.next_position.copy_(positions)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph), no_autocast_cache():
+            with torch.cuda.graph(graph, stream=side), no_autocast_cache():  # the warm-up's stream (its BLAS handle)
                 self.logits_out = self._fixed_step()
             self.graph = graph
         except Exception as err:  # the fixed-shape step eagerly: slower, same tokens
