@@ -82,6 +82,7 @@ def test_a_training_section_the_gpu_cannot_hold_is_skipped_with_the_preflights_p
     command the section runs, for that model and GPU (`deepseek-rl check` without a GPU)."""
     import shutil
 
+    from deepseek_rl.preflight.check import STOPPED
     from deepseek_rl.tools import gpu_check
     from deepseek_rl.tools.gpu_setup import SEVEN_B, SIZES
 
@@ -101,7 +102,7 @@ def test_a_training_section_the_gpu_cannot_hold_is_skipped_with_the_preflights_p
              "--mixed-precision", "bf16", "--device-memory-gb", "85", *overrides],
             capture_output=True, text=True, cwd=REPO, timeout=300,
         )  # fmt: skip
-        stop = f"deepseek-rl: {gpu_check.PREFLIGHT_STOP} (above); fix them, or set trainer.preflight=warn"
+        stop = f"deepseek-rl: {STOPPED} (above); fix them, or set trainer.preflight=warn to run anyway"
         return subprocess.CompletedProcess(cmd, 1, "", report.stdout + report.stderr + "\n" + stop + "\n")
 
     monkeypatch.setattr(gpu_check.subprocess, "run", run)

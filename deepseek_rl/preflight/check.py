@@ -231,6 +231,9 @@ def check(
     return report
 
 
+STOPPED = "the preflight check found problems"  # how train says its preflight stopped it (the GPU check reads it)
+
+
 def preflight_before_training(cfg: Config) -> None:
     """What `train` runs first: with a known device (a GPU), the full check; on CPU, nothing beyond the config's
     own validation. Problems stop the run (trainer.preflight=error) or are printed (warn)."""
@@ -241,6 +244,4 @@ def preflight_before_training(cfg: Config) -> None:
     if int(os.environ.get("RANK", "0")) == 0:
         print(report.text(), file=sys.stderr)
     if not report.ok and cfg.trainer.preflight == "error":
-        raise ConfigError(
-            "the preflight check found problems (above); fix them, or set trainer.preflight=warn to run anyway"
-        )
+        raise ConfigError(f"{STOPPED} (above); fix them, or set trainer.preflight=warn to run anyway")

@@ -71,7 +71,7 @@ class GraphedDecoder(StaticDecoder):
         keys = self.cache.keys  # [layers, R, KV, L, D]
         self.token_in = torch.zeros(keys.shape[1], dtype=torch.long, device=keys.device)  # [R]
         self.write_at = torch.full((1,), self.cache.start, dtype=torch.long, device=keys.device)
-        self.next_position = self.next_position.clone()  # [R, 1], advanced in place by the step
+        # self.next_position [R, 1] (the prefill's, or keep's copy of the rows kept) is advanced in place by the step
         self.span = torch.arange(keys.shape[3], device=keys.device)  # [L]
         self.graph, self.logits_out = None, None
 
@@ -99,7 +99,8 @@ class GraphedDecoder(StaticDecoder):
     def _capture(self) -> None:
         """Capture the step after one eager warm-up run on the capture's side stream (lazy initialisations, such as
         a BLAS handle per stream, then happen outside the capture); the warm-up's writes are the step's own (same
-        token, same position) and its counters are set back."""
+        token, same position) and its counters are set back (capture records the step's kernels without running
+        them, so the replay that follows advances them once)."""
         write_at, positions = self.write_at.clone(), self.next_position.clone()
         try:
             side = torch.cuda.Stream()
@@ -107,8 +108,6 @@ class GraphedDecoder(StaticDecoder):
             with torch.cuda.stream(side), no_autocast_cache():
                 self._fixed_step()
             torch.cuda.current_stream().wait_stream(side)
-            self.write_at.copy_(write_at)
-            self.next_position.copy_(positions)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, stream=side), no_autocast_cache():  # the warm-up's stream (its BLAS handle)
                 self.logits_out = self._fixed_step()

@@ -70,7 +70,6 @@ from deepseek_rl.tools.gpu_setup import (
 
 # progress bars, left out of a failed section's error
 PROGRESS = re.compile(r"\d+%\||examples/s\]|it/s\]")
-PREFLIGHT_STOP = "the preflight check found problems"  # train's preflight (trainer.preflight=error) stopped the run
 
 
 class Skipped(Exception):
@@ -268,6 +267,7 @@ class Check:
         self, name: str, rows: int, tokens: int, overrides: list[str], launcher: list[str], steps: int = 2
     ) -> dict:
         """`steps` steps of the GSM8K recipe through the real CLI; the last step's phases and the update's MFU."""
+        from deepseek_rl.preflight.check import STOPPED
         out = self.work / name
         group = 8 if rows >= 16 else 4
         # full fine-tuning keeps fp32 master weights under bf16 autocast on a GPU (what the preflight asks for);
@@ -286,7 +286,7 @@ class Check:
         if self.device.type == "cuda":
             env.setdefault("ACCELERATE_MIXED_PRECISION", "bf16")
         done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=self.work)
-        if PREFLIGHT_STOP in done.stderr:  # on a GPU: what does not fit is skipped in seconds, not run out of memory
+        if STOPPED in done.stderr:  # on a GPU: what does not fit is skipped in seconds, not run out of memory
             problems = done.stderr[done.stderr.find("verdict:") :].split("\n\n")[0]
             raise Skipped(f"the preflight check of this GPU: {problems}")
         if done.returncode != 0:  # the error without progress bars, from the first traceback on where there is one
