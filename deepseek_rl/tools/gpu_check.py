@@ -268,6 +268,7 @@ class Check:
     ) -> dict:
         """`steps` steps of the GSM8K recipe through the real CLI; the last step's phases and the update's MFU."""
         from deepseek_rl.preflight.check import STOPPED
+
         out = self.work / name
         group = 8 if rows >= 16 else 4
         # full fine-tuning keeps fp32 master weights under bf16 autocast on a GPU (what the preflight asks for);
@@ -341,7 +342,8 @@ def run_check(shape: str, sizes: Sizes, sections: list[str], output: Path | None
     broken = unusable_packages()
     no_cli = f"the training CLI cannot import {'; '.join(broken)}" if broken else None
     if no_cli:
-        print(f"gpu_check: {no_cli}: the training sections are skipped (launch/gpu_check.sh carries them)")
+        print(f"gpu_check: {no_cli}: the training sections are skipped (launch/gpu_check.sh carries the packages "
+              "of launch/gpu_wheels.txt)")  # fmt: skip
     cli = [sys.executable, "-m", "deepseek_rl.cli", "train"]
     fsdp2 = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(launch_dir() / "fsdp2.yaml"),
              "--num_processes", "1", "-m", "deepseek_rl.train"]  # fmt: skip

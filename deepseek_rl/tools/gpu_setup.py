@@ -46,13 +46,20 @@ SIZES = {
 
 
 def unusable_packages() -> list[str]:
-    """The training CLI's packages that this interpreter cannot import, each with why."""
+    """The training CLI's packages that this interpreter cannot import, each with why; then, when those import, the
+    CLI's own module (a package it imports that this machine lacks, named by the import that failed)."""
     broken = []
     for module, pip in CLI_NEEDS.items():
         try:
             importlib.import_module(module)
         except Exception as err:  # missing, or present but broken against this machine's packages
             broken.append(f"{pip} ({type(err).__name__}: {str(err)[:200]})")
+    if not broken:
+        try:
+            importlib.import_module("deepseek_rl.cli.train")
+        except Exception as err:
+            name = getattr(err, "name", None) or "deepseek_rl.cli.train"
+            broken.append(f"{name} ({type(err).__name__}: {str(err)[:200]})")
     return broken
 
 
