@@ -47,7 +47,8 @@ SIZES = {
 
 def unusable_packages() -> list[str]:
     """The training CLI's packages that this interpreter cannot import, each with why; then, when those import, the
-    CLI's own module (a package it imports that this machine lacks, named by the import that failed)."""
+    CLI's own module (a package it imports that this machine lacks, named by the import that failed). Both, because
+    the CLI imports math_verify only when a reward runs: its own import would not find that one missing."""
     broken = []
     for module, pip in CLI_NEEDS.items():
         try:
