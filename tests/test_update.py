@@ -1,14 +1,15 @@
 """The update path through accelerate: 4 accumulated micro-batches step the policy like one batch of 4x."""
 
 import copy
+from dataclasses import fields
 
 import pytest
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 
-from deepseek_rl.algo.update import UpdateSettings, update_policy
-from deepseek_rl.batch import LossInputs
+from deepseek_rl.algo.update import UpdateSettings, build_loss_inputs, update_policy
+from deepseek_rl.batch import LossInputs, RolloutBatch, ScoredBatch
 from deepseek_rl.config import AlgorithmConfig, Config, ModelConfig, TrainerConfig, grpo_plan
 from deepseek_rl.infra.optim import lr_schedule
 from deepseek_rl.models.char_tokenizer import build_char_tokenizer
@@ -87,3 +88,25 @@ def test_a_non_finite_gradient_norm_skips_the_optimizer_step():
     model.weight.grad = torch.ones_like(model.weight)  # a finite step goes through, and reports its norm
     norm = optimizer_step(accelerator, model, optimizer, scheduler, None, torch.tensor(float("nan")))
     assert float(norm) == pytest.approx(6**0.5) and not torch.equal(before[0], model.weight)
+
+
+def test_loss_inputs_go_to_the_trainers_device_from_a_batch_on_the_cpu():
+    """An asynchronous worker's batch arrives on the CPU (it travels serialised) while the policy is on the GPU: the
+    loss inputs must be on the trainer's device, every tensor of them. `meta` stands in for a second device here;
+    the values are checked on the CPU (loss mask = sampled tokens x loss weight x not truncated)."""
+    completion_mask = torch.tensor([[1, 1, 0], [1, 1, 1], [1, 0, 0], [1, 1, 1]])
+    rollout = RolloutBatch(
+        torch.ones(4, 2, dtype=torch.long), torch.ones(4, 2, dtype=torch.long), torch.full((4, 3), 5),
+        completion_mask, torch.tensor([False, True, False, False]), ["a", "b", "c", "d"], ["p"] * 4, {}, 2,
+        sampling_logprobs=-torch.rand(4, 3),
+    )  # fmt: skip
+    weight = torch.tensor([1.0, 1.0, 0.0, 0.0])  # a filler group (dynamic sampling) trains nothing
+    advantages = torch.tensor([1.0, -1.0, 0.5, -0.5])
+    scored = ScoredBatch(rollout, ["x"], torch.zeros(4, 1), torch.zeros(4), advantages, weight)
+    on_cpu = build_loss_inputs(scored, mask_truncated=True)
+    assert on_cpu.loss_mask.tolist() == [[1, 1, 0], [0, 0, 0], [0, 0, 0], [0, 0, 0]]
+    assert on_cpu.input_ids.shape == (4, 5) and on_cpu.advantages.tolist() == [1.0, -1.0, 0.5, -0.5]
+    moved = build_loss_inputs(scored, mask_truncated=True, device="meta")
+    tensors = {f.name: getattr(moved, f.name) for f in fields(moved) if getattr(moved, f.name) is not None}
+    assert set(tensors) == {"input_ids", "attention_mask", "loss_mask", "advantages", "sampling_logprobs"}
+    assert {name: t.device.type for name, t in tensors.items()} == dict.fromkeys(tensors, "meta")

@@ -40,22 +40,26 @@ class UpdateSettings:
     proximal: bool = False
 
 
-def build_loss_inputs(scored: ScoredBatch, mask_truncated: bool) -> LossInputs:
-    """The loss inputs on the rollout's device (the engine's: a GPU), whatever device the rewards were scored on."""
+def build_loss_inputs(
+    scored: ScoredBatch, mask_truncated: bool, device: torch.device | str | None = None
+) -> LossInputs:
+    """The loss inputs on the trainer's `device` (default: the rollout's), wherever the batch was sampled and scored:
+    the engine's device, the CPU for rewards, and the CPU too for a batch an asynchronous worker sent."""
     rollout = scored.rollout
-    device = rollout.completion_ids.device
+    device = rollout.completion_ids.device if device is None else torch.device(device)
     weight = scored.loss_weight.to(device).unsqueeze(1)
-    loss_mask = rollout.sampled_mask.float() * weight  # [N, C]: tool outputs never count
+    loss_mask = rollout.sampled_mask.to(device).float() * weight  # [N, C]: tool outputs never count
     if mask_truncated:
         loss_mask = loss_mask * (~rollout.truncated.to(device)).float().unsqueeze(1)
+    sampling = rollout.sampling_logprobs
     return LossInputs(
-        input_ids=rollout.input_ids,
-        attention_mask=rollout.attention_mask,
+        input_ids=rollout.input_ids.to(device),
+        attention_mask=rollout.attention_mask.to(device),
         loss_mask=loss_mask,
-        advantages=scored.advantages.to(loss_mask.device),
+        advantages=scored.advantages.to(device),
         old_logprobs=None,
         ref_logprobs=None,
-        sampling_logprobs=rollout.sampling_logprobs,
+        sampling_logprobs=None if sampling is None else sampling.to(device),
     )
 
 

@@ -235,7 +235,7 @@ def step(run: GRPORun, step_index: int) -> StepStats:
         with run.engine.session():
             scored, rollout_stats = run.collector.collect(run.engine, step_index)
     collected = time.perf_counter()
-    inputs = build_loss_inputs(scored, run.cfg.algorithm.mask_truncated)
+    inputs = build_loss_inputs(scored, run.cfg.algorithm.mask_truncated, accelerator.device)
     inputs = add_old_and_ref_logprobs(run.policy, run.reference, inputs, run.settings, accelerator)
     logprobs_done = time.perf_counter()
     try:
