@@ -107,13 +107,15 @@ class StopStrings:
     def __call__(self, tokens: Tensor, rows: Tensor) -> Tensor:
         """tokens [N, t] the last t generated (t <= window), rows [N] bool to check -> [N] bool (row just produced a
         stop string)."""
-        hit = torch.zeros_like(rows)
         if not self.stop_strings:
-            return hit
-        for i in rows.nonzero().flatten().tolist():
-            tail = self.tokenizer.decode(tokens[i, -self.window :])
-            hit[i] = any(s in tail for s in self.stop_strings)
-        return hit
+            return torch.zeros_like(rows)
+        # on the host: one copy of the tails per decode step (not a device read and write per row on a GPU)
+        tails, check = tokens[:, -self.window :].cpu(), rows.cpu()
+        hit = [False] * len(check)
+        for i in check.nonzero().flatten().tolist():
+            text = self.tokenizer.decode(tails[i])
+            hit[i] = any(s in text for s in self.stop_strings)
+        return torch.tensor(hit, dtype=torch.bool).to(rows.device)
 
 
 @torch.no_grad()
