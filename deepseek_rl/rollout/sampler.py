@@ -115,7 +115,7 @@ class StopStrings:
         for i in check.nonzero().flatten().tolist():
             text = self.tokenizer.decode(tails[i])
             hit[i] = any(s in text for s in self.stop_strings)
-        return torch.tensor(hit, dtype=torch.bool).to(rows.device)
+        return torch.tensor(hit, dtype=torch.bool, device=rows.device)
 
 
 @torch.no_grad()
